@@ -1,0 +1,522 @@
+//! The command line: flag definitions and the commands behind them. `main.rs` only calls
+//! [`main`]; every error ends here as one line on standard error and a non-zero exit.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use rand::Rng;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientError};
+use crate::config::Config;
+use crate::protocol::{ErrorCode, InstanceInfo, WireRequest};
+use crate::serve::{self, Sockets};
+
+/// Default registry address of the client commands, the same as `registry.listen`'s default.
+pub const DEFAULT_REGISTRY: &str = "127.0.0.1:8601";
+
+/// beacon: service discovery with a DNS interface.
+///
+/// Providers register over a small UDP/TCP protocol and keep heartbeating; consumers ask plain
+/// DNS (`<service>.service.local` A/AAAA/SRV) and get only the live addresses.
+#[derive(Debug, Parser)]
+#[command(name = "beacon", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the registry and its DNS interface.
+    Serve(ServeArgs),
+    /// Register a provider and keep it registered with heartbeats until stopped; deregisters on
+    /// SIGINT or SIGTERM.
+    Announce(RegistrationArgs),
+    /// Register (or renew) an instance once.
+    Register(RegistrationArgs),
+    /// Remove an instance now.
+    Deregister(DeregisterArgs),
+    /// Show the live instances, with their time to expiry.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file (see beacon.example.toml); flags override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// DNS address, UDP and TCP [config: dns.listen, default 127.0.0.1:8600].
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns: Option<SocketAddr>,
+    /// Registration protocol address, UDP and TCP [config: registry.listen, default 127.0.0.1:8601].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Domain served [config: dns.domain, default service.local].
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
+    /// Worker threads, 0 for one per core [config: threads].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Log filter such as info or debug [config: log_level; env RUST_LOG wins].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RegistryArg {
+    /// Registry address.
+    #[arg(long, env = "BEACON_REGISTRY", default_value = DEFAULT_REGISTRY, value_name = "HOST:PORT")]
+    registry: String,
+}
+
+#[derive(Debug, Args)]
+struct RegistrationArgs {
+    /// Service name: one DNS label (letters, digits, '-').
+    #[arg(long, short = 's')]
+    service: String,
+    /// Port the provider listens on.
+    #[arg(long, short = 'p')]
+    port: u16,
+    /// Address consumers connect to [default: the address the registry sees the request from].
+    #[arg(long, short = 'a')]
+    address: Option<IpAddr>,
+    /// Instance id, one DNS label, unique within the service [default: address and port, e.g. 10-0-0-2-8080].
+    #[arg(long)]
+    id: Option<String>,
+    /// A tag, usable as <tag>.<service>.service.local; repeatable.
+    #[arg(long = "tag", short = 't', value_name = "TAG")]
+    tags: Vec<String>,
+    /// Metadata published as TXT key=value; repeatable.
+    #[arg(long = "meta", short = 'm', value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+    /// SRV weight [default: 1].
+    #[arg(long)]
+    weight: Option<u16>,
+    /// Lease: the instance leaves the answers this long after its last heartbeat, e.g. 500ms, 10s, 2m [default: registry.default_ttl].
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    #[command(flatten)]
+    registry: RegistryArg,
+}
+
+#[derive(Debug, Args)]
+struct DeregisterArgs {
+    /// Service name.
+    #[arg(long, short = 's')]
+    service: String,
+    /// Instance id.
+    #[arg(long)]
+    id: String,
+    #[command(flatten)]
+    registry: RegistryArg,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only this service.
+    service: Option<String>,
+    /// Print the registry's JSON reply instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArg,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write durations like 500ms, 10s, 2m)"))
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve_command(args),
+        other => {
+            init_logging("warn");
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(client_command(other)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("beacon: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(dns) = args.dns {
+        config.dns.listen = dns;
+    }
+    if let Some(listen) = args.listen {
+        config.registry.listen = listen;
+    }
+    if let Some(domain) = args.domain {
+        config.dns.domain = domain;
+    }
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    if let Some(level) = args.log_level {
+        config.log_level = level;
+    }
+    config.validate()?;
+    init_logging(&config.log_level);
+
+    let sockets = Sockets::bind(config.dns.listen, config.registry.listen)?;
+    let dns = sockets.dns_addr()?;
+    let registry = sockets.registry_addr()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        runtime.worker_threads(config.threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        // One line on stdout with the bound addresses: with port 0 this is how callers (tests,
+        // scripts) learn the real ports.
+        println!(
+            "beacon listening: dns={dns} registry={registry} domain={}",
+            config.dns.domain
+        );
+        tracing::info!(%dns, %registry, domain = %config.dns.domain, "serving");
+        serve::run(&config, sockets, shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    wait_for_signal().await;
+    token.cancel();
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn client_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => unreachable_serve(),
+        Command::Register(args) => {
+            let client = Client::new(&args.registry.registry);
+            let reply = client.send(&register_request(&args)).await?;
+            if let Some(instance) = reply.instance {
+                println!(
+                    "registered {}/{} at {} for {}",
+                    instance.service,
+                    instance.id,
+                    SocketAddr::new(instance.address, instance.port),
+                    humantime::format_duration(Duration::from_millis(instance.ttl_ms))
+                );
+            }
+            Ok(())
+        }
+        Command::Deregister(args) => {
+            let client = Client::new(&args.registry.registry);
+            client
+                .send(&WireRequest {
+                    op: "deregister".into(),
+                    service: Some(args.service.clone()),
+                    id: Some(args.id.clone()),
+                    ..WireRequest::default()
+                })
+                .await?;
+            println!("deregistered {}/{}", args.service, args.id);
+            Ok(())
+        }
+        Command::List(args) => {
+            let client = Client::new(&args.registry.registry);
+            let reply = client
+                .send_tcp(&WireRequest {
+                    op: "list".into(),
+                    service: args.service.clone(),
+                    ..WireRequest::default()
+                })
+                .await?;
+            if args.json {
+                println!("{}", String::from_utf8_lossy(&reply.to_json()));
+            } else {
+                print!("{}", table(reply.instances.as_deref().unwrap_or_default()));
+            }
+            Ok(())
+        }
+        Command::Announce(args) => announce(args).await,
+    }
+}
+
+fn unreachable_serve() -> anyhow::Result<()> {
+    bail!("serve runs on its own runtime")
+}
+
+fn register_request(args: &RegistrationArgs) -> WireRequest {
+    let meta: serde_json::Map<String, Value> = args
+        .meta
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    WireRequest {
+        op: "register".into(),
+        service: Some(args.service.clone()),
+        id: args.id.clone(),
+        address: args.address.map(|a| a.to_string()),
+        port: Some(args.port.into()),
+        weight: args.weight.map(Value::from),
+        tags: (!args.tags.is_empty()).then(|| Value::from(args.tags.clone())),
+        meta: (!meta.is_empty()).then_some(Value::Object(meta)),
+        ttl_ms: args.ttl.map(|t| Value::from(t.as_millis() as u64)),
+        ..WireRequest::default()
+    }
+}
+
+/// The live instances as an aligned table.
+fn table(instances: &[InstanceInfo]) -> String {
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "ID".into(),
+        "ADDRESS".into(),
+        "PORT".into(),
+        "WEIGHT".into(),
+        "TAGS".into(),
+        "META".into(),
+        "EXPIRES IN".into(),
+    ]];
+    for i in instances {
+        rows.push([
+            i.service.clone(),
+            i.id.clone(),
+            i.address.to_string(),
+            i.port.to_string(),
+            i.weight.to_string(),
+            if i.tags.is_empty() {
+                "-".into()
+            } else {
+                i.tags.join(",")
+            },
+            if i.meta.is_empty() {
+                "-".into()
+            } else {
+                i.meta
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            format!("{:.1}s", i.expires_in_ms as f64 / 1000.0),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `beacon announce`: register, heartbeat about every TTL/3 with jitter, re-register whenever
+/// the registry has forgotten the instance (expiry, restart), keep retrying while it is
+/// unreachable, and deregister on SIGINT/SIGTERM.
+async fn announce(args: RegistrationArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.registry.registry);
+    let request = register_request(&args);
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+
+    // The first registration decides whether the request is acceptable at all: a refusal
+    // (bad name, TTL out of range) is final, while an unreachable registry is retried.
+    let mut registered: Option<InstanceInfo> = None;
+    let mut ttl = args.ttl.unwrap_or(Duration::from_secs(10));
+    let mut warned_unreachable = false;
+    loop {
+        let outcome = match &registered {
+            None => client.send(&request).await.map(|reply| reply.instance),
+            Some(instance) => client
+                .send(&WireRequest {
+                    op: "heartbeat".into(),
+                    service: Some(instance.service.clone()),
+                    id: Some(instance.id.clone()),
+                    ..WireRequest::default()
+                })
+                .await
+                .map(|_| Some(instance.clone())),
+        };
+        match outcome {
+            Ok(Some(instance)) => {
+                if registered.is_none() || warned_unreachable {
+                    eprintln!(
+                        "beacon: announced {}/{} at {} (ttl {})",
+                        instance.service,
+                        instance.id,
+                        SocketAddr::new(instance.address, instance.port),
+                        humantime::format_duration(Duration::from_millis(instance.ttl_ms))
+                    );
+                }
+                ttl = Duration::from_millis(instance.ttl_ms);
+                registered = Some(instance);
+                warned_unreachable = false;
+            }
+            Ok(None) => bail!("the registry accepted the registration but did not describe it"),
+            Err(ClientError::Refused {
+                code: ErrorCode::UnknownInstance,
+                ..
+            }) => {
+                // Expired or the registry restarted: register again at once.
+                registered = None;
+                continue;
+            }
+            Err(e) if e.is_transient() => {
+                if !warned_unreachable {
+                    eprintln!("beacon: {e}; retrying");
+                    warned_unreachable = true;
+                }
+            }
+            Err(e) => return Err(e).context("the registry refused the registration"),
+        }
+        let pause = heartbeat_interval(ttl, registered.is_some());
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    if let Some(instance) = registered {
+        let result = client
+            .send(&WireRequest {
+                op: "deregister".into(),
+                service: Some(instance.service.clone()),
+                id: Some(instance.id.clone()),
+                ..WireRequest::default()
+            })
+            .await;
+        match result {
+            Ok(_) => eprintln!("beacon: deregistered {}/{}", instance.service, instance.id),
+            Err(e) => eprintln!(
+                "beacon: could not deregister {}/{}: {e}",
+                instance.service, instance.id
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// About a third of the TTL, give or take 10%, so a fleet started together does not heartbeat
+/// in lock-step and two heartbeats may be lost before the lease runs out. While unregistered,
+/// retry at least every second.
+fn heartbeat_interval(ttl: Duration, registered: bool) -> Duration {
+    let third = ttl / 3;
+    let base = if registered {
+        third
+    } else {
+        third.min(Duration::from_secs(1))
+    };
+    let jitter = rand::rng().random_range(0.9..1.1);
+    base.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn heartbeats_come_about_every_third_of_the_ttl() {
+        for _ in 0..100 {
+            let d = heartbeat_interval(Duration::from_secs(3), true);
+            assert!(
+                d >= Duration::from_millis(900) && d <= Duration::from_millis(1100),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn meta_flags_need_a_key() {
+        assert_eq!(parse_meta("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_meta("=x").is_err());
+        assert!(parse_meta("novalue").is_err());
+    }
+
+    #[test]
+    fn table_lists_every_field() {
+        let out = table(&[InstanceInfo {
+            service: "web".into(),
+            id: "w1".into(),
+            address: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            weight: 1,
+            tags: vec!["a".into()],
+            meta: BTreeMap::from([("v".into(), "1".into())]),
+            ttl_ms: 5000,
+            expires_in_ms: 4200,
+        }]);
+        assert!(
+            out.contains("web")
+                && out.contains("10.0.0.1")
+                && out.contains("v=1")
+                && out.contains("4.2s"),
+            "{out}"
+        );
+    }
+}

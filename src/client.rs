@@ -1,0 +1,193 @@
+//! A client of the registration protocol, used by the `announce`, `register`, `deregister` and
+//! `list` commands. Small requests go over UDP with retries (every operation is idempotent, so a
+//! retry after a lost reply is harmless); `list` goes over TCP, where any reply size fits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::protocol::{ErrorCode, Reply, WireRequest};
+
+/// How a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The registry address could not be resolved.
+    #[error("cannot resolve registry address {addr:?}: {reason}")]
+    Resolve {
+        /// As given.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No reply came in time, after every retry.
+    #[error("no reply from the registry at {addr} (is `beacon serve` running there?)")]
+    Timeout {
+        /// The registry.
+        addr: SocketAddr,
+    },
+    /// A socket operation failed.
+    #[error("cannot reach the registry at {addr}: {source}")]
+    Io {
+        /// The registry.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The registry answered with something that is not a reply.
+    #[error("the registry at {addr} sent an unreadable reply: {reason}")]
+    BadReply {
+        /// The registry.
+        addr: SocketAddr,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The registry refused the request.
+    #[error("{message} ({})", code.as_str())]
+    Refused {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// The registry's explanation.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed (the registry was unreachable), as opposed to a
+    /// refusal that will repeat.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Refused { .. } | ClientError::Resolve { .. }
+        )
+    }
+}
+
+/// A registration-protocol client for one registry address.
+#[derive(Debug, Clone)]
+pub struct Client {
+    target: String,
+    attempt_timeout: Duration,
+    attempts: u32,
+}
+
+impl Client {
+    /// A client for `target` (`host:port`, resolved at each request so a moved registry is
+    /// followed).
+    pub fn new(target: impl Into<String>) -> Client {
+        Client {
+            target: target.into(),
+            attempt_timeout: Duration::from_millis(500),
+            attempts: 3,
+        }
+    }
+
+    /// Sets the wait for each attempt's reply and the number of attempts over UDP.
+    pub fn with_retries(mut self, attempt_timeout: Duration, attempts: u32) -> Client {
+        self.attempt_timeout = attempt_timeout;
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, ClientError> {
+        let resolve_error = |reason: String| ClientError::Resolve {
+            addr: self.target.clone(),
+            reason,
+        };
+        let mut addrs = tokio::net::lookup_host(&self.target)
+            .await
+            .map_err(|e| resolve_error(e.to_string()))?;
+        addrs
+            .next()
+            .ok_or_else(|| resolve_error("no address found".into()))
+    }
+
+    /// Sends `request` over UDP, retrying on silence, and returns the `ok` reply.
+    pub async fn send(&self, request: &WireRequest) -> Result<Reply, ClientError> {
+        let addr = self.resolve().await?;
+        let io = |source| ClientError::Io { addr, source };
+        let local: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).await.map_err(io)?;
+        socket.connect(addr).await.map_err(io)?;
+        let seq: u64 = rand::random::<u32>() as u64;
+        let request = WireRequest {
+            seq: Some(seq.into()),
+            ..request.clone()
+        };
+        let bytes = serde_json::to_vec(&request).map_err(|e| ClientError::BadReply {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..self.attempts {
+            socket.send(&bytes).await.map_err(io)?;
+            let deadline = tokio::time::Instant::now() + self.attempt_timeout;
+            loop {
+                let received = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await;
+                let len = match received {
+                    Err(_) => break,
+                    // ECONNREFUSED from an earlier datagram: nobody listens (yet); retry.
+                    Ok(Err(_)) => {
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    }
+                    Ok(Ok(len)) => len,
+                };
+                let reply = parse_reply(addr, &buf[..len])?;
+                if reply.seq.as_ref().and_then(|s| s.as_u64()) == Some(seq) || reply.seq.is_none() {
+                    return into_result(reply);
+                }
+            }
+        }
+        Err(ClientError::Timeout { addr })
+    }
+
+    /// Sends `request` over TCP and returns the `ok` reply; for replies of any size.
+    pub async fn send_tcp(&self, request: &WireRequest) -> Result<Reply, ClientError> {
+        let addr = self.resolve().await?;
+        let io = |source| ClientError::Io { addr, source };
+        let attempt = async {
+            let stream = TcpStream::connect(addr).await.map_err(io)?;
+            let (read, mut write) = stream.into_split();
+            let mut line = serde_json::to_vec(request).map_err(|e| ClientError::BadReply {
+                addr,
+                reason: e.to_string(),
+            })?;
+            line.push(b'\n');
+            write.write_all(&line).await.map_err(io)?;
+            let mut reply = Vec::new();
+            BufReader::new(read)
+                .read_until(b'\n', &mut reply)
+                .await
+                .map_err(io)?;
+            into_result(parse_reply(addr, &reply)?)
+        };
+        tokio::time::timeout(self.attempt_timeout * self.attempts.max(4), attempt)
+            .await
+            .map_err(|_| ClientError::Timeout { addr })?
+    }
+}
+
+fn parse_reply(addr: SocketAddr, bytes: &[u8]) -> Result<Reply, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::BadReply {
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+fn into_result(reply: Reply) -> Result<Reply, ClientError> {
+    if reply.ok {
+        return Ok(reply);
+    }
+    Err(ClientError::Refused {
+        code: reply.error.unwrap_or(ErrorCode::BadRequest),
+        message: reply
+            .message
+            .unwrap_or_else(|| "refused without a reason".into()),
+    })
+}

@@ -1,0 +1,296 @@
+//! Configuration: one typed struct read from TOML, with defaults for every key, validated once at
+//! start-up. `beacon.example.toml` at the repository root documents every key.
+//!
+//! Invariant: a `Config` that left [`Config::validate`] is internally consistent (for example
+//! `min_ttl <= default_ttl <= max_ttl`); no other module re-checks it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `beacon serve` can be configured with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Log filter in `tracing` syntax: `info`, `debug`, `beacon=debug,warn`.
+    pub log_level: String,
+    /// Worker threads of the server; `0` means one per core.
+    pub threads: usize,
+    /// The registration protocol.
+    pub registry: RegistryConfig,
+    /// The DNS interface.
+    pub dns: DnsConfig,
+}
+
+/// The registration protocol and the limits on what providers may register.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Address of the registration protocol, UDP and TCP on the same port.
+    pub listen: SocketAddr,
+    /// TTL given to a registration that names none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Shortest TTL a registration may ask for.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Longest TTL a registration may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Most live instances the registry holds; further new registrations are refused.
+    pub max_instances: usize,
+    /// Largest request accepted, in bytes (one datagram, or one line on TCP).
+    pub max_message_bytes: usize,
+    /// Most tags on one instance.
+    pub max_tags: usize,
+    /// Most metadata entries on one instance.
+    pub max_meta: usize,
+}
+
+/// The DNS interface.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Address answered on, UDP and TCP on the same port.
+    pub listen: SocketAddr,
+    /// The zone the registry is served under.
+    pub domain: String,
+    /// TTL of positive answers; answers never outlive the leases behind them, so this is an upper
+    /// bound. Whole seconds, `0s` allowed.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long negative answers (NXDOMAIN, NODATA) may be cached: the SOA MINIMUM and SOA TTL.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Largest UDP answer sent to a client that advertises more with EDNS(0).
+    pub max_udp_payload: u16,
+    /// A TCP connection with no query for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// Most simultaneous TCP connections; further ones are closed at once.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log_level: "info".to_string(),
+            threads: 0,
+            registry: RegistryConfig::default(),
+            dns: DnsConfig::default(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8601)),
+            default_ttl: Duration::from_secs(10),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(3600),
+            max_instances: 1_000_000,
+            max_message_bytes: 8192,
+            max_tags: 32,
+            max_meta: 32,
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8600)),
+            domain: "service.local".to_string(),
+            ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(5),
+            max_udp_payload: 1232,
+            tcp_idle_timeout: Duration::from_secs(10),
+            max_tcp_connections: 1024,
+        }
+    }
+}
+
+/// Why a configuration could not be used. Each message names the file or the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong kind.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message, which names the key and shows the line.
+        message: String,
+    },
+    /// A value parsed but is out of range or inconsistent with another.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted path of the key, as written in the file.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations between keys. Called again after command-line overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return invalid(
+                "log_level",
+                format!(
+                    "{:?} is not a log filter (try \"info\" or \"debug\")",
+                    self.log_level
+                ),
+            );
+        }
+        if self.threads > 1024 {
+            return invalid("threads", format!("{} is more than 1024", self.threads));
+        }
+        let r = &self.registry;
+        if r.min_ttl < Duration::from_millis(100) {
+            return invalid("registry.min_ttl", "must be at least 100ms".into());
+        }
+        if r.max_ttl < r.min_ttl {
+            return invalid(
+                "registry.max_ttl",
+                "must not be shorter than registry.min_ttl".into(),
+            );
+        }
+        if r.max_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return invalid("registry.max_ttl", "must be at most 7 days".into());
+        }
+        if r.default_ttl < r.min_ttl || r.default_ttl > r.max_ttl {
+            return invalid(
+                "registry.default_ttl",
+                format!(
+                    "{} is outside registry.min_ttl..registry.max_ttl ({}..{})",
+                    humantime::format_duration(r.default_ttl),
+                    humantime::format_duration(r.min_ttl),
+                    humantime::format_duration(r.max_ttl)
+                ),
+            );
+        }
+        if r.max_instances == 0 {
+            return invalid("registry.max_instances", "must be at least 1".into());
+        }
+        if !(256..=65_507).contains(&r.max_message_bytes) {
+            return invalid(
+                "registry.max_message_bytes",
+                "must be between 256 and 65507 (the largest UDP payload)".into(),
+            );
+        }
+        let d = &self.dns;
+        if let Err(reason) = crate::dns::Zone::parse_domain(&d.domain) {
+            return invalid("dns.domain", reason);
+        }
+        if d.ttl.subsec_nanos() != 0 || d.ttl > Duration::from_secs(86_400) {
+            return invalid("dns.ttl", "must be whole seconds, from 0s to 1d".into());
+        }
+        if d.negative_ttl.subsec_nanos() != 0
+            || d.negative_ttl < Duration::from_secs(1)
+            || d.negative_ttl > Duration::from_secs(86_400)
+        {
+            return invalid(
+                "dns.negative_ttl",
+                "must be whole seconds, from 1s to 1d (0 makes resolvers retry without pause)"
+                    .into(),
+            );
+        }
+        if d.max_udp_payload < 512 {
+            return invalid("dns.max_udp_payload", "must be at least 512".into());
+        }
+        if d.tcp_idle_timeout < Duration::from_millis(100) {
+            return invalid("dns.tcp_idle_timeout", "must be at least 100ms".into());
+        }
+        if d.max_tcp_connections == 0 {
+            return invalid("dns.max_tcp_connections", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        let text = include_str!("../beacon.example.toml");
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[dns]\nttll = \"5s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ttll"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = Config::from_toml("[registry]\nmin_ttl = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_ttl"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_values_name_the_key() {
+        let err = Config::from_toml("[registry]\nmin_ttl = \"1m\"\nmax_ttl = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registry.max_ttl"), "{err}");
+        let err = Config::from_toml("[dns]\nttl = \"1500ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dns.ttl"), "{err}");
+        let err = Config::from_toml("[dns]\ndomain = \"bad_domain..x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dns.domain"), "{err}");
+    }
+}

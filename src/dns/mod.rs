@@ -1,0 +1,100 @@
+//! The DNS interface: answers for the service domain, computed from the registry's published
+//! snapshots.
+//!
+//! - [`answer`] turns one query (bytes) into one response (bytes): names, records, TTLs, negative
+//!   answers, truncation. It reads the registry and never writes to it.
+//! - [`server`] runs the UDP and TCP loops around it.
+//!
+//! Names served under the domain (default `service.local.`):
+//!
+//! | name | answers |
+//! | --- | --- |
+//! | apex | SOA (serial = registry version), NS (the apex itself), A/AAAA of the DNS listener |
+//! | `<service>` | A, AAAA, SRV of every live instance |
+//! | `_<service>._tcp` | SRV of every live instance (RFC 2782) |
+//! | `<id>.<service>` | A/AAAA, SRV and TXT (metadata) of one instance: the SRV targets |
+//! | `<tag>.<service>` | A, AAAA, SRV of the live instances with that tag |
+
+pub mod answer;
+pub mod server;
+
+pub use answer::Responder;
+
+use hickory_proto::rr::{LowerName, Name};
+
+/// The served domain, as a parsed DNS name.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    /// The apex, fully qualified, lower case.
+    pub apex: Name,
+    lower: LowerName,
+}
+
+impl Zone {
+    /// Parses a domain such as `service.local`; the trailing dot is optional.
+    pub fn new(domain: &str) -> Result<Zone, String> {
+        let apex = Zone::parse_domain(domain)?;
+        Ok(Zone {
+            lower: LowerName::new(&apex),
+            apex,
+        })
+    }
+
+    /// Checks that `domain` is a usable zone name: host-name labels, at least one of them.
+    pub fn parse_domain(domain: &str) -> Result<Name, String> {
+        let trimmed = domain.strip_suffix('.').unwrap_or(domain);
+        if trimmed.is_empty() {
+            return Err("the domain is empty; serving the root zone is not supported".into());
+        }
+        for label in trimmed.split('.') {
+            crate::name::label(label)
+                .map_err(|e| format!("{domain:?} has a bad label {label:?}: {e}"))?;
+        }
+        let mut name = Name::from_ascii(trimmed).map_err(|e| format!("{domain:?}: {e}"))?;
+        name.set_fqdn(true);
+        Ok(name.to_lowercase())
+    }
+
+    /// The labels of `name` below the apex, lower case and leftmost first, or `None` when the
+    /// name is not inside the zone.
+    pub fn relative_labels(&self, name: &Name) -> Option<Vec<String>> {
+        let lower = LowerName::new(name);
+        if !self.lower.zone_of(&lower) {
+            return None;
+        }
+        let own = name.num_labels() as usize - self.apex.num_labels() as usize;
+        Some(
+            name.iter()
+                .take(own)
+                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_names_inside_the_zone() {
+        let zone = Zone::new("Service.Local").unwrap();
+        assert_eq!(zone.apex.to_ascii(), "service.local.");
+        let labels = |n: &str| zone.relative_labels(&Name::from_ascii(n).unwrap());
+        assert_eq!(labels("WEB.service.local."), Some(vec!["web".to_string()]));
+        assert_eq!(labels("service.local."), Some(vec![]));
+        assert_eq!(
+            labels("_web._tcp.service.LOCAL."),
+            Some(vec!["_web".to_string(), "_tcp".to_string()])
+        );
+        assert_eq!(labels("example.com."), None);
+        assert_eq!(labels("local."), None);
+    }
+
+    #[test]
+    fn refuses_bad_domains() {
+        assert!(Zone::new("").is_err());
+        assert!(Zone::new("a..b").is_err());
+        assert!(Zone::new("under_score.local").is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! beacon: service discovery with a DNS interface.
+//!
+//! Providers register over a small JSON protocol and keep heartbeating; consumers ask plain DNS
+//! and get only the addresses whose leases still run. Data flows one way:
+//! [`protocol`] → [`registry`] → [`dns`]. See `ARCHITECTURE.md` for the codemap.
+//!
+//! - [`config`]: the typed configuration, its defaults and its validation.
+//! - [`name`]: validation of service names, instance ids and tags (each one DNS label).
+//! - [`registry`]: the live set, leases, event-driven expiry, versions, read snapshots.
+//! - [`protocol`]: the registration protocol's messages and its UDP/TCP listeners.
+//! - [`dns`]: DNS answers from registry snapshots, and the DNS UDP/TCP listeners.
+//! - [`client`]: a registration-protocol client for the command line.
+//! - [`serve`]: wires the registry and both interfaces into one server.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dns;
+pub mod name;
+pub mod protocol;
+pub mod registry;
+pub mod serve;

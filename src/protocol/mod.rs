@@ -1,0 +1,684 @@
+//! The registration protocol: one JSON object per UDP datagram, or per line on TCP, and one
+//! reply of the same form for every request. `docs/PROTOCOL.md` is its byte-exact description.
+//!
+//! This module owns the wire types (shared by the server and by [`crate::client`]), turns bytes
+//! into a typed [`Request`] with an [`ErrorCode`] for every way that can fail, and applies
+//! requests to the [`Registry`]. It knows nothing about sockets: [`server`] does.
+
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::registry::{self, Instance, Registry, RegistryError};
+
+/// The protocol version this server speaks; requests may carry `"v": 1` or leave it out.
+pub const VERSION: u64 = 1;
+
+/// Machine-readable error codes, one per kind of refusal. Stable: clients match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a JSON object.
+    Malformed,
+    /// Valid JSON, but a field is missing, unknown, of the wrong type, or not used by the op.
+    BadRequest,
+    /// `v` names a protocol version this server does not speak.
+    UnsupportedVersion,
+    /// `op` is not an operation this server knows.
+    UnknownOp,
+    /// The request is longer than `registry.max_message_bytes`.
+    TooLarge,
+    /// The reply would not fit in one datagram: repeat the request over TCP.
+    ReplyTooLarge,
+    /// See [`RegistryError::InvalidService`].
+    InvalidService,
+    /// See [`RegistryError::InvalidId`].
+    InvalidId,
+    /// See [`RegistryError::InvalidAddress`].
+    InvalidAddress,
+    /// See [`RegistryError::InvalidPort`].
+    InvalidPort,
+    /// See [`RegistryError::InvalidTtl`].
+    InvalidTtl,
+    /// `weight` is not an integer from 0 to 65535.
+    InvalidWeight,
+    /// See [`RegistryError::InvalidTag`].
+    InvalidTag,
+    /// See [`RegistryError::TooManyTags`].
+    TooManyTags,
+    /// See [`RegistryError::InvalidMeta`].
+    InvalidMeta,
+    /// See [`RegistryError::TooManyMeta`].
+    TooManyMeta,
+    /// See [`RegistryError::UnknownInstance`].
+    UnknownInstance,
+    /// See [`RegistryError::Full`].
+    Full,
+}
+
+impl From<&RegistryError> for ErrorCode {
+    fn from(e: &RegistryError) -> Self {
+        match e {
+            RegistryError::InvalidService { .. } => ErrorCode::InvalidService,
+            RegistryError::InvalidId { .. } => ErrorCode::InvalidId,
+            RegistryError::InvalidAddress { .. } => ErrorCode::InvalidAddress,
+            RegistryError::InvalidPort { .. } => ErrorCode::InvalidPort,
+            RegistryError::InvalidTtl { .. } => ErrorCode::InvalidTtl,
+            RegistryError::InvalidTag { .. } => ErrorCode::InvalidTag,
+            RegistryError::TooManyTags { .. } => ErrorCode::TooManyTags,
+            RegistryError::InvalidMeta { .. } => ErrorCode::InvalidMeta,
+            RegistryError::TooManyMeta { .. } => ErrorCode::TooManyMeta,
+            RegistryError::UnknownInstance { .. } => ErrorCode::UnknownInstance,
+            RegistryError::Full { .. } => ErrorCode::Full,
+        }
+    }
+}
+
+impl ErrorCode {
+    /// The code as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ReplyTooLarge => "reply_too_large",
+            ErrorCode::InvalidService => "invalid_service",
+            ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::InvalidAddress => "invalid_address",
+            ErrorCode::InvalidPort => "invalid_port",
+            ErrorCode::InvalidTtl => "invalid_ttl",
+            ErrorCode::InvalidWeight => "invalid_weight",
+            ErrorCode::InvalidTag => "invalid_tag",
+            ErrorCode::TooManyTags => "too_many_tags",
+            ErrorCode::InvalidMeta => "invalid_meta",
+            ErrorCode::TooManyMeta => "too_many_meta",
+            ErrorCode::UnknownInstance => "unknown_instance",
+            ErrorCode::Full => "full",
+        }
+    }
+}
+
+/// A refused request: the code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProtocolError {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// What exactly was wrong, naming the field or value.
+    pub message: String,
+}
+
+impl ProtocolError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<RegistryError> for ProtocolError {
+    fn from(e: RegistryError) -> Self {
+        ProtocolError::new(ErrorCode::from(&e), e.to_string())
+    }
+}
+
+/// A request as it travels: the object a client serialises and the server reads.
+///
+/// Numbers the server range-checks itself (`port`, `weight`, `ttl_ms`) and the free-form
+/// `tags` and `meta` are kept as JSON values, so that a wrong value gets its own error code
+/// (`invalid_port`, …) rather than a generic type error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireRequest {
+    /// Protocol version; 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<Value>,
+    /// The operation: `register`, `heartbeat`, `deregister` or `list`.
+    pub op: String,
+    /// Any number the client chooses; echoed in the reply so replies can be matched on UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Value>,
+    /// Service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Instance id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Address, IPv4 or IPv6 text; the sender's address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Port, 1-65535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Value>,
+    /// SRV weight, 0-65535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Value>,
+    /// Tags: an array of DNS labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Value>,
+    /// Metadata: an object of string values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+    /// Lease in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<Value>,
+}
+
+/// A parsed, type-checked request. Names are validated when applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Register or renew an instance (idempotent upsert).
+    Register(registry::RegistrationRequest),
+    /// Renew a live instance.
+    Heartbeat {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// Remove an instance now.
+    Deregister {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// Live instances of one service, or of all.
+    List {
+        /// Service name; every service when absent.
+        service: Option<String>,
+    },
+}
+
+impl Request {
+    /// The operation's name on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Register(_) => "register",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::Deregister { .. } => "deregister",
+            Request::List { .. } => "list",
+        }
+    }
+}
+
+/// An instance as replies show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// SRV weight.
+    pub weight: u16,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Lease in milliseconds.
+    pub ttl_ms: u64,
+    /// Milliseconds until the lease runs out unless renewed.
+    pub expires_in_ms: u64,
+}
+
+impl InstanceInfo {
+    /// Describes `instance` as seen at `now_ms`.
+    pub fn new(instance: &Instance, now_ms: u64) -> Self {
+        InstanceInfo {
+            service: instance.service.to_string(),
+            id: instance.id.to_string(),
+            address: instance.address,
+            port: instance.port,
+            weight: instance.weight,
+            tags: instance.tags.iter().map(|t| t.to_string()).collect(),
+            meta: instance
+                .meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ttl_ms: instance.ttl.as_millis() as u64,
+            expires_in_ms: instance.remaining_ms(now_ms),
+        }
+    }
+}
+
+/// A reply as it travels. Fields that do not apply to the operation are left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Protocol version of the reply.
+    pub v: u64,
+    /// The request's `seq`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Value>,
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// The operation carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// The global version after the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// register: whether the live set changed (false for a pure renewal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    /// heartbeat: the renewed lease in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// register: the instance as accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceInfo>,
+    /// list: the live instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<InstanceInfo>>,
+    /// The error code, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorCode>,
+    /// What was wrong, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(seq: Option<Value>, error: ProtocolError) -> Reply {
+        Reply {
+            v: VERSION,
+            seq,
+            ok: false,
+            error: Some(error.code),
+            message: Some(error.message),
+            ..Reply::default()
+        }
+    }
+
+    /// The reply as one line of JSON, without the newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising these plain structs to a Vec cannot fail: no maps with non-string keys,
+        // no custom serialisers that error.
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{\"v\":1,\"ok\":false}".to_vec())
+    }
+}
+
+/// Parses one request. On failure returns the `seq` it could recover, so even an error reply
+/// can be matched by the client.
+pub fn parse(
+    bytes: &[u8],
+    sender: IpAddr,
+) -> Result<(Option<Value>, Request), (Option<Value>, ProtocolError)> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        (
+            None,
+            ProtocolError::new(ErrorCode::Malformed, format!("not valid JSON: {e}")),
+        )
+    })?;
+    let seq = value.get("seq").cloned();
+    if !value.is_object() {
+        return Err((
+            None,
+            ProtocolError::new(ErrorCode::Malformed, "a request must be a JSON object"),
+        ));
+    }
+    let wire: WireRequest = serde_json::from_value(value).map_err(|e| {
+        (
+            seq.clone(),
+            ProtocolError::new(ErrorCode::BadRequest, e.to_string()),
+        )
+    })?;
+    match wire.into_request(sender) {
+        Ok(request) => Ok((seq, request)),
+        Err(e) => Err((seq, e)),
+    }
+}
+
+impl WireRequest {
+    fn into_request(self, sender: IpAddr) -> Result<Request, ProtocolError> {
+        match &self.v {
+            None => {}
+            Some(v) if v.as_u64() == Some(VERSION) => {}
+            Some(v) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!("protocol version {v} is not supported; this server speaks v=1"),
+                ))
+            }
+        }
+        if let Some(seq) = &self.seq {
+            if !seq.is_u64() {
+                return Err(bad("`seq` must be a non-negative integer"));
+            }
+        }
+        match self.op.as_str() {
+            "register" => self.into_register(sender),
+            "heartbeat" | "deregister" => {
+                self.only_fields(&["service", "id"])?;
+                let service = self.service.ok_or_else(|| missing("service", &self.op))?;
+                let id = self.id.ok_or_else(|| missing("id", &self.op))?;
+                Ok(if self.op == "heartbeat" {
+                    Request::Heartbeat { service, id }
+                } else {
+                    Request::Deregister { service, id }
+                })
+            }
+            "list" => {
+                self.only_fields(&["service"])?;
+                Ok(Request::List {
+                    service: self.service,
+                })
+            }
+            other => Err(ProtocolError::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op {other:?}; expected register, heartbeat, deregister or list"),
+            )),
+        }
+    }
+
+    /// Refuses fields the operation does not use, so a typo or a misunderstanding is reported
+    /// rather than silently ignored.
+    fn only_fields(&self, allowed: &[&str]) -> Result<(), ProtocolError> {
+        let present = [
+            ("service", self.service.is_some()),
+            ("id", self.id.is_some()),
+            ("address", self.address.is_some()),
+            ("port", self.port.is_some()),
+            ("weight", self.weight.is_some()),
+            ("tags", self.tags.is_some()),
+            ("meta", self.meta.is_some()),
+            ("ttl_ms", self.ttl_ms.is_some()),
+        ];
+        match present
+            .iter()
+            .find(|(name, is)| *is && !allowed.contains(name))
+        {
+            Some((name, _)) => Err(bad(format!(
+                "field `{name}` is not used by {}{}",
+                self.op,
+                if self.op == "heartbeat" {
+                    "; send register to change or re-create an instance"
+                } else {
+                    ""
+                }
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn into_register(self, sender: IpAddr) -> Result<Request, ProtocolError> {
+        let service = self.service.ok_or_else(|| missing("service", "register"))?;
+        let port = match self.port {
+            None => return Err(missing("port", "register")),
+            Some(v) => match v.as_i64() {
+                Some(p) if (1..=65535).contains(&p) => p as u16,
+                Some(p) => return Err(RegistryError::InvalidPort { port: p }.into()),
+                None => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidPort,
+                        format!("port {v} is not an integer from 1 to 65535"),
+                    ))
+                }
+            },
+        };
+        let address = match self.address {
+            None => sender,
+            Some(text) => text.parse::<IpAddr>().map_err(|_| {
+                ProtocolError::new(
+                    ErrorCode::InvalidAddress,
+                    format!("address {text:?} is not an IPv4 or IPv6 address"),
+                )
+            })?,
+        };
+        let weight = match self.weight {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(w) if w <= 65535 => Some(w as u16),
+                _ => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidWeight,
+                        format!("weight {v} is not an integer from 0 to 65535"),
+                    ))
+                }
+            },
+        };
+        let ttl = match self.ttl_ms {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidTtl,
+                        format!("ttl_ms {v} is not a whole number of milliseconds"),
+                    ))
+                }
+            },
+        };
+        let tags = match self.tags {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|t| match t {
+                    Value::String(s) => Ok(s),
+                    other => Err(ProtocolError::new(
+                        ErrorCode::InvalidTag,
+                        format!("tag {other} is not a string"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidTag,
+                    format!("tags must be an array of strings, not {other}"),
+                ))
+            }
+        };
+        let meta = match self.meta {
+            None => Vec::new(),
+            Some(Value::Object(map)) => map
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k, s)),
+                    other => Err(ProtocolError::new(
+                        ErrorCode::InvalidMeta,
+                        format!("metadata key {k:?}: value {other} is not a string"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidMeta,
+                    format!("meta must be an object of strings, not {other}"),
+                ))
+            }
+        };
+        Ok(Request::Register(registry::RegistrationRequest {
+            service,
+            id: self.id,
+            address: Some(address),
+            port,
+            weight,
+            tags,
+            meta,
+            ttl,
+        }))
+    }
+}
+
+fn bad(message: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(ErrorCode::BadRequest, message)
+}
+
+fn missing(field: &str, op: &str) -> ProtocolError {
+    bad(format!("missing field `{field}`, which {op} needs"))
+}
+
+/// Carries out a request against the registry and builds the reply.
+pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolError> {
+    let op = Some(request.op().to_string());
+    let ok = |version: u64| Reply {
+        v: VERSION,
+        ok: true,
+        op: op.clone(),
+        version: Some(version),
+        ..Reply::default()
+    };
+    match request {
+        Request::Register(raw) => {
+            let reg = raw.validate(registry.limits())?;
+            let done = registry.register(reg)?;
+            Ok(Reply {
+                changed: Some(done.changed),
+                instance: Some(InstanceInfo::new(&done.instance, registry.now_ms())),
+                ..ok(done.version)
+            })
+        }
+        Request::Heartbeat { service, id } => {
+            let service = registry::service_name(&service)?;
+            let id = registry::instance_id(&id)?;
+            let renewed = registry.heartbeat(&service, &id)?;
+            Ok(Reply {
+                ttl_ms: Some(renewed.ttl.as_millis() as u64),
+                ..ok(renewed.version)
+            })
+        }
+        Request::Deregister { service, id } => {
+            let service = registry::service_name(&service)?;
+            let id = registry::instance_id(&id)?;
+            let version = registry.deregister(&service, &id)?;
+            Ok(ok(version))
+        }
+        Request::List { service } => {
+            let version = registry.version();
+            let now = registry.now_ms();
+            let views = match service {
+                Some(name) => {
+                    let name = registry::service_name(&name)?;
+                    registry.service(&name).into_iter().collect()
+                }
+                None => registry.services(),
+            };
+            let instances = views
+                .iter()
+                .flat_map(|view| view.live(now))
+                .map(|i| InstanceInfo::new(i, now))
+                .collect();
+            Ok(Reply {
+                instances: Some(instances),
+                ..ok(version)
+            })
+        }
+    }
+}
+
+/// Parses, applies and encodes: one request's bytes in, one reply line out (no newline).
+pub fn handle(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Vec<u8> {
+    let reply = match parse(bytes, sender) {
+        Ok((seq, request)) => match apply(registry, request) {
+            Ok(reply) => Reply { seq, ..reply },
+            Err(e) => Reply::error(seq, e),
+        },
+        Err((seq, e)) => Reply::error(seq, e),
+    };
+    reply.to_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> ErrorCode {
+        parse(text.as_bytes(), "127.0.0.1".parse().unwrap())
+            .expect_err(text)
+            .1
+            .code
+    }
+
+    #[test]
+    fn every_kind_of_bad_input_has_its_code() {
+        assert_eq!(parse_err("not json"), ErrorCode::Malformed);
+        assert_eq!(parse_err("[1,2]"), ErrorCode::Malformed);
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":1,"colour":"red"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(parse_err(r#"{"op":"fly"}"#), ErrorCode::UnknownOp);
+        assert_eq!(
+            parse_err(r#"{"v":2,"op":"list"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":70000}"#),
+            ErrorCode::InvalidPort
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":"80"}"#),
+            ErrorCode::InvalidPort
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":80,"address":"10.0.0.300"}"#),
+            ErrorCode::InvalidAddress
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":80,"weight":-1}"#),
+            ErrorCode::InvalidWeight
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":80,"ttl_ms":"5s"}"#),
+            ErrorCode::InvalidTtl
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":80,"tags":"x"}"#),
+            ErrorCode::InvalidTag
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"register","service":"a","port":80,"meta":{"k":1}}"#),
+            ErrorCode::InvalidMeta
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"heartbeat","service":"a"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"heartbeat","service":"a","id":"b","port":1}"#),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn seq_is_echoed_even_on_error() {
+        let registry = Registry::new(registry::Limits::from(
+            &crate::config::RegistryConfig::default(),
+        ));
+        let reply = handle(
+            &registry,
+            br#"{"op":"fly","seq":7}"#,
+            "127.0.0.1".parse().unwrap(),
+        );
+        let reply: Reply = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(reply.seq, Some(Value::from(7)));
+        assert_eq!(reply.error, Some(ErrorCode::UnknownOp));
+    }
+
+    #[test]
+    fn error_codes_serialise_as_documented() {
+        for code in [
+            ErrorCode::Malformed,
+            ErrorCode::UnknownInstance,
+            ErrorCode::ReplyTooLarge,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                Value::from(code.as_str())
+            );
+        }
+    }
+}

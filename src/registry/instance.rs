@@ -1,0 +1,412 @@
+//! One registered instance, and the validation that turns a provider's request into one.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::name;
+
+use super::RegistryError;
+
+/// A live provider of a service, as registered.
+///
+/// Everything but the deadline is immutable: a registration that changes a field replaces the
+/// `Instance` (and bumps the version), while a renewal only moves the deadline. The deadline is
+/// atomic so renewals reach readers that hold an older snapshot of the service without
+/// rebuilding that snapshot, which keeps heartbeats cheap.
+#[derive(Debug)]
+pub struct Instance {
+    /// Service name, one lower-case DNS label.
+    pub service: Arc<str>,
+    /// Instance id, one lower-case DNS label, unique within the service.
+    pub id: Arc<str>,
+    /// Address consumers connect to.
+    pub address: IpAddr,
+    /// Port consumers connect to.
+    pub port: u16,
+    /// SRV weight.
+    pub weight: u16,
+    /// Tags, lower-case DNS labels, sorted and without duplicates.
+    pub tags: Box<[Box<str>]>,
+    /// Metadata, sorted by key, published as TXT `key=value` strings.
+    pub meta: Box<[(Box<str>, Box<str>)]>,
+    /// Lease: how long the instance stays after its last renewal.
+    pub ttl: Duration,
+    /// Registry-clock milliseconds at which the lease runs out.
+    deadline_ms: AtomicU64,
+    /// Tie-breaker in the deadline queue, unique for the registry's lifetime.
+    pub(super) seq: u64,
+}
+
+impl Instance {
+    /// Registry-clock milliseconds at which this instance expires unless renewed.
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_deadline_ms(&self, deadline: u64) {
+        self.deadline_ms.store(deadline, Ordering::Release);
+    }
+
+    /// Whether the lease still runs at `now_ms`. The read path checks this so that an instance is
+    /// never answered after its deadline, even before the expiry task has removed it.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.deadline_ms() > now_ms
+    }
+
+    /// Milliseconds left on the lease at `now_ms` (0 once expired).
+    pub fn remaining_ms(&self, now_ms: u64) -> u64 {
+        self.deadline_ms().saturating_sub(now_ms)
+    }
+
+    /// Whether a registration would leave this instance as it is (so it is only a renewal).
+    pub(super) fn same_as(&self, reg: &Registration) -> bool {
+        self.address == reg.address
+            && self.port == reg.port
+            && self.weight == reg.weight
+            && self.ttl == reg.ttl
+            && self.tags.len() == reg.tags.len()
+            && self.tags.iter().zip(&reg.tags).all(|(a, b)| **a == **b)
+            && self.meta.len() == reg.meta.len()
+            && self
+                .meta
+                .iter()
+                .zip(&reg.meta)
+                .all(|((k1, v1), (k2, v2))| **k1 == **k2 && **v1 == **v2)
+    }
+
+    pub(super) fn from_registration(
+        service: Arc<str>,
+        id: Arc<str>,
+        reg: &Registration,
+        deadline_ms: u64,
+        seq: u64,
+    ) -> Instance {
+        Instance {
+            service,
+            id,
+            address: reg.address,
+            port: reg.port,
+            weight: reg.weight,
+            tags: reg.tags.iter().map(|t| t.as_str().into()).collect(),
+            meta: reg
+                .meta
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+            ttl: reg.ttl,
+            deadline_ms: AtomicU64::new(deadline_ms),
+            seq,
+        }
+    }
+}
+
+/// What a provider asks to register, before validation. Optional fields take defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrationRequest {
+    /// Service name.
+    pub service: String,
+    /// Instance id; derived from address and port when absent.
+    pub id: Option<String>,
+    /// Address; the protocol layer fills in the sender's address when the request has none.
+    pub address: Option<IpAddr>,
+    /// Port, 1-65535.
+    pub port: u16,
+    /// SRV weight; 1 when absent.
+    pub weight: Option<u16>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Metadata entries.
+    pub meta: Vec<(String, String)>,
+    /// Lease; the configured default when absent.
+    pub ttl: Option<Duration>,
+}
+
+/// The limits a registration is checked against (from `[registry]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// TTL of a registration that names none.
+    pub default_ttl: Duration,
+    /// Shortest TTL accepted.
+    pub min_ttl: Duration,
+    /// Longest TTL accepted.
+    pub max_ttl: Duration,
+    /// Most live instances.
+    pub max_instances: usize,
+    /// Most tags on one instance.
+    pub max_tags: usize,
+    /// Most metadata entries on one instance.
+    pub max_meta: usize,
+}
+
+impl From<&crate::config::RegistryConfig> for Limits {
+    fn from(c: &crate::config::RegistryConfig) -> Self {
+        Limits {
+            default_ttl: c.default_ttl,
+            min_ttl: c.min_ttl,
+            max_ttl: c.max_ttl,
+            max_instances: c.max_instances,
+            max_tags: c.max_tags,
+            max_meta: c.max_meta,
+        }
+    }
+}
+
+/// A registration that passed validation: every name is a lower-case label, every value in range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// SRV weight.
+    pub weight: u16,
+    /// Sorted, de-duplicated tags.
+    pub tags: Vec<String>,
+    /// Metadata sorted by key.
+    pub meta: Vec<(String, String)>,
+    /// Lease.
+    pub ttl: Duration,
+}
+
+/// Longest `key=value` string, the limit of one TXT character-string (RFC 1035 §3.3).
+pub const MAX_META_ENTRY_BYTES: usize = 255;
+
+/// Checks a service name (also used by heartbeat, deregister and list).
+pub fn service_name(raw: &str) -> Result<String, RegistryError> {
+    name::label(raw).map_err(|reason| RegistryError::InvalidService {
+        name: raw.to_string(),
+        reason,
+    })
+}
+
+/// Checks an instance id (also used by heartbeat and deregister).
+pub fn instance_id(raw: &str) -> Result<String, RegistryError> {
+    name::label(raw).map_err(|reason| RegistryError::InvalidId {
+        id: raw.to_string(),
+        suggestion: name::suggest_label(raw),
+        reason,
+    })
+}
+
+/// The id given to an instance that names none: its address and port as one label, so
+/// `10.0.0.2:8080` is `10-0-0-2-8080` and `[fd00::1]:8080` is `fd00--1-8080`.
+pub fn default_id(address: IpAddr, port: u16) -> String {
+    let addr = match address {
+        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
+        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+    };
+    // An address starting with "::" would start the label with '-', which no label may.
+    let zero = if addr.starts_with('-') { "0" } else { "" };
+    format!("{zero}{addr}-{port}")
+}
+
+impl RegistrationRequest {
+    /// Validates against `limits`, normalising names to lower case and filling in defaults.
+    pub fn validate(self, limits: &Limits) -> Result<Registration, RegistryError> {
+        let service = service_name(&self.service)?;
+        let address = self.address.ok_or(RegistryError::InvalidAddress {
+            address: String::new(),
+            reason: "no address given".into(),
+        })?;
+        check_address(address)?;
+        if self.port == 0 {
+            return Err(RegistryError::InvalidPort { port: 0 });
+        }
+        let id = match &self.id {
+            Some(id) => instance_id(id)?,
+            None => default_id(address, self.port),
+        };
+        let ttl = self.ttl.unwrap_or(limits.default_ttl);
+        if ttl < limits.min_ttl || ttl > limits.max_ttl {
+            return Err(RegistryError::InvalidTtl {
+                ttl,
+                min: limits.min_ttl,
+                max: limits.max_ttl,
+            });
+        }
+        if self.tags.len() > limits.max_tags {
+            return Err(RegistryError::TooManyTags {
+                count: self.tags.len(),
+                max: limits.max_tags,
+            });
+        }
+        let mut tags = Vec::with_capacity(self.tags.len());
+        for tag in &self.tags {
+            tags.push(
+                name::label(tag).map_err(|reason| RegistryError::InvalidTag {
+                    tag: tag.clone(),
+                    reason,
+                })?,
+            );
+        }
+        tags.sort();
+        tags.dedup();
+        if self.meta.len() > limits.max_meta {
+            return Err(RegistryError::TooManyMeta {
+                count: self.meta.len(),
+                max: limits.max_meta,
+            });
+        }
+        let mut meta = self.meta;
+        for (key, value) in &meta {
+            check_meta(key, value)?;
+        }
+        meta.sort();
+        if let Some(pair) = meta.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(RegistryError::InvalidMeta {
+                key: pair[0].0.clone(),
+                reason: "the key appears twice".into(),
+            });
+        }
+        Ok(Registration {
+            service,
+            id,
+            address,
+            port: self.port,
+            weight: self.weight.unwrap_or(1),
+            tags,
+            meta,
+            ttl,
+        })
+    }
+}
+
+fn check_address(address: IpAddr) -> Result<(), RegistryError> {
+    let reason = if address.is_unspecified() {
+        "the unspecified address cannot be connected to"
+    } else if address.is_multicast() {
+        "a multicast address is not a provider"
+    } else if address == IpAddr::from([255, 255, 255, 255]) {
+        "the broadcast address is not a provider"
+    } else {
+        return Ok(());
+    };
+    Err(RegistryError::InvalidAddress {
+        address: address.to_string(),
+        reason: reason.into(),
+    })
+}
+
+fn check_meta(key: &str, value: &str) -> Result<(), RegistryError> {
+    let bad = |reason: &str| {
+        Err(RegistryError::InvalidMeta {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if key.is_empty() {
+        return bad("the key is empty");
+    }
+    if key.contains('=') {
+        return bad("the key contains '=', which separates key from value in TXT records");
+    }
+    if key.chars().chain(value.chars()).any(|c| c.is_control()) {
+        return bad("control characters are not allowed");
+    }
+    if key.len() + 1 + value.len() > MAX_META_ENTRY_BYTES {
+        return bad("key=value is longer than 255 bytes, the limit of one TXT string");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::from(&crate::config::RegistryConfig::default())
+    }
+
+    fn request() -> RegistrationRequest {
+        RegistrationRequest {
+            service: "Web".into(),
+            address: Some("10.0.0.2".parse().unwrap()),
+            port: 8080,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_normalisation() {
+        let reg = RegistrationRequest {
+            tags: vec!["B".into(), "a".into(), "b".into()],
+            ..request()
+        }
+        .validate(&limits())
+        .unwrap();
+        assert_eq!(reg.service, "web");
+        assert_eq!(reg.id, "10-0-0-2-8080");
+        assert_eq!(reg.weight, 1);
+        assert_eq!(reg.ttl, Duration::from_secs(10));
+        assert_eq!(reg.tags, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn default_ids_are_labels() {
+        for addr in ["10.0.0.2", "fd00::1", "::1", "2001:db8::"] {
+            let id = default_id(addr.parse().unwrap(), 80);
+            assert!(name::label(&id).is_ok(), "{addr} -> {id}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_fields_with_their_own_error() {
+        let l = limits();
+        let dotted = RegistrationRequest {
+            id: Some("web-10.0.0.2-8080".into()),
+            ..request()
+        };
+        match dotted.validate(&l) {
+            Err(RegistryError::InvalidId { suggestion, .. }) => {
+                assert_eq!(suggestion.as_deref(), Some("web-10-0-0-2-8080"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let zero_port = RegistrationRequest {
+            port: 0,
+            ..request()
+        };
+        assert!(matches!(
+            zero_port.validate(&l),
+            Err(RegistryError::InvalidPort { .. })
+        ));
+        let short = RegistrationRequest {
+            ttl: Some(Duration::from_millis(10)),
+            ..request()
+        };
+        assert!(matches!(
+            short.validate(&l),
+            Err(RegistryError::InvalidTtl { .. })
+        ));
+        let multicast = RegistrationRequest {
+            address: Some("224.0.0.1".parse().unwrap()),
+            ..request()
+        };
+        assert!(matches!(
+            multicast.validate(&l),
+            Err(RegistryError::InvalidAddress { .. })
+        ));
+        let many = RegistrationRequest {
+            tags: (0..33).map(|i| format!("t{i}")).collect(),
+            ..request()
+        };
+        assert!(matches!(
+            many.validate(&l),
+            Err(RegistryError::TooManyTags { .. })
+        ));
+        let eq_key = RegistrationRequest {
+            meta: vec![("a=b".into(), "c".into())],
+            ..request()
+        };
+        assert!(matches!(
+            eq_key.validate(&l),
+            Err(RegistryError::InvalidMeta { .. })
+        ));
+    }
+}

@@ -1,0 +1,617 @@
+//! The registry: the live set of instances per service, their leases, and the versions that
+//! count its changes.
+//!
+//! Writers (register, heartbeat, deregister, expiry) serialise on one `std::sync::Mutex`; no
+//! `.await` happens while it is held, so a blocking mutex is cheaper than an async one, as in
+//! mini-redis. Readers (DNS answers, `list`) never touch that mutex: after every change the
+//! writer publishes an immutable [`ServiceView`] per changed service, and readers clone an `Arc`
+//! of it from a separate read-mostly map. Renewals do not rebuild views at all: they move the
+//! instance's atomic deadline, which every view shares.
+//!
+//! Expiry is exact and event-driven: deadlines sit in a `BTreeMap` ordered by time, and one task
+//! sleeps until the earliest of them (or until a new, earlier one is inserted). Every write path
+//! first removes what is already due, and readers skip any instance past its deadline, so no
+//! answer ever names an expired instance, whatever the task's scheduling delay.
+
+mod instance;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use instance::{
+    default_id, instance_id, service_name, Instance, Limits, Registration, RegistrationRequest,
+    MAX_META_ENTRY_BYTES,
+};
+
+use crate::name::LabelError;
+
+/// Why the registry refused a request. Each variant maps to one protocol error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The service name is not one DNS label.
+    #[error("service name {name:?} is not a valid DNS label: {reason}")]
+    InvalidService {
+        /// As received.
+        name: String,
+        /// What is wrong.
+        reason: LabelError,
+    },
+    /// The instance id is not one DNS label.
+    #[error("instance id {id:?} is not a valid DNS label: {reason}{}", suggestion.as_ref().map(|s| format!(" (try {s:?})")).unwrap_or_default())]
+    InvalidId {
+        /// As received.
+        id: String,
+        /// What is wrong.
+        reason: LabelError,
+        /// A label that would be accepted.
+        suggestion: Option<String>,
+    },
+    /// The address cannot be a provider's.
+    #[error("address {address:?} is not usable: {reason}")]
+    InvalidAddress {
+        /// As received.
+        address: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Port 0, or a number that is not a port.
+    #[error("port {port} is not usable: ports run from 1 to 65535")]
+    InvalidPort {
+        /// As received.
+        port: i64,
+    },
+    /// The TTL is outside the configured range.
+    #[error("ttl {} is outside the allowed range {}..{}", fmt_duration(*.ttl), fmt_duration(*.min), fmt_duration(*.max))]
+    InvalidTtl {
+        /// As asked.
+        ttl: Duration,
+        /// `registry.min_ttl`.
+        min: Duration,
+        /// `registry.max_ttl`.
+        max: Duration,
+    },
+    /// A tag is not one DNS label.
+    #[error("tag {tag:?} is not a valid DNS label: {reason}")]
+    InvalidTag {
+        /// As received.
+        tag: String,
+        /// What is wrong.
+        reason: LabelError,
+    },
+    /// More tags than `registry.max_tags`.
+    #[error("{count} tags, the limit is {max}")]
+    TooManyTags {
+        /// As received.
+        count: usize,
+        /// `registry.max_tags`.
+        max: usize,
+    },
+    /// A metadata entry cannot be published as a TXT string.
+    #[error("metadata key {key:?}: {reason}")]
+    InvalidMeta {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// More metadata entries than `registry.max_meta`.
+    #[error("{count} metadata entries, the limit is {max}")]
+    TooManyMeta {
+        /// As received.
+        count: usize,
+        /// `registry.max_meta`.
+        max: usize,
+    },
+    /// No live instance has this service and id: it expired, was deregistered, or the registry
+    /// restarted. A provider answers this by registering again.
+    #[error("no live instance {id:?} of service {service:?}; register it again")]
+    UnknownInstance {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// The registry holds `registry.max_instances` instances already.
+    #[error("the registry is full ({max} instances, registry.max_instances)")]
+    Full {
+        /// `registry.max_instances`.
+        max: usize,
+    },
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// An immutable snapshot of one service, published after each change to it.
+#[derive(Debug)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: Arc<str>,
+    /// The global version at this service's last change; grows with every change to it.
+    pub version: u64,
+    /// Instances sorted by id. Some may have expired since: filter with [`Instance::is_live`].
+    pub instances: Box<[Arc<Instance>]>,
+}
+
+impl ServiceView {
+    /// The instances whose lease still runs at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> impl Iterator<Item = &Arc<Instance>> + '_ {
+        self.instances.iter().filter(move |i| i.is_live(now_ms))
+    }
+
+    /// The live instance with this id (lower case), if any.
+    pub fn instance(&self, id: &str, now_ms: u64) -> Option<&Arc<Instance>> {
+        self.instances
+            .binary_search_by(|i| (*i.id).cmp(id))
+            .ok()
+            .map(|at| &self.instances[at])
+            .filter(|i| i.is_live(now_ms))
+    }
+}
+
+/// The reply to a successful register.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The instance as stored, with its new deadline.
+    pub instance: Arc<Instance>,
+    /// Global version after the call.
+    pub version: u64,
+    /// Whether the live set changed (new instance, or a field changed); false for a renewal.
+    pub changed: bool,
+}
+
+/// The reply to a successful heartbeat.
+#[derive(Debug, Clone)]
+pub struct Renewed {
+    /// The lease that was renewed.
+    pub ttl: Duration,
+    /// Global version (unchanged by a renewal).
+    pub version: u64,
+}
+
+/// A cheap-to-clone handle on the registry.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Published snapshots. Written only while `state` is held, read without it.
+    views: RwLock<HashMap<Arc<str>, Arc<ServiceView>>>,
+    /// The global version, for watchers; also the SOA serial.
+    version: watch::Sender<u64>,
+    /// Wakes the expiry task when a deadline earlier than the one it sleeps towards appears.
+    expiry_wakeup: Notify,
+    /// Origin of the registry clock: deadlines are milliseconds since this instant.
+    epoch: Instant,
+    limits: Limits,
+}
+
+#[derive(Default)]
+struct State {
+    services: HashMap<Arc<str>, HashMap<Arc<str>, Arc<Instance>>>,
+    /// Every instance's deadline, keyed by (deadline, seq) so equal deadlines stay distinct.
+    deadlines: BTreeMap<(u64, u64), (Arc<str>, Arc<str>)>,
+    instance_count: usize,
+    version: u64,
+    next_seq: u64,
+    /// Services changed since the views were last published.
+    dirty: BTreeSet<Arc<str>>,
+}
+
+impl Registry {
+    /// An empty registry enforcing `limits`. Call [`Registry::run_expiry`] to remove expired
+    /// instances in the background.
+    pub fn new(limits: Limits) -> Registry {
+        let (version, _) = watch::channel(0);
+        Registry {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                views: RwLock::new(HashMap::new()),
+                version,
+                expiry_wakeup: Notify::new(),
+                epoch: Instant::now(),
+                limits,
+            }),
+        }
+    }
+
+    /// The limits registrations are validated against.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// Milliseconds on the registry clock (tokio's clock, so tests can pause it).
+    pub fn now_ms(&self) -> u64 {
+        self.shared.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The global version: grows by one with every change to the live set.
+    pub fn version(&self) -> u64 {
+        *self.shared.version.borrow()
+    }
+
+    /// A receiver that sees the global version after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
+    }
+
+    /// The published snapshot of a service (lower-case name), if it has instances.
+    pub fn service(&self, name: &str) -> Option<Arc<ServiceView>> {
+        self.read_views().get(name).cloned()
+    }
+
+    /// Snapshots of every service, sorted by name.
+    pub fn services(&self) -> Vec<Arc<ServiceView>> {
+        let mut all: Vec<_> = self.read_views().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Registers or renews an instance: an idempotent upsert. A registration identical to the
+    /// stored one only renews the lease; any difference replaces the instance and bumps the
+    /// version. Either way the lease restarts.
+    pub fn register(&self, reg: Registration) -> Result<Registered, RegistryError> {
+        let now = self.now_ms();
+        let mut state = self.lock_state();
+        state.expire_due(now);
+        let deadline = now + reg.ttl.as_millis() as u64;
+        let existing = state
+            .services
+            .get(reg.service.as_str())
+            .and_then(|s| s.get(reg.id.as_str()))
+            .cloned();
+        let (instance, changed) = match existing {
+            Some(old) if old.same_as(&reg) => {
+                state.move_deadline(&old, deadline);
+                (old, false)
+            }
+            Some(old) => {
+                state.remove(&old);
+                let new = state.insert(&reg, deadline);
+                (new, true)
+            }
+            None => {
+                if state.instance_count >= self.shared.limits.max_instances {
+                    self.publish(&mut state);
+                    return Err(RegistryError::Full {
+                        max: self.shared.limits.max_instances,
+                    });
+                }
+                (state.insert(&reg, deadline), true)
+            }
+        };
+        let wake = state.deadlines.keys().next() == Some(&(deadline, instance.seq));
+        self.publish(&mut state);
+        let version = state.version;
+        drop(state);
+        if wake {
+            self.shared.expiry_wakeup.notify_one();
+        }
+        Ok(Registered {
+            instance,
+            version,
+            changed,
+        })
+    }
+
+    /// Renews the lease of a live instance by service and id (both already validated).
+    pub fn heartbeat(&self, service: &str, id: &str) -> Result<Renewed, RegistryError> {
+        let now = self.now_ms();
+        let mut state = self.lock_state();
+        state.expire_due(now);
+        let found = state.services.get(service).and_then(|s| s.get(id)).cloned();
+        let result = match found {
+            Some(instance) => {
+                state.move_deadline(&instance, now + instance.ttl.as_millis() as u64);
+                Ok(Renewed {
+                    ttl: instance.ttl,
+                    version: state.version,
+                })
+            }
+            None => Err(RegistryError::UnknownInstance {
+                service: service.to_string(),
+                id: id.to_string(),
+            }),
+        };
+        self.publish(&mut state);
+        result
+    }
+
+    /// Removes a live instance at once. Returns the new global version.
+    pub fn deregister(&self, service: &str, id: &str) -> Result<u64, RegistryError> {
+        let now = self.now_ms();
+        let mut state = self.lock_state();
+        state.expire_due(now);
+        let found = state.services.get(service).and_then(|s| s.get(id)).cloned();
+        let result = match found {
+            Some(instance) => {
+                state.remove(&instance);
+                Ok(state.version)
+            }
+            None => Err(RegistryError::UnknownInstance {
+                service: service.to_string(),
+                id: id.to_string(),
+            }),
+        };
+        self.publish(&mut state);
+        result
+    }
+
+    /// Removes every instance whose deadline has passed; returns how many.
+    pub fn expire_now(&self) -> usize {
+        let now = self.now_ms();
+        let mut state = self.lock_state();
+        let removed = state.expire_due(now);
+        self.publish(&mut state);
+        removed
+    }
+
+    /// Removes instances as their leases run out, until `shutdown` is cancelled. Sleeps until
+    /// the earliest deadline; a registration with an earlier one wakes it.
+    pub async fn run_expiry(self, shutdown: CancellationToken) {
+        loop {
+            let next = {
+                let now = self.now_ms();
+                let mut state = self.lock_state();
+                let removed = state.expire_due(now);
+                self.publish(&mut state);
+                if removed > 0 {
+                    tracing::debug!(removed, version = state.version, "instances expired");
+                }
+                state.deadlines.keys().next().map(|(deadline, _)| *deadline)
+            };
+            let sleep = async {
+                match next {
+                    Some(deadline) => {
+                        tokio::time::sleep_until(
+                            self.shared.epoch + Duration::from_millis(deadline),
+                        )
+                        .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.shared.expiry_wakeup.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves no half-applied change behind (every mutation
+        // completes before anything that can panic), so the state is still usable.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_views(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<ServiceView>>> {
+        self.shared
+            .views
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes fresh views of the services changed since the last call, then the version.
+    fn publish(&self, state: &mut State) {
+        if state.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut state.dirty);
+        let mut fresh = Vec::with_capacity(dirty.len());
+        for name in dirty {
+            let view = state.services.get(&name).map(|instances| {
+                let mut list: Vec<Arc<Instance>> = instances.values().cloned().collect();
+                list.sort_by(|a, b| a.id.cmp(&b.id));
+                Arc::new(ServiceView {
+                    name: name.clone(),
+                    version: state.version,
+                    instances: list.into_boxed_slice(),
+                })
+            });
+            fresh.push((name, view));
+        }
+        {
+            let mut views = self
+                .shared
+                .views
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (name, view) in fresh {
+                match view {
+                    Some(view) => views.insert(name, view),
+                    None => views.remove(&name),
+                };
+            }
+        }
+        self.shared.version.send_replace(state.version);
+    }
+}
+
+impl State {
+    fn insert(&mut self, reg: &Registration, deadline: u64) -> Arc<Instance> {
+        let service: Arc<str> = match self.services.get_key_value(reg.service.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => reg.service.as_str().into(),
+        };
+        let id: Arc<str> = reg.id.as_str().into();
+        self.next_seq += 1;
+        let instance = Arc::new(Instance::from_registration(
+            service.clone(),
+            id.clone(),
+            reg,
+            deadline,
+            self.next_seq,
+        ));
+        self.deadlines
+            .insert((deadline, instance.seq), (service.clone(), id.clone()));
+        self.services
+            .entry(service.clone())
+            .or_default()
+            .insert(id, instance.clone());
+        self.instance_count += 1;
+        self.changed(service);
+        instance
+    }
+
+    fn remove(&mut self, instance: &Instance) {
+        self.deadlines
+            .remove(&(instance.deadline_ms(), instance.seq));
+        if let Some(instances) = self.services.get_mut(&*instance.service) {
+            if instances.remove(&*instance.id).is_some() {
+                self.instance_count -= 1;
+            }
+            if instances.is_empty() {
+                self.services.remove(&*instance.service);
+            }
+        }
+        self.changed(instance.service.clone());
+    }
+
+    fn move_deadline(&mut self, instance: &Instance, deadline: u64) {
+        if let Some(key) = self
+            .deadlines
+            .remove(&(instance.deadline_ms(), instance.seq))
+        {
+            self.deadlines.insert((deadline, instance.seq), key);
+        }
+        instance.set_deadline_ms(deadline);
+    }
+
+    /// Removes every instance due at `now`; returns how many.
+    fn expire_due(&mut self, now: u64) -> usize {
+        let mut removed = 0;
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, seq), (service, id)) = entry.remove_entry();
+            let instance = self
+                .services
+                .get(&service)
+                .and_then(|s| s.get(&id))
+                .cloned();
+            if let Some(instance) = instance.filter(|i| i.seq == seq) {
+                self.remove(&instance);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn changed(&mut self, service: Arc<str>) {
+        self.version += 1;
+        self.dirty.insert(service);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry::new(Limits::from(&crate::config::RegistryConfig::default()))
+    }
+
+    fn reg(service: &str, id: &str, ttl_ms: u64) -> Registration {
+        RegistrationRequest {
+            service: service.into(),
+            id: Some(id.into()),
+            address: Some("10.0.0.1".parse().unwrap()),
+            port: 80,
+            ttl: Some(Duration::from_millis(ttl_ms)),
+            ..Default::default()
+        }
+        .validate(&Limits {
+            min_ttl: Duration::from_millis(1),
+            ..Limits::from(&crate::config::RegistryConfig::default())
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn versions_count_changes_not_renewals() {
+        let r = registry();
+        assert_eq!(r.version(), 0);
+        assert!(r.register(reg("web", "a", 1000)).unwrap().changed);
+        assert_eq!(r.version(), 1);
+        assert!(!r.register(reg("web", "a", 1000)).unwrap().changed);
+        r.heartbeat("web", "a").unwrap();
+        assert_eq!(r.version(), 1);
+        let mut moved = reg("web", "a", 1000);
+        moved.port = 81;
+        assert!(r.register(moved).unwrap().changed);
+        assert_eq!(
+            r.version(),
+            3,
+            "a replaced instance counts as removal plus insertion"
+        );
+        r.deregister("web", "a").unwrap();
+        assert_eq!(r.version(), 4);
+        assert!(r.service("web").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_task_removes_at_the_deadline() {
+        let r = registry();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(r.clone().run_expiry(token.clone()));
+        r.register(reg("web", "a", 2000)).unwrap();
+        r.register(reg("web", "b", 500)).unwrap();
+        tokio::time::sleep(Duration::from_millis(499)).await;
+        assert_eq!(r.service("web").unwrap().instances.len(), 2);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let view = r.service("web").unwrap();
+        assert_eq!(view.instances.len(), 1);
+        assert_eq!(&*view.instances[0].id, "a");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(r.service("web").is_none());
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_keeps_alive_and_expired_is_unknown() {
+        let r = registry();
+        r.register(reg("web", "a", 1000)).unwrap();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            r.heartbeat("web", "a").unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // The expiry task is not running: the read path and the write path still see it gone.
+        let view = r.service("web").unwrap();
+        assert_eq!(view.live(r.now_ms()).count(), 0);
+        assert!(matches!(
+            r.heartbeat("web", "a"),
+            Err(RegistryError::UnknownInstance { .. })
+        ));
+        assert!(r.service("web").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_registry_refuses_new_instances_only() {
+        let r = Registry::new(Limits {
+            max_instances: 1,
+            min_ttl: Duration::from_millis(1),
+            ..Limits::from(&crate::config::RegistryConfig::default())
+        });
+        r.register(reg("web", "a", 1000)).unwrap();
+        assert!(matches!(
+            r.register(reg("web", "b", 1000)),
+            Err(RegistryError::Full { max: 1 })
+        ));
+        r.register(reg("web", "a", 1000)).unwrap();
+    }
+}

@@ -1,0 +1,165 @@
+//! `beacon serve`: the registry, its expiry task, the registration listeners and the DNS
+//! listeners, wired together and stopped together.
+//!
+//! Sockets are bound before [`run`] is called ([`Sockets::bind`]), so a test or the binary can
+//! bind port 0 and learn the real ports before anything is served.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::dns::{self, Responder};
+use crate::protocol;
+use crate::registry::{Limits, Registry};
+
+/// The four sockets a server needs, bound and not yet served.
+#[derive(Debug)]
+pub struct Sockets {
+    /// DNS over UDP.
+    pub dns_udp: std::net::UdpSocket,
+    /// DNS over TCP, on the same port as `dns_udp`.
+    pub dns_tcp: std::net::TcpListener,
+    /// Registration protocol over UDP.
+    pub registry_udp: std::net::UdpSocket,
+    /// Registration protocol over TCP, on the same port as `registry_udp`.
+    pub registry_tcp: std::net::TcpListener,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener, named as its config key.
+        what: &'static str,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The configuration could not be turned into a responder.
+    #[error("config key `dns.domain`: {0}")]
+    Domain(String),
+    /// Handing a bound socket to the runtime failed.
+    #[error("cannot use a bound socket: {0}")]
+    Socket(io::Error),
+}
+
+impl Sockets {
+    /// Binds UDP and TCP on `dns` and on `registry`. With port 0, the UDP socket picks a free
+    /// port and TCP is bound on the same one (retried a few times if TCP's is taken).
+    pub fn bind(dns: SocketAddr, registry: SocketAddr) -> Result<Sockets, ServeError> {
+        let (dns_udp, dns_tcp) = bind_pair(dns, "dns.listen")?;
+        let (registry_udp, registry_tcp) = bind_pair(registry, "registry.listen")?;
+        Ok(Sockets {
+            dns_udp,
+            dns_tcp,
+            registry_udp,
+            registry_tcp,
+        })
+    }
+
+    /// The bound DNS address.
+    pub fn dns_addr(&self) -> io::Result<SocketAddr> {
+        self.dns_udp.local_addr()
+    }
+
+    /// The bound registration address.
+    pub fn registry_addr(&self) -> io::Result<SocketAddr> {
+        self.registry_udp.local_addr()
+    }
+}
+
+fn bind_pair(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), ServeError> {
+    let err = |source| ServeError::Bind { addr, what, source };
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = std::net::UdpSocket::bind(addr).map_err(err)?;
+        let port = udp.local_addr().map_err(err)?.port();
+        match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| io::Error::other("no free port"))))
+}
+
+/// Serves until `shutdown` is cancelled, then waits for every task to stop.
+pub async fn run(
+    config: &Config,
+    sockets: Sockets,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let registry = Registry::new(Limits::from(&config.registry));
+    let dns_addr = sockets.dns_addr().map_err(ServeError::Socket)?;
+    let apex_addresses: Vec<IpAddr> = vec![dns_addr.ip()];
+    let responder = Arc::new(
+        Responder::new(registry.clone(), &config.dns, apex_addresses)
+            .map_err(ServeError::Domain)?,
+    );
+
+    let tokio_socket = |s: std::net::UdpSocket| -> Result<tokio::net::UdpSocket, ServeError> {
+        s.set_nonblocking(true).map_err(ServeError::Socket)?;
+        tokio::net::UdpSocket::from_std(s).map_err(ServeError::Socket)
+    };
+    let tokio_listener = |l: std::net::TcpListener| -> Result<tokio::net::TcpListener, ServeError> {
+        l.set_nonblocking(true).map_err(ServeError::Socket)?;
+        tokio::net::TcpListener::from_std(l).map_err(ServeError::Socket)
+    };
+    let dns_udp = Arc::new(tokio_socket(sockets.dns_udp)?);
+    let dns_tcp = tokio_listener(sockets.dns_tcp)?;
+    let registry_udp = Arc::new(tokio_socket(sockets.registry_udp)?);
+    let registry_tcp = tokio_listener(sockets.registry_tcp)?;
+
+    let tracker = TaskTracker::new();
+    tracker.spawn(registry.clone().run_expiry(shutdown.clone()));
+    // One UDP loop per worker thread, all on the same socket, so DNS answers use every core.
+    let loops = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    for _ in 0..loops {
+        tracker.spawn(dns::server::serve_udp(
+            dns_udp.clone(),
+            responder.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(dns::server::serve_tcp(
+        dns_tcp,
+        responder.clone(),
+        dns::server::TcpLimits {
+            idle_timeout: config.dns.tcp_idle_timeout,
+            max_connections: config.dns.max_tcp_connections,
+        },
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(protocol::server::serve_udp(
+        registry_udp,
+        registry.clone(),
+        config.registry.max_message_bytes,
+        shutdown.clone(),
+    ));
+    tracker.spawn(protocol::server::serve_tcp(
+        registry_tcp,
+        registry.clone(),
+        config.registry.max_message_bytes,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
