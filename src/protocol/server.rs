@@ -5,11 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +43,7 @@ pub async fn serve_udp(
             _ = shutdown.cancelled() => return,
         };
         let reply = if len > max_message_bytes {
-            too_large(len, max_message_bytes)
+            too_large(Some(len), max_message_bytes)
         } else {
             let mut reply = handle(&registry, &buf[..len], peer.ip());
             if reply.len() > MAX_UDP_REPLY {
@@ -114,49 +112,139 @@ async fn serve_connection(
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) {
-    let (read, mut write) = stream.into_split();
-    let codec =
-        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), max_message_bytes);
-    let mut lines = FramedRead::new(read, codec);
+    let (mut read, mut write) = stream.into_split();
+    let mut lines = LineBuffer::new(max_message_bytes);
+    let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        let line = tokio::select! {
-            line = lines.next() => line,
+        let n = tokio::select! {
+            n = read.read(&mut chunk) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
             _ = shutdown.cancelled() => return,
         };
-        let mut reply = match line {
-            None => return,
-            Some(Ok(line)) => {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+        let mut replies = Vec::new();
+        for line in lines.push(&chunk[..n]) {
+            let reply = match line {
+                Line::Complete(line) => {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    handle(&registry, &line, peer.ip())
                 }
-                handle(&registry, &line, peer.ip())
-            }
-            // The codec skips the rest of the long line and goes on with the next one.
-            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
-                too_large(max_message_bytes + 1, max_message_bytes)
-            }
-            Some(Err(AnyDelimiterCodecError::Io(error))) => {
-                tracing::debug!(%error, %peer, "registration connection failed");
-                return;
-            }
-        };
-        reply.push(b'\n');
-        if write.write_all(&reply).await.is_err() {
+                Line::TooLong => too_large(None, max_message_bytes),
+            };
+            replies.extend_from_slice(&reply);
+            replies.push(b'\n');
+        }
+        // Replies to everything that arrived together go out in one write.
+        if !replies.is_empty() && write.write_all(&replies).await.is_err() {
             return;
         }
     }
 }
 
-fn too_large(len: usize, max: usize) -> Vec<u8> {
+/// One line read from a connection.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// A whole line, without its `\n`.
+    Complete(Vec<u8>),
+    /// A line longer than the limit; its bytes were dropped.
+    TooLong,
+}
+
+/// Splits a byte stream into lines of bounded length. A line over the limit is reported once
+/// and skipped up to its newline, so one bad request does not cost the connection.
+struct LineBuffer {
+    pending: Vec<u8>,
+    max: usize,
+    discarding: bool,
+}
+
+impl LineBuffer {
+    fn new(max: usize) -> Self {
+        LineBuffer {
+            pending: Vec::new(),
+            max,
+            discarding: false,
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) -> Vec<Line> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            match bytes.iter().position(|b| *b == b'\n') {
+                Some(at) => {
+                    if self.discarding {
+                        self.discarding = false;
+                    } else if self.pending.len() + at > self.max {
+                        out.push(Line::TooLong);
+                    } else {
+                        self.pending.extend_from_slice(&bytes[..at]);
+                        out.push(Line::Complete(std::mem::take(&mut self.pending)));
+                    }
+                    self.pending.clear();
+                    bytes = &bytes[at + 1..];
+                }
+                None => {
+                    if !self.discarding {
+                        if self.pending.len() + bytes.len() > self.max {
+                            out.push(Line::TooLong);
+                            self.pending.clear();
+                            self.discarding = true;
+                        } else {
+                            self.pending.extend_from_slice(bytes);
+                        }
+                    }
+                    bytes = &[];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The `too_large` reply; `len` is the datagram's size when known (a TCP line is dropped
+/// before its end is seen).
+fn too_large(len: Option<usize>, max: usize) -> Vec<u8> {
+    let size = match len {
+        Some(len) => format!("{len} bytes"),
+        None => format!("longer than {max} bytes"),
+    };
     Reply::error(
         None,
         ProtocolError {
             code: ErrorCode::TooLarge,
             message: format!(
-                "the request is {}{len} bytes, the limit is {max} (registry.max_message_bytes)",
-                if len > max + 1 { "" } else { "over " }
+                "the request is {size}, the limit is {max} bytes (registry.max_message_bytes)"
             ),
         },
     )
     .to_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_reads_and_long_lines_are_skipped() {
+        let mut lines = LineBuffer::new(5);
+        assert_eq!(lines.push(b"ab"), vec![]);
+        assert_eq!(lines.push(b"c\nde"), vec![Line::Complete(b"abc".to_vec())]);
+        assert_eq!(lines.push(b"fgh"), vec![]);
+        assert_eq!(
+            lines.push(b"ijk\nxy\n"),
+            vec![Line::TooLong, Line::Complete(b"xy".to_vec())]
+        );
+        assert_eq!(lines.push(b"1234567"), vec![Line::TooLong]);
+        assert_eq!(
+            lines.push(b"89\nok\n"),
+            vec![Line::Complete(b"ok".to_vec())]
+        );
+        assert_eq!(
+            lines.push(b"123456\n\n"),
+            vec![Line::TooLong, Line::Complete(vec![])]
+        );
+    }
 }

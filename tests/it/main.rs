@@ -1,0 +1,9 @@
+//! Integration tests: the real `beacon` binary on ephemeral loopback ports, driven through its
+//! wire protocol, its command line and real DNS clients. One test binary with modules, so the
+//! crate is linked once.
+
+mod cli;
+mod dns;
+mod lifecycle;
+mod protocol;
+mod support;

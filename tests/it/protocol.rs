@@ -1,0 +1,288 @@
+//! The registration protocol over real UDP and TCP sockets: replies, and an error reply for
+//! every kind of bad input that leaves other registrations untouched.
+
+use serde_json::json;
+
+use crate::support::{tcp_requests, Server};
+
+#[test]
+fn register_replies_with_the_accepted_values() {
+    let server = Server::start(&[]);
+    let reply = server.udp(
+        r#"{"v":1,"op":"register","seq":7,"service":"Web","id":"Web-1","address":"10.0.0.2","port":8080,"tags":["Primary"],"meta":{"version":"1.2"},"weight":5,"ttl_ms":2000}"#,
+    );
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["seq"], 7);
+    assert_eq!(reply["changed"], true);
+    assert_eq!(reply["version"], 1);
+    let instance = &reply["instance"];
+    assert_eq!(instance["service"], "web");
+    assert_eq!(instance["id"], "web-1");
+    assert_eq!(instance["address"], "10.0.0.2");
+    assert_eq!(instance["port"], 8080);
+    assert_eq!(instance["weight"], 5);
+    assert_eq!(instance["tags"], json!(["primary"]));
+    assert_eq!(instance["meta"], json!({"version": "1.2"}));
+    assert_eq!(instance["ttl_ms"], 2000);
+
+    // The same registration again is a renewal: no change, same version.
+    let again = server.udp(
+        r#"{"op":"register","service":"web","id":"web-1","address":"10.0.0.2","port":8080,"tags":["primary"],"meta":{"version":"1.2"},"weight":5,"ttl_ms":2000}"#,
+    );
+    assert_eq!(again["changed"], false, "{again}");
+    assert_eq!(again["version"], 1);
+}
+
+#[test]
+fn defaults_fill_address_id_weight_and_ttl() {
+    let server = Server::start(&[]);
+    let reply = server.register(json!({"service": "web", "port": 8080}));
+    let instance = &reply["instance"];
+    assert_eq!(instance["address"], "127.0.0.1", "the sender's address");
+    assert_eq!(instance["id"], "127-0-0-1-8080");
+    assert_eq!(instance["weight"], 1);
+    assert_eq!(instance["ttl_ms"], 10_000);
+}
+
+#[test]
+fn heartbeat_deregister_and_list_over_tcp() {
+    let server = Server::start(&[]);
+    server.register(json!({"service": "web", "id": "a", "address": "10.0.0.1", "port": 80}));
+    server.register(json!({"service": "db", "id": "b", "address": "10.0.0.2", "port": 5432}));
+    let replies = tcp_requests(
+        server.registry,
+        concat!(
+            r#"{"op":"heartbeat","service":"web","id":"a","seq":1}"#,
+            "\n",
+            r#"{"op":"list","seq":2}"#,
+            "\r\n",
+            "\n",
+            r#"{"op":"deregister","service":"web","id":"a","seq":3}"#,
+            "\n",
+            r#"{"op":"heartbeat","service":"web","id":"a","seq":4}"#,
+            "\n",
+            r#"{"op":"list","service":"web","seq":5}"#,
+            "\n",
+        )
+        .as_bytes(),
+        5,
+    );
+    assert_eq!(replies[0]["ok"], true);
+    assert_eq!(replies[0]["ttl_ms"], 10_000);
+    assert_eq!(replies[1]["instances"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        replies[1]["instances"][0]["service"], "db",
+        "sorted by service"
+    );
+    assert_eq!(replies[2]["ok"], true);
+    assert_eq!(replies[2]["version"], 3);
+    assert_eq!(replies[3]["error"], "unknown_instance", "{}", replies[3]);
+    assert_eq!(replies[3]["seq"], 4);
+    assert_eq!(replies[4]["instances"], json!([]));
+}
+
+/// Every kind of bad input gets its own error code, over UDP and over TCP, and the
+/// registration made before is still answered afterwards.
+#[test]
+fn every_bad_input_gets_a_named_error_and_disturbs_nothing() {
+    let server = Server::start(&[
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/small-limits.toml"),
+    ]);
+    server.register(json!({"service": "web", "id": "keep", "address": "10.0.0.1", "port": 80}));
+    let cases: &[(&str, &str)] = &[
+        ("malformed", "this is not json"),
+        ("malformed", "[1, 2, 3]"),
+        ("malformed", "{\"op\":\"register\""),
+        (
+            "bad_request",
+            r#"{"op":"register","service":"web","port":80,"colour":"red"}"#,
+        ),
+        ("bad_request", r#"{"op":"register","port":80}"#),
+        ("bad_request", r#"{"op":"heartbeat","service":"web"}"#),
+        (
+            "bad_request",
+            r#"{"op":"heartbeat","service":"web","id":"keep","port":80}"#,
+        ),
+        ("bad_request", r#"{"op":"list","seq":-1}"#),
+        ("unsupported_version", r#"{"v":2,"op":"list"}"#),
+        ("unknown_op", r#"{"op":"explode"}"#),
+        (
+            "invalid_service",
+            r#"{"op":"register","service":"web_api","port":80}"#,
+        ),
+        (
+            "invalid_service",
+            r#"{"op":"register","service":"","port":80}"#,
+        ),
+        ("invalid_service", r#"{"op":"list","service":"a.b"}"#),
+        (
+            "invalid_id",
+            r#"{"op":"register","service":"web","id":"web-10.0.0.2-8080","port":80}"#,
+        ),
+        (
+            "invalid_id",
+            r#"{"op":"deregister","service":"web","id":"-x"}"#,
+        ),
+        (
+            "invalid_address",
+            r#"{"op":"register","service":"web","port":80,"address":"10.0.0.300"}"#,
+        ),
+        (
+            "invalid_address",
+            r#"{"op":"register","service":"web","port":80,"address":"0.0.0.0"}"#,
+        ),
+        (
+            "invalid_address",
+            r#"{"op":"register","service":"web","port":80,"address":"ff02::1"}"#,
+        ),
+        (
+            "invalid_port",
+            r#"{"op":"register","service":"web","port":0}"#,
+        ),
+        (
+            "invalid_port",
+            r#"{"op":"register","service":"web","port":65536}"#,
+        ),
+        (
+            "invalid_port",
+            r#"{"op":"register","service":"web","port":"80"}"#,
+        ),
+        (
+            "invalid_ttl",
+            r#"{"op":"register","service":"web","port":80,"ttl_ms":10}"#,
+        ),
+        (
+            "invalid_ttl",
+            r#"{"op":"register","service":"web","port":80,"ttl_ms":999999999}"#,
+        ),
+        (
+            "invalid_ttl",
+            r#"{"op":"register","service":"web","port":80,"ttl_ms":1.5}"#,
+        ),
+        (
+            "invalid_weight",
+            r#"{"op":"register","service":"web","port":80,"weight":70000}"#,
+        ),
+        (
+            "invalid_tag",
+            r#"{"op":"register","service":"web","port":80,"tags":["a.b"]}"#,
+        ),
+        (
+            "invalid_tag",
+            r#"{"op":"register","service":"web","port":80,"tags":[1]}"#,
+        ),
+        (
+            "too_many_tags",
+            r#"{"op":"register","service":"web","port":80,"tags":["a","b","c","d"]}"#,
+        ),
+        (
+            "invalid_meta",
+            r#"{"op":"register","service":"web","port":80,"meta":{"a=b":"c"}}"#,
+        ),
+        (
+            "invalid_meta",
+            r#"{"op":"register","service":"web","port":80,"meta":{"a":1}}"#,
+        ),
+        (
+            "invalid_meta",
+            r#"{"op":"register","service":"web","port":80,"meta":["a"]}"#,
+        ),
+        (
+            "too_many_meta",
+            r#"{"op":"register","service":"web","port":80,"meta":{"a":"1","b":"2","c":"3","d":"4"}}"#,
+        ),
+        (
+            "unknown_instance",
+            r#"{"op":"heartbeat","service":"web","id":"nobody"}"#,
+        ),
+        (
+            "unknown_instance",
+            r#"{"op":"deregister","service":"nobody","id":"x"}"#,
+        ),
+    ];
+    for (code, request) in cases {
+        let reply = server.udp(request);
+        assert_eq!(reply["ok"], false, "{request} -> {reply}");
+        assert_eq!(reply["error"], *code, "{request} -> {reply}");
+        assert!(
+            !reply["message"].as_str().unwrap_or("").is_empty(),
+            "{reply}"
+        );
+    }
+    let mut payload = Vec::new();
+    for (_, request) in cases {
+        payload.extend_from_slice(request.as_bytes());
+        payload.push(b'\n');
+    }
+    let replies = tcp_requests(server.registry, &payload, cases.len());
+    for ((code, request), reply) in cases.iter().zip(&replies) {
+        assert_eq!(reply["error"], *code, "TCP {request} -> {reply}");
+    }
+
+    // The id error suggests a label that would be accepted.
+    let reply =
+        server.udp(r#"{"op":"register","service":"web","id":"web-10.0.0.2-8080","port":80}"#);
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("web-10-0-0-2-8080"),
+        "{reply}"
+    );
+
+    // The registry is full at 2 instances: a new one is refused, a renewal is not.
+    server.register(json!({"service": "web", "id": "second", "address": "10.0.0.2", "port": 80}));
+    let full = server
+        .udp(r#"{"op":"register","service":"web","id":"third","address":"10.0.0.3","port":80}"#);
+    assert_eq!(full["error"], "full", "{full}");
+    server.register(json!({"service": "web", "id": "keep", "address": "10.0.0.1", "port": 80}));
+
+    let list = server.udp(r#"{"op":"list","service":"web"}"#);
+    let ids: Vec<&str> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["keep", "second"]);
+}
+
+#[test]
+fn oversized_requests_are_refused_and_the_connection_goes_on() {
+    let server = Server::start(&[
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/small-limits.toml"),
+    ]);
+    let huge = format!(
+        r#"{{"op":"register","service":"web","port":80,"meta":{{"k":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
+    let reply = server.udp(&huge);
+    assert_eq!(reply["error"], "too_large", "{reply}");
+    let payload = format!("{huge}\n{}\n", r#"{"op":"list","seq":9}"#);
+    let replies = tcp_requests(server.registry, payload.as_bytes(), 2);
+    assert_eq!(replies[0]["error"], "too_large");
+    assert_eq!(
+        replies[1]["ok"], true,
+        "the connection still serves: {}",
+        replies[1]
+    );
+    assert_eq!(replies[1]["seq"], 9);
+}
+
+#[test]
+fn udp_list_too_large_for_a_datagram_says_use_tcp() {
+    let server = Server::start(&[]);
+    for i in 0..400 {
+        server.register(json!({
+            "service": "big", "id": format!("i{i}"), "address": "10.0.0.1", "port": 80,
+            "meta": {"padding": "p".repeat(200)}
+        }));
+    }
+    let reply = server.udp(r#"{"op":"list","seq":3}"#);
+    assert_eq!(reply["error"], "reply_too_large", "{reply}");
+    assert_eq!(reply["seq"], 3);
+    let replies = tcp_requests(server.registry, b"{\"op\":\"list\"}\n", 1);
+    assert_eq!(replies[0]["instances"].as_array().unwrap().len(), 400);
+}

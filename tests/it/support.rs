@@ -1,0 +1,282 @@
+//! Helpers shared by the integration tests: the real `beacon` binary on ephemeral loopback
+//! ports, raw protocol requests, and DNS queries through hickory's client and `dig`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use hickory_net::client::{Client, ClientHandle};
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::udp::UdpClientStream;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use serde_json::Value;
+
+/// Path of the binary under test.
+pub fn beacon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_beacon")
+}
+
+/// A running `beacon serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// DNS address (UDP and TCP).
+    pub dns: SocketAddr,
+    /// Registration protocol address (UDP and TCP).
+    pub registry: SocketAddr,
+}
+
+impl Server {
+    /// Starts a server on ephemeral loopback ports with extra `serve` arguments.
+    pub fn start(extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    /// Starts a server on the given addresses (to restart on the same ports).
+    pub fn start_on(dns: &str, registry: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(beacon_bin())
+            .args(["serve", "--dns", dns, "--listen", registry])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start beacon serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        let dns = field("dns=");
+        let registry = field("registry=");
+        Server {
+            child,
+            dns,
+            registry,
+        }
+    }
+
+    /// Kills the server with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a raw request over UDP and returns the reply as JSON.
+    pub fn udp(&self, request: &str) -> Value {
+        udp_request(self.registry, request.as_bytes())
+    }
+
+    /// Registers over UDP and asserts the reply is ok.
+    pub fn register(&self, request: Value) -> Value {
+        let mut request = request;
+        request["op"] = "register".into();
+        let reply = self.udp(&request.to_string());
+        assert_eq!(reply["ok"], true, "register refused: {reply}");
+        reply
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One request datagram, one reply datagram.
+pub fn udp_request(to: SocketAddr, request: &[u8]) -> Value {
+    let socket = UdpSocket::bind(if to.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    })
+    .expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    socket.send_to(request, to).expect("send");
+    let mut buf = vec![0u8; 65_536];
+    let (len, _) = socket.recv_from(&mut buf).expect("a reply datagram");
+    serde_json::from_slice(&buf[..len]).expect("the reply is JSON")
+}
+
+/// Sends each line over one TCP connection and returns the reply lines, in order.
+pub fn tcp_requests(to: SocketAddr, payload: &[u8], replies: usize) -> Vec<Value> {
+    let mut stream = TcpStream::connect(to).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream.write_all(payload).expect("write");
+    let mut reader = BufReader::new(stream);
+    (0..replies)
+        .map(|_| {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("a reply line");
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+        })
+        .collect()
+}
+
+/// A DNS response, reduced to what tests check.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub authoritative: bool,
+    pub message: Message,
+}
+
+impl Answer {
+    /// Addresses in the answer section, in order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.message
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                RData::AAAA(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (port, weight, target) of every SRV record in the answer section.
+    pub fn srv(&self) -> Vec<(u16, u16, String)> {
+        self.message
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some((s.port, s.weight, s.target.to_ascii())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// TTLs of the answer section.
+    pub fn ttls(&self) -> Vec<u32> {
+        self.message.answers.iter().map(|r| r.ttl).collect()
+    }
+
+    /// The SOA in the authority section: (serial, minimum, record TTL).
+    pub fn soa(&self) -> Option<(u32, u32, u32)> {
+        self.message.authorities.iter().find_map(|r| match &r.data {
+            RData::SOA(s) => Some((s.serial, s.minimum, r.ttl)),
+            _ => None,
+        })
+    }
+}
+
+/// Asks `name`/`rtype` with hickory's DNS client over UDP.
+pub async fn query(dns: SocketAddr, name: &str, rtype: RecordType) -> Answer {
+    let stream = UdpClientStream::builder(dns, TokioRuntimeProvider::default())
+        .with_timeout(Some(Duration::from_secs(3)))
+        .build();
+    let (mut client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    let task = tokio::spawn(background);
+    let response = client
+        .query(Name::from_str(name).expect("name"), DNSClass::IN, rtype)
+        .await
+        .unwrap_or_else(|e| panic!("query {name} {rtype}: {e}"));
+    task.abort();
+    let message: Message = response.into();
+    Answer {
+        rcode: message.metadata.response_code,
+        authoritative: message.metadata.authoritative,
+        message,
+    }
+}
+
+/// Asks with a hand-built message over plain UDP, for queries a client library would refuse
+/// to send; returns the raw response bytes (None on silence).
+pub fn raw_query(dns: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    socket.send_to(bytes, dns).expect("send");
+    let mut buf = vec![0u8; 65_536];
+    socket
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(len, _)| buf[..len].to_vec())
+}
+
+/// A query message for `name`/`rtype`, as bytes.
+pub fn query_bytes(name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut message = Message::query();
+    message.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+    message.metadata.recursion_desired = true;
+    message.to_vec().unwrap()
+}
+
+/// Asks over TCP with a two-byte length prefix; returns the parsed response.
+pub fn tcp_query(dns: SocketAddr, bytes: &[u8]) -> Message {
+    let mut stream = TcpStream::connect(dns).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).unwrap();
+    Message::from_vec(&body).unwrap()
+}
+
+/// Runs `dig` against the server and returns its short output, or `None` when dig is not
+/// installed (CI installs it: there a missing dig is a failure).
+pub fn dig(dns: SocketAddr, args: &[&str]) -> Option<String> {
+    let output = Command::new("dig")
+        .arg(format!("@{}", dns.ip()))
+        .args(["-p", &dns.port().to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output();
+    match output {
+        Ok(out) => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Err(_) if std::env::var_os("CI").is_some() => panic!("dig is not installed on CI"),
+        Err(_) => {
+            eprintln!("dig not installed: skipping its checks");
+            None
+        }
+    }
+}
+
+/// Polls `check` every 10 ms until it holds or `within` passes; returns whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the binary with arguments to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(beacon_bin())
+        .args(args)
+        .env_remove("BEACON_REGISTRY")
+        .output()
+        .expect("run beacon");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
