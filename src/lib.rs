@@ -9,6 +9,7 @@
 //! - [`registry`]: the live set, leases, event-driven expiry, versions, read snapshots.
 //! - [`protocol`]: the registration protocol's messages and its UDP/TCP listeners.
 //! - [`dns`]: DNS answers from registry snapshots, and the DNS UDP/TCP listeners.
+//! - [`net`]: datagram and connection loops shared by both listeners.
 //! - [`client`]: a registration-protocol client for the command line.
 //! - [`serve`]: wires the registry and both interfaces into one server.
 //! - [`cli`]: the command line.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod dns;
 pub mod name;
+pub mod net;
 pub mod protocol;
 pub mod registry;
 pub mod serve;

@@ -57,6 +57,20 @@ enum Found {
     NxDomain,
 }
 
+impl Found {
+    /// An answer without additional records, or NODATA when there is nothing to answer.
+    fn answers_or_nodata(answers: Vec<Record>) -> Found {
+        if answers.is_empty() {
+            Found::NoData
+        } else {
+            Found::Answer {
+                answers,
+                additionals: Vec::new(),
+            }
+        }
+    }
+}
+
 impl Responder {
     /// A responder for `config.domain`; `apex_addresses` are the addresses the apex's A/AAAA
     /// records give (the DNS listener's, when it is bound to a specific one).
@@ -318,14 +332,7 @@ impl Responder {
             )))],
             _ => Vec::new(),
         };
-        if answers.is_empty() {
-            Found::NoData
-        } else {
-            Found::Answer {
-                answers,
-                additionals: Vec::new(),
-            }
-        }
+        Found::answers_or_nodata(answers)
     }
 
     fn apex(&self, qtype: RecordType) -> Found {
@@ -345,14 +352,7 @@ impl Responder {
                 .collect(),
             _ => Vec::new(),
         };
-        if answers.is_empty() {
-            Found::NoData
-        } else {
-            Found::Answer {
-                answers,
-                additionals: Vec::new(),
-            }
-        }
+        Found::answers_or_nodata(answers)
     }
 
     /// The TTL for records naming `instances`: the configured TTL, lowered to the whole seconds

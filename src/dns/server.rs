@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Responder, Transport};
+use crate::net::{accept_connections, recv_datagram};
 
 /// Answers DNS queries arriving on `socket` until `shutdown`. Several of these may run on one
 /// socket, one per worker thread.
@@ -20,17 +20,7 @@ pub async fn serve_udp(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; 65_536];
-    loop {
-        let (len, peer) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(x) => x,
-                Err(error) => {
-                    tracing::debug!(%error, "DNS UDP receive failed");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
+    while let Some((len, peer)) = recv_datagram(&socket, &mut buf, &shutdown, "DNS").await {
         if peer.port() == 0 {
             continue;
         }
@@ -59,30 +49,21 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(error) => {
-                    tracing::warn!(%error, "DNS TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many DNS TCP connections; closing this one");
-            continue;
-        };
-        let responder = responder.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _ = serve_connection(stream, &responder, limits.idle_timeout, &shutdown).await;
-            drop(slot);
-        });
-    }
+    accept_connections(
+        listener,
+        limits.max_connections,
+        shutdown.clone(),
+        tracker,
+        "DNS",
+        move |stream, _peer| {
+            let responder = responder.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let _ = serve_connection(stream, &responder, limits.idle_timeout, &shutdown).await;
+            }
+        },
+    )
+    .await;
 }
 
 async fn serve_connection(

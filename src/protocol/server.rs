@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{handle, ErrorCode, ProtocolError, Reply};
+use crate::net::{accept_connections, recv_datagram};
 use crate::registry::Registry;
 
 /// Largest reply sent in one datagram; a larger one (a long `list`) becomes `reply_too_large`.
@@ -27,21 +27,10 @@ pub async fn serve_udp(
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) {
-    // One byte more than the limit, so an oversized datagram is seen as such, not cut to fit.
+    // Larger than any datagram, so an oversized request is seen whole and refused, not cut.
     let mut buf = vec![0u8; 65_536];
-    loop {
-        let (len, peer) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(x) => x,
-                Err(error) => {
-                    // ICMP errors from earlier replies surface here on some systems; the socket
-                    // itself is still fine.
-                    tracing::debug!(%error, "registration UDP receive failed");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
+    while let Some((len, peer)) = recv_datagram(&socket, &mut buf, &shutdown, "registration").await
+    {
         let reply = if len > max_message_bytes {
             too_large(Some(len), max_message_bytes)
         } else {
@@ -79,30 +68,23 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(error) => {
-                    tracing::warn!(%error, "registration TCP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many registration connections; closing this one");
-            continue;
-        };
-        let registry = registry.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            serve_connection(stream, peer, registry, max_message_bytes, shutdown).await;
-            drop(slot);
-        });
-    }
+    accept_connections(
+        listener,
+        MAX_TCP_CONNECTIONS,
+        shutdown.clone(),
+        tracker,
+        "registration",
+        move |stream, peer| {
+            serve_connection(
+                stream,
+                peer,
+                registry.clone(),
+                max_message_bytes,
+                shutdown.clone(),
+            )
+        },
+    )
+    .await;
 }
 
 async fn serve_connection(
