@@ -47,6 +47,9 @@ pub struct RegistryConfig {
     pub max_tags: usize,
     /// Most metadata entries on one instance.
     pub max_meta: usize,
+    /// A registration TCP connection with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
 }
 
 /// The DNS interface.
@@ -95,6 +98,7 @@ impl Default for RegistryConfig {
             max_message_bytes: 8192,
             max_tags: 32,
             max_meta: 32,
+            tcp_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -216,6 +220,9 @@ impl Config {
                 "registry.max_message_bytes",
                 "must be between 256 and 65507 (the largest UDP payload)".into(),
             );
+        }
+        if r.tcp_idle_timeout < Duration::from_millis(100) {
+            return invalid("registry.tcp_idle_timeout", "must be at least 100ms".into());
         }
         let d = &self.dns;
         if let Err(reason) = crate::dns::Zone::parse_domain(&d.domain) {

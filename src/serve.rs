@@ -154,6 +154,7 @@ pub async fn run(
         registry_tcp,
         registry.clone(),
         config.registry.max_message_bytes,
+        config.registry.tcp_idle_timeout,
         shutdown.clone(),
         tracker.clone(),
     ));

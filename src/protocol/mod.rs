@@ -323,12 +323,28 @@ pub fn parse(
             ProtocolError::new(ErrorCode::Malformed, format!("not valid JSON: {e}")),
         )
     })?;
-    let seq = value.get("seq").cloned();
     if !value.is_object() {
         return Err((
             None,
             ProtocolError::new(ErrorCode::Malformed, "a request must be a JSON object"),
         ));
+    }
+    // Only a well-formed seq is echoed: a client that sent anything else cannot match on it.
+    let seq = value.get("seq").filter(|s| s.is_u64()).cloned();
+    // The version is checked before anything else, so a request of a later version (which may
+    // carry fields this server does not know) is told so, rather than that a field is unknown.
+    match value.get("v") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64() == Some(VERSION) => {}
+        Some(v) => {
+            return Err((
+                seq,
+                ProtocolError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!("protocol version {v} is not supported; this server speaks v=1"),
+                ),
+            ))
+        }
     }
     let wire: WireRequest = serde_json::from_value(value).map_err(|e| {
         (
@@ -344,18 +360,8 @@ pub fn parse(
 
 impl WireRequest {
     fn into_request(self, sender: IpAddr) -> Result<Request, ProtocolError> {
-        match &self.v {
-            None => {}
-            Some(v) if v.as_u64() == Some(VERSION) => {}
-            Some(v) => {
-                return Err(ProtocolError::new(
-                    ErrorCode::UnsupportedVersion,
-                    format!("protocol version {v} is not supported; this server speaks v=1"),
-                ))
-            }
-        }
         if let Some(seq) = &self.seq {
-            if !seq.is_u64() {
+            if !seq.is_u64() && !seq.is_null() {
                 return Err(bad("`seq` must be a non-negative integer"));
             }
         }

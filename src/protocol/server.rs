@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -38,7 +39,7 @@ pub async fn serve_udp(
             if reply.len() > MAX_UDP_REPLY {
                 let seq = serde_json::from_slice::<serde_json::Value>(&buf[..len])
                     .ok()
-                    .and_then(|v| v.get("seq").cloned());
+                    .and_then(|v| v.get("seq").filter(|s| s.is_u64()).cloned());
                 reply = Reply::error(
                     seq,
                     ProtocolError {
@@ -65,6 +66,7 @@ pub async fn serve_tcp(
     listener: TcpListener,
     registry: Registry,
     max_message_bytes: usize,
+    idle_timeout: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -80,6 +82,7 @@ pub async fn serve_tcp(
                 peer,
                 registry.clone(),
                 max_message_bytes,
+                idle_timeout,
                 shutdown.clone(),
             )
         },
@@ -92,6 +95,7 @@ async fn serve_connection(
     peer: SocketAddr,
     registry: Registry,
     max_message_bytes: usize,
+    idle_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let (mut read, mut write) = stream.into_split();
@@ -99,14 +103,21 @@ async fn serve_connection(
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let n = tokio::select! {
-            n = read.read(&mut chunk) => match n {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
+            n = tokio::time::timeout(idle_timeout, read.read(&mut chunk)) => match n {
+                Ok(Ok(n)) => n,
+                // Idle for too long, or a broken connection.
+                Ok(Err(_)) | Err(_) => return,
             },
             _ = shutdown.cancelled() => return,
         };
+        // At end of stream, a last request without its newline is still answered.
+        let received = if n == 0 {
+            lines.finish()
+        } else {
+            lines.push(&chunk[..n])
+        };
         let mut replies = Vec::new();
-        for line in lines.push(&chunk[..n]) {
+        for line in received {
             let reply = match line {
                 Line::Complete(line) => {
                     if line.iter().all(u8::is_ascii_whitespace) {
@@ -121,6 +132,9 @@ async fn serve_connection(
         }
         // Replies to everything that arrived together go out in one write.
         if !replies.is_empty() && write.write_all(&replies).await.is_err() {
+            return;
+        }
+        if n == 0 {
             return;
         }
     }
@@ -149,6 +163,16 @@ impl LineBuffer {
             pending: Vec::new(),
             max,
             discarding: false,
+        }
+    }
+
+    /// The unterminated last line at end of stream, if any.
+    fn finish(&mut self) -> Vec<Line> {
+        let pending = std::mem::take(&mut self.pending);
+        if self.discarding || pending.is_empty() {
+            Vec::new()
+        } else {
+            vec![Line::Complete(pending)]
         }
     }
 

@@ -197,10 +197,7 @@ pub fn instance_id(raw: &str) -> Result<String, RegistryError> {
 /// The id given to an instance that names none: its address and port as one label, so
 /// `10.0.0.2:8080` is `10-0-0-2-8080` and `[fd00::1]:8080` is `fd00--1-8080`.
 pub fn default_id(address: IpAddr, port: u16) -> String {
-    let addr = match address {
-        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
-        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
-    };
+    let addr = address.to_canonical().to_string().replace(['.', ':'], "-");
     // An address starting with "::" would start the label with '-', which no label may.
     let zero = if addr.starts_with('-') { "0" } else { "" };
     format!("{zero}{addr}-{port}")
@@ -210,10 +207,15 @@ impl RegistrationRequest {
     /// Validates against `limits`, normalising names to lower case and filling in defaults.
     pub fn validate(self, limits: &Limits) -> Result<Registration, RegistryError> {
         let service = service_name(&self.service)?;
-        let address = self.address.ok_or(RegistryError::InvalidAddress {
-            address: String::new(),
-            reason: "no address given".into(),
-        })?;
+        // An IPv4 client of a dual-stack listener shows up as ::ffff:a.b.c.d; consumers want
+        // its A record, and the id derived from it must not contain dots.
+        let address = self
+            .address
+            .ok_or(RegistryError::InvalidAddress {
+                address: String::new(),
+                reason: "no address given".into(),
+            })?
+            .to_canonical();
         check_address(address)?;
         if self.port == 0 {
             return Err(RegistryError::InvalidPort { port: 0 });
@@ -348,8 +350,26 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_addresses_become_ipv4() {
+        let reg = RegistrationRequest {
+            address: Some("::ffff:10.0.0.1".parse().unwrap()),
+            ..request()
+        }
+        .validate(&limits())
+        .unwrap();
+        assert_eq!(reg.address, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(reg.id, "10-0-0-1-8080");
+    }
+
+    #[test]
     fn default_ids_are_labels() {
-        for addr in ["10.0.0.2", "fd00::1", "::1", "2001:db8::"] {
+        for addr in [
+            "10.0.0.2",
+            "fd00::1",
+            "::1",
+            "2001:db8::",
+            "::ffff:10.0.0.1",
+        ] {
             let id = default_id(addr.parse().unwrap(), 80);
             assert!(name::label(&id).is_ok(), "{addr} -> {id}");
         }

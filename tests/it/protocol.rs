@@ -286,3 +286,25 @@ fn udp_list_too_large_for_a_datagram_says_use_tcp() {
     let replies = tcp_requests(server.registry, b"{\"op\":\"list\"}\n", 1);
     assert_eq!(replies[0]["instances"].as_array().unwrap().len(), 400);
 }
+
+#[test]
+fn a_last_request_without_newline_is_answered_at_end_of_stream() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[]);
+    let mut stream = std::net::TcpStream::connect(server.registry).unwrap();
+    stream.write_all(br#"{"op":"list","seq":5}"#).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(reply.trim()).unwrap();
+    assert_eq!(reply["seq"], 5);
+}
+
+#[test]
+fn a_later_protocol_version_is_named_as_such() {
+    let server = Server::start(&[]);
+    let reply =
+        server.udp(r#"{"v":2,"op":"register","service":"web","port":80,"sig":"abc","seq":1}"#);
+    assert_eq!(reply["error"], "unsupported_version", "{reply}");
+    assert_eq!(reply["seq"], 1);
+}
