@@ -27,7 +27,7 @@ const TTL: Duration = Duration::from_secs(2);
 /// Pause between DNS polls in part A.
 const POLL: Duration = Duration::from_millis(1);
 /// The server's command line after the binary.
-const SERVE_ARGS: [&str; 7] = [
+const SERVE_ARGS: [&str; 9] = [
     "serve",
     "--dns",
     "127.0.0.1:0",
@@ -35,6 +35,9 @@ const SERVE_ARGS: [&str; 7] = [
     "127.0.0.1:0",
     "--log-level",
     "warn",
+    // Nothing here is forwarded: no upstreams, so no traffic can leave the machine.
+    "--resolv-conf",
+    "/dev/null",
 ];
 
 fn main() {

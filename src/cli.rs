@@ -65,6 +65,16 @@ struct ServeArgs {
     /// Log filter such as info or debug [config: log_level; env RUST_LOG wins].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Upstream resolver for names outside beacon's zones, IP or IP:PORT; repeatable
+    /// [config: dns.upstreams; default: the nameservers of /etc/resolv.conf].
+    #[arg(long = "upstream", value_name = "ADDR[:PORT]")]
+    upstreams: Vec<String>,
+    /// Directory of zone files to serve [config: dns.zones].
+    #[arg(long, value_name = "DIR")]
+    zones: Option<PathBuf>,
+    /// The resolv.conf whose nameservers are the default upstreams [config: dns.resolv_conf].
+    #[arg(long, value_name = "FILE")]
+    resolv_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -173,7 +183,9 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+/// The configuration file (if any) with the command line's overrides applied, validated.
+/// Read again on every SIGHUP.
+fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -184,16 +196,30 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.registry.listen = listen;
     }
-    if let Some(domain) = args.domain {
-        config.dns.domain = domain;
+    if let Some(domain) = &args.domain {
+        config.dns.domain = domain.clone();
     }
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
-    if let Some(level) = args.log_level {
-        config.log_level = level;
+    if let Some(level) = &args.log_level {
+        config.log_level = level.clone();
+    }
+    if !args.upstreams.is_empty() {
+        config.dns.upstreams = args.upstreams.clone();
+    }
+    if let Some(zones) = &args.zones {
+        config.dns.zones = Some(zones.clone());
+    }
+    if let Some(resolv_conf) = &args.resolv_conf {
+        config.dns.resolv_conf = resolv_conf.clone();
     }
     config.validate()?;
+    Ok(config)
+}
+
+fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    let config = serve_config(&args)?;
     init_logging(&config.log_level);
 
     let sockets = Sockets::bind(config.dns.listen, config.registry.listen)?;
@@ -210,6 +236,8 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(reload_on_sighup(args, reload_tx));
         // One line on stdout with the bound addresses: with port 0 this is how callers (tests,
         // scripts) learn the real ports.
         println!(
@@ -217,10 +245,31 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
             config.dns.domain
         );
         tracing::info!(%dns, %registry, domain = %config.dns.domain, "serving");
-        serve::run(&config, sockets, shutdown).await?;
+        serve::run(&config, sockets, shutdown, reload_rx).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// On every SIGHUP, reads the configuration again and hands it to the server; a file that does
+/// not parse is reported and changes nothing.
+async fn reload_on_sighup(args: ServeArgs, reloads: tokio::sync::mpsc::Sender<Config>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match serve_config(&args) {
+            Ok(config) => {
+                if reloads.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::error!("reload failed; the running configuration stays: {error:#}")
+            }
+        }
+    }
 }
 
 async fn cancel_on_signal(token: CancellationToken) {

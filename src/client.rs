@@ -57,10 +57,12 @@ impl ClientError {
     /// Whether trying again later may succeed (the registry was unreachable), as opposed to a
     /// refusal that will repeat.
     pub fn is_transient(&self) -> bool {
-        !matches!(
-            self,
-            ClientError::Refused { .. } | ClientError::Resolve { .. }
-        )
+        match self {
+            // A full registry may have room again once other instances expire.
+            ClientError::Refused { code, .. } => *code == ErrorCode::Full,
+            ClientError::Resolve { .. } => false,
+            _ => true,
+        }
     }
 }
 

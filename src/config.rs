@@ -74,6 +74,61 @@ pub struct DnsConfig {
     pub tcp_idle_timeout: Duration,
     /// Most simultaneous TCP connections; further ones are closed at once.
     pub max_tcp_connections: usize,
+    /// Directory of RFC 1035 zone files served authoritatively (`--zones`); none by default.
+    pub zones: Option<PathBuf>,
+    /// Upstream resolvers for names outside every zone, `IP` or `IP:PORT`, tried in order
+    /// (`--upstream`). Empty: the nameservers of `resolv_conf`, leaving out beacon itself.
+    pub upstreams: Vec<String>,
+    /// The resolv.conf whose nameservers are the default upstreams.
+    pub resolv_conf: PathBuf,
+    /// How long one upstream may take before the next is tried.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// Networks (CIDR) whose clients get forwarding; others get REFUSED for outside names.
+    pub recursion_allow: Vec<String>,
+}
+
+impl DnsConfig {
+    /// The upstreams to forward to: `upstreams` if given, else `resolv_conf`'s nameservers, in
+    /// both cases without beacon's own DNS address.
+    pub fn upstream_addrs(&self) -> Vec<SocketAddr> {
+        let listed: Vec<SocketAddr> = if self.upstreams.is_empty() {
+            crate::dns::forward::resolv_conf_nameservers(&self.resolv_conf)
+        } else {
+            self.upstreams
+                .iter()
+                .filter_map(|u| parse_upstream(u).ok())
+                .collect()
+        };
+        crate::dns::forward::without_self(listed, self.listen)
+    }
+
+    /// `recursion_allow` parsed.
+    pub fn recursion_networks(&self) -> Vec<ipnet::IpNet> {
+        self.recursion_allow
+            .iter()
+            .filter_map(|n| parse_network(n).ok())
+            .collect()
+    }
+}
+
+/// `IP` (port 53) or `IP:PORT` (`[v6]:PORT` for IPv6).
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{text:?} is not IP or IP:PORT"))
+}
+
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{text:?} is not a network such as 10.0.0.0/8 or an address"))
 }
 
 impl Default for Config {
@@ -113,6 +168,23 @@ impl Default for DnsConfig {
             max_udp_payload: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 1024,
+            zones: None,
+            upstreams: Vec::new(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            upstream_timeout: Duration::from_secs(1),
+            recursion_allow: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "fc00::/7",
+                "fe80::/10",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         }
     }
 }
@@ -249,6 +321,32 @@ impl Config {
         }
         if d.max_tcp_connections == 0 {
             return invalid("dns.max_tcp_connections", "must be at least 1".into());
+        }
+        for upstream in &d.upstreams {
+            if let Err(reason) = parse_upstream(upstream) {
+                return invalid("dns.upstreams", reason);
+            }
+        }
+        for network in &d.recursion_allow {
+            if let Err(reason) = parse_network(network) {
+                return invalid("dns.recursion_allow", reason);
+            }
+        }
+        if d.upstream_timeout < Duration::from_millis(10)
+            || d.upstream_timeout > Duration::from_secs(30)
+        {
+            return invalid(
+                "dns.upstream_timeout",
+                "must be between 10ms and 30s".into(),
+            );
+        }
+        if let Some(zones) = &d.zones {
+            if !zones.is_dir() {
+                return invalid(
+                    "dns.zones",
+                    format!("{} is not a directory", zones.display()),
+                );
+            }
         }
         Ok(())
     }

@@ -5,14 +5,17 @@
 //! bind port 0 and learn the real ports before anything is served.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::dns::{self, Responder};
+use crate::dns::forward::Forwarder;
+use crate::dns::statics::{StaticZones, ZoneError};
+use crate::dns::{self, Dns, Responder};
 use crate::protocol;
 use crate::registry::{Limits, Registry};
 
@@ -45,6 +48,9 @@ pub enum ServeError {
     /// The configuration could not be turned into a responder.
     #[error("config key `dns.domain`: {0}")]
     Domain(String),
+    /// A zone file could not be loaded.
+    #[error("config key `dns.zones`: {0}")]
+    Zones(#[from] ZoneError),
     /// Handing a bound socket to the runtime failed.
     #[error("cannot use a bound socket: {0}")]
     Socket(io::Error),
@@ -93,19 +99,67 @@ fn bind_pair(
     Err(err(last.unwrap_or_else(|| io::Error::other("no free port"))))
 }
 
-/// Serves until `shutdown` is cancelled, then waits for every task to stop.
+/// Builds the DNS responder `config` describes: zone files loaded, upstreams resolved.
+pub fn build_responder(
+    config: &Config,
+    registry: &Registry,
+    dns_addr: SocketAddr,
+) -> Result<Responder, ServeError> {
+    let statics = match &config.dns.zones {
+        Some(dir) => StaticZones::load_dir(dir)?,
+        None => StaticZones::empty(),
+    };
+    let mut dns_config = config.dns.clone();
+    // With port 0 the bound port is only known now; it is what "beacon itself" means.
+    dns_config.listen = dns_addr;
+    let forwarder = Forwarder::new(
+        dns_config.upstream_addrs(),
+        dns_config.recursion_networks(),
+        dns_config.upstream_timeout,
+    );
+    Responder::new(
+        registry.clone(),
+        &dns_config,
+        vec![dns_addr.ip()],
+        statics,
+        forwarder,
+    )
+    .map_err(ServeError::Domain)
+}
+
+fn describe(responder: &Responder) {
+    for zone in responder.statics().zones() {
+        tracing::info!(zone = %zone.apex, file = %zone.path.display(), rrsets = zone.len(), "static zone loaded");
+    }
+    let upstreams: Vec<String> = responder
+        .forwarder()
+        .upstreams()
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    if upstreams.is_empty() {
+        tracing::info!("no upstream resolvers: names outside the zones get REFUSED");
+    } else {
+        tracing::info!(upstreams = %upstreams.join(","), "forwarding other names");
+    }
+}
+
+/// Serves until `shutdown` is cancelled, then waits for every task to stop. Every
+/// configuration received on `reloads` (sent on SIGHUP by the binary) replaces the DNS
+/// responder — zone files, upstreams, TTLs — without dropping a registration or a query; one
+/// that fails to load is reported and the running one stays. Listen addresses and registry
+/// limits keep their start-up values.
 pub async fn run(
     config: &Config,
     sockets: Sockets,
     shutdown: CancellationToken,
+    mut reloads: mpsc::Receiver<Config>,
 ) -> Result<(), ServeError> {
     let registry = Registry::new(Limits::from(&config.registry));
     let dns_addr = sockets.dns_addr().map_err(ServeError::Socket)?;
-    let apex_addresses: Vec<IpAddr> = vec![dns_addr.ip()];
-    let responder = Arc::new(
-        Responder::new(registry.clone(), &config.dns, apex_addresses)
-            .map_err(ServeError::Domain)?,
-    );
+    let responder = build_responder(config, &registry, dns_addr)?;
+    describe(&responder);
+    let dns = Dns::new(responder);
 
     let tokio_socket = |s: std::net::UdpSocket| -> Result<tokio::net::UdpSocket, ServeError> {
         s.set_nonblocking(true).map_err(ServeError::Socket)?;
@@ -127,16 +181,19 @@ pub async fn run(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let forwards = Arc::new(Semaphore::new(dns::server::MAX_FORWARDS_IN_FLIGHT));
     for _ in 0..loops {
         tracker.spawn(dns::server::serve_udp(
             dns_udp.clone(),
-            responder.clone(),
+            dns.clone(),
+            forwards.clone(),
             shutdown.clone(),
+            tracker.clone(),
         ));
     }
     tracker.spawn(dns::server::serve_tcp(
         dns_tcp,
-        responder.clone(),
+        dns.clone(),
         dns::server::TcpLimits {
             idle_timeout: config.dns.tcp_idle_timeout,
             max_connections: config.dns.max_tcp_connections,
@@ -159,7 +216,19 @@ pub async fn run(
         tracker.clone(),
     ));
 
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(new) = reloads.recv() => match build_responder(&new, &registry, dns_addr) {
+                Ok(responder) => {
+                    describe(&responder);
+                    dns.replace(responder);
+                    tracing::info!("configuration and zones reloaded");
+                }
+                Err(error) => tracing::error!(%error, "reload failed; the running configuration stays"),
+            },
+        }
+    }
     tracker.close();
     tracker.wait().await;
     Ok(())

@@ -1,22 +1,29 @@
-//! One DNS query in, one DNS response out, from the registry's published snapshots.
+//! One DNS query in, one DNS response out: the service domain from the registry's snapshots,
+//! static zones from zone files, and everything else handed to the forwarder.
 //!
 //! Invariants:
-//! - no answer names an instance past its deadline (the snapshot is filtered at `now`);
+//! - no answer names an instance past its deadline (snapshots are filtered at `now`);
 //! - no record's TTL outlives the lease of an instance it names: a positive answer's TTL is
 //!   `min(dns.ttl, whole seconds left on the soonest lease among the instances it names)`;
-//! - every negative answer (NXDOMAIN, NODATA) carries the SOA, whose TTL and MINIMUM are
-//!   `dns.negative_ttl`;
-//! - an answer cut to fit a UDP payload has TC set; only the additional section is dropped
-//!   silently (RFC 2181 §9).
+//! - every negative answer (NXDOMAIN, NODATA) carries its zone's SOA; in the service domain its
+//!   TTL and MINIMUM are `dns.negative_ttl`;
+//! - an answer cut to fit has TC set; only the additional section is dropped silently
+//!   (RFC 2181 §9). A cut set of instances is chosen per client by weighted rendezvous hashing,
+//!   so each client keeps seeing the same subset while the set is unchanged;
+//! - a message that is not a query (QR set, or shorter than a header) is never answered.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
+use super::forward::Forwarder;
+use super::statics::{StaticLookup, StaticZone, StaticZones};
 use super::Zone;
 use crate::config::DnsConfig;
 use crate::registry::{Instance, Registry};
@@ -33,7 +40,33 @@ pub enum Transport {
 /// SRV priority of every instance: beacon balances with weights, not priorities.
 pub const SRV_PRIORITY: u16 = 1;
 
-/// Answers queries for the service domain. Shared by every DNS task; all methods take `&self`.
+/// What to do with a received message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Ask the upstreams, then finish with [`Responder::finish_forward`].
+    Forward(Box<PendingForward>),
+    /// Send nothing: not a query (reflection must never be answered).
+    Ignore,
+}
+
+/// A query waiting for the upstreams' answer.
+#[derive(Debug)]
+pub struct PendingForward {
+    response: Message,
+    /// The question to ask upstream.
+    pub query: Query,
+    /// The client's DNSSEC OK bit.
+    pub dnssec_ok: bool,
+    /// The client's CD bit.
+    pub checking_disabled: bool,
+    /// The client's transport.
+    pub transport: Transport,
+    limit: usize,
+}
+
+/// Answers queries. Immutable once built: a reload builds a new one (see [`super::Dns`]).
 pub struct Responder {
     registry: Registry,
     zone: Zone,
@@ -43,15 +76,35 @@ pub struct Responder {
     negative_ttl: u32,
     max_udp_payload: u16,
     apex_addresses: Vec<IpAddr>,
+    statics: StaticZones,
+    forwarder: Forwarder,
     /// Advances on every answer so consecutive answers start at different instances.
     rotation: AtomicUsize,
 }
 
+/// A set of instances to answer with, rendered lazily so it can be cut to fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SetKind {
+    /// A, AAAA (the set is already of that family) or ANY (both).
+    Addresses,
+    /// SRV records, targets' addresses in the additional section.
+    Srv,
+    /// DNS-SD PTR records naming `<id>._<service>._tcp`.
+    DnsSdPtr,
+}
+
 /// What a name lookup found.
 enum Found {
-    Answer {
+    Records {
         answers: Vec<Record>,
         additionals: Vec<Record>,
+    },
+    Instances {
+        service: String,
+        set: Vec<Arc<Instance>>,
+        kind: SetKind,
+        /// Static records for the same name and type, always answered with the set.
+        extra: Vec<Record>,
     },
     NoData,
     NxDomain,
@@ -63,7 +116,7 @@ impl Found {
         if answers.is_empty() {
             Found::NoData
         } else {
-            Found::Answer {
+            Found::Records {
                 answers,
                 additionals: Vec::new(),
             }
@@ -78,6 +131,8 @@ impl Responder {
         registry: Registry,
         config: &DnsConfig,
         apex_addresses: Vec<IpAddr>,
+        statics: StaticZones,
+        forwarder: Forwarder,
     ) -> Result<Self, String> {
         let zone = Zone::new(&config.domain)?;
         let hostmaster = Name::from_ascii("hostmaster")
@@ -95,27 +150,38 @@ impl Responder {
                 .into_iter()
                 .filter(|a| !a.is_unspecified())
                 .collect(),
+            statics,
+            forwarder,
             rotation: AtomicUsize::new(0),
         })
     }
 
-    /// The zone served.
+    /// The zone served from the registry.
     pub fn zone(&self) -> &Zone {
         &self.zone
     }
 
-    /// Answers one query. `None` means send nothing: the bytes were not a query at all (too
-    /// short for a header, or a response), which must never be answered (reflection).
-    pub fn respond(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    /// The static zones.
+    pub fn statics(&self) -> &StaticZones {
+        &self.statics
+    }
+
+    /// The forwarder.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    /// Answers one message from `client`.
+    pub fn respond(&self, query: &[u8], client: IpAddr, transport: Transport) -> Outcome {
         if query.len() < 12 || query[2] & 0x80 != 0 {
-            return None;
+            return Outcome::Ignore;
         }
         let request = match Message::from_vec(query) {
             Ok(message) => message,
-            Err(_) => return Some(format_error(query)),
+            Err(_) => return Outcome::Reply(format_error(query)),
         };
         if request.metadata.message_type == MessageType::Response {
-            return None;
+            return Outcome::Ignore;
         }
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
         response.metadata.recursion_desired = request.metadata.recursion_desired;
@@ -127,71 +193,123 @@ impl Responder {
                 None => 512,
             },
         };
-        if request.edns.is_some() {
+        let reply = |mut response: Message, rcode: ResponseCode| {
+            response.metadata.response_code = rcode;
+            Outcome::Reply(encode_records(response, limit))
+        };
+        if let Some(client_edns) = &request.edns {
             let mut edns = Edns::new();
             edns.set_max_payload(self.max_udp_payload);
             edns.set_version(0);
             response.set_edns(edns);
+            if client_edns.version() > 0 {
+                // RFC 6891 §6.1.3: an unknown version gets BADVERS and the version we speak.
+                response.add_queries(request.queries.iter().cloned());
+                return reply(response, ResponseCode::BADVERS);
+            }
         }
         if request.metadata.op_code != OpCode::Query {
-            response.metadata.response_code = ResponseCode::NotImp;
-            return Some(self.encode(response, limit));
+            return reply(response, ResponseCode::NotImp);
         }
         if request.queries.len() != 1 {
-            response.metadata.response_code = ResponseCode::FormErr;
-            return Some(self.encode(response, limit));
+            return reply(response, ResponseCode::FormErr);
         }
-        let query = &request.queries[0];
+        let query = request.queries[0].clone();
         response.add_query(query.clone());
         if query.query_class() != DNSClass::IN {
-            response.metadata.response_code = ResponseCode::Refused;
-            return Some(self.encode(response, limit));
+            return reply(response, ResponseCode::Refused);
         }
-        let Some(labels) = self.zone.relative_labels(query.name()) else {
-            // Outside the zone: not ours to answer (forwarding is not configured).
-            response.metadata.response_code = ResponseCode::Refused;
-            return Some(self.encode(response, limit));
-        };
-        response.metadata.authoritative = true;
-        match self.lookup(&labels, query.name(), query.query_type()) {
-            Found::Answer {
-                answers,
-                additionals,
-            } => {
-                response.answers = answers;
-                response.additionals = additionals;
-            }
-            Found::NoData => {
-                response.add_authority(self.soa_record());
-            }
-            Found::NxDomain => {
-                response.add_authority(self.soa_record());
-                response.metadata.response_code = ResponseCode::NXDomain;
-            }
+        if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) {
+            // Zone transfers are not offered: the registry changes by the millisecond.
+            return reply(response, ResponseCode::Refused);
         }
-        Some(self.encode(response, limit))
+        let qname = query.name();
+        let lower = LowerName::new(qname);
+
+        if let Some(labels) = self.zone.relative_labels(qname) {
+            response.metadata.authoritative = true;
+            let found = self.lookup(&labels, qname, query.query_type());
+            let found = self.merge_static(found, &lower, query.query_type());
+            return Outcome::Reply(self.render(response, found, client, limit));
+        }
+        if let Some(zone) = self.statics.find(&lower) {
+            response.metadata.authoritative = true;
+            return Outcome::Reply(static_answer(
+                response,
+                zone,
+                &lower,
+                query.query_type(),
+                limit,
+            ));
+        }
+        if self.forwarder.upstreams().is_empty() || !self.forwarder.allows(client) {
+            // Never an open resolver: only configured networks get recursion.
+            return reply(response, ResponseCode::Refused);
+        }
+        let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        Outcome::Forward(Box::new(PendingForward {
+            response,
+            query,
+            dnssec_ok,
+            checking_disabled: request.metadata.checking_disabled,
+            transport,
+            limit,
+        }))
+    }
+
+    /// Completes a forwarded query with the upstream's answer (`None`: every upstream failed,
+    /// which is SERVFAIL).
+    pub fn finish_forward(&self, pending: PendingForward, answer: Option<Message>) -> Vec<u8> {
+        let mut response = pending.response;
+        response.metadata.recursion_available = true;
+        match answer {
+            Some(upstream) => {
+                response.metadata.response_code = upstream.metadata.response_code;
+                response.metadata.truncation = upstream.metadata.truncation;
+                response.metadata.authentic_data = upstream.metadata.authentic_data;
+                response.answers = upstream.answers;
+                response.authorities = upstream.authorities;
+                response.additionals = upstream.additionals;
+            }
+            None => response.metadata.response_code = ResponseCode::ServFail,
+        }
+        encode_records(response, pending.limit)
     }
 
     fn lookup(&self, labels: &[String], qname: &Name, qtype: RecordType) -> Found {
         let now = self.registry.now_ms();
-        match labels {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        match labels.as_slice() {
             [] => self.apex(qtype),
-            // An empty non-terminal above every `_<service>._tcp` name.
-            [tcp] if tcp == "_tcp" => {
-                if self.registry.services().is_empty() {
-                    Found::NxDomain
-                } else {
+            // Empty non-terminals above the RFC 2782 and DNS-SD names.
+            ["_tcp"] | ["_udp"] | ["_dns-sd", "_udp"] => {
+                if self.any_service_live(now) {
                     Found::NoData
+                } else {
+                    Found::NxDomain
                 }
             }
+            ["_services", "_dns-sd", "_udp"] => self.service_types(qname, qtype, now),
             [service] => match self.live(service, None, now) {
-                Some(set) => self.answer_set(qname, service, set, qtype, now, false),
+                Some(set) => self.set_answer(service, set, qtype, false),
                 None => Found::NxDomain,
             },
-            [underscored, tcp] if tcp == "_tcp" && underscored.starts_with('_') => {
+            [underscored, "_tcp"] if underscored.starts_with('_') => {
                 let service = &underscored[1..];
                 match self.live(service, None, now) {
-                    Some(set) => self.answer_set(qname, service, set, qtype, now, true),
+                    Some(set) => self.set_answer(service, set, qtype, true),
+                    None => Found::NxDomain,
+                }
+            }
+            [id, underscored, "_tcp"] if underscored.starts_with('_') => {
+                let service = &underscored[1..];
+                match self.registry.service(service) {
+                    Some(view) => match view.instance(id, now) {
+                        Some(instance) => {
+                            self.dns_sd_instance(qname, service, instance, qtype, now)
+                        }
+                        None => Found::NxDomain,
+                    },
                     None => Found::NxDomain,
                 }
             }
@@ -202,15 +320,68 @@ impl Responder {
                 // An instance id wins over a tag of the same spelling: the SRV targets must
                 // always resolve to exactly their instance.
                 if let Some(instance) = view.instance(first, now) {
-                    return self.instance(qname, service, instance.clone(), qtype, now);
+                    return self.instance(qname, service, instance, qtype, now);
                 }
                 match self.live(service, Some(first), now) {
-                    Some(set) => self.answer_set(qname, service, set, qtype, now, false),
+                    Some(set) => self.set_answer(service, set, qtype, false),
                     None => Found::NxDomain,
                 }
             }
             _ => Found::NxDomain,
         }
+    }
+
+    /// Static records inside the service domain are answered together with the registry's.
+    fn merge_static(&self, found: Found, name: &LowerName, qtype: RecordType) -> Found {
+        let Some(zone) = self.statics.find(name) else {
+            return found;
+        };
+        match (zone.lookup(name, qtype), found) {
+            (StaticLookup::NxDomain, found) => found,
+            (StaticLookup::NoData, Found::NxDomain) => Found::NoData,
+            (StaticLookup::NoData, found) => found,
+            (
+                StaticLookup::Records(records),
+                Found::Instances {
+                    service,
+                    set,
+                    kind,
+                    mut extra,
+                },
+            ) => {
+                extra.extend_from_slice(records);
+                Found::Instances {
+                    service,
+                    set,
+                    kind,
+                    extra,
+                }
+            }
+            (
+                StaticLookup::Records(records),
+                Found::Records {
+                    mut answers,
+                    additionals,
+                },
+            ) => {
+                answers.extend_from_slice(records);
+                Found::Records {
+                    answers,
+                    additionals,
+                }
+            }
+            (StaticLookup::Records(records), Found::NoData | Found::NxDomain) => Found::Records {
+                answers: records.to_vec(),
+                additionals: Vec::new(),
+            },
+        }
+    }
+
+    fn any_service_live(&self, now: u64) -> bool {
+        self.registry
+            .services()
+            .iter()
+            .any(|view| view.live(now).next().is_some())
     }
 
     /// The live instances of `service` (with `tag`, when given), rotated; `None` when there are
@@ -225,69 +396,69 @@ impl Responder {
         if set.is_empty() {
             return None;
         }
-        let start = self.rotation.fetch_add(1, Ordering::Relaxed) % set.len();
-        set.rotate_left(start);
+        self.rotate(&mut set);
         Some(set)
     }
 
-    fn answer_set(
+    fn rotate(&self, set: &mut [Arc<Instance>]) {
+        if !set.is_empty() {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % set.len();
+            set.rotate_left(start);
+        }
+    }
+
+    fn set_answer(
         &self,
-        qname: &Name,
         service: &str,
         set: Vec<Arc<Instance>>,
         qtype: RecordType,
-        now: u64,
-        srv_only: bool,
+        rfc2782_name: bool,
     ) -> Found {
-        match qtype {
-            RecordType::SRV => {
-                let ttl = self.ttl_for(set.iter(), now);
-                let mut answers = Vec::with_capacity(set.len());
-                let mut additionals = Vec::with_capacity(set.len());
-                for instance in &set {
-                    let Some(target) = self.target(service, &instance.id) else {
-                        continue;
-                    };
-                    answers.push(Record::from_rdata(
-                        qname.clone(),
-                        ttl,
-                        RData::SRV(SRV::new(
-                            SRV_PRIORITY,
-                            instance.weight,
-                            instance.port,
-                            target.clone(),
-                        )),
-                    ));
-                    additionals.push(address_record(target, ttl, instance.address));
-                }
-                Found::Answer {
-                    answers,
-                    additionals,
-                }
-            }
-            _ if srv_only => Found::NoData,
-            RecordType::A | RecordType::AAAA | RecordType::ANY => {
-                let wanted: Vec<&Arc<Instance>> = set
-                    .iter()
-                    .filter(|i| match qtype {
-                        RecordType::A => i.address.is_ipv4(),
-                        RecordType::AAAA => i.address.is_ipv6(),
-                        _ => true,
-                    })
-                    .collect();
-                if wanted.is_empty() {
-                    return Found::NoData;
-                }
-                let ttl = self.ttl_for(wanted.iter().copied(), now);
-                Found::Answer {
-                    answers: wanted
-                        .iter()
-                        .map(|i| address_record(qname.clone(), ttl, i.address))
-                        .collect(),
-                    additionals: Vec::new(),
-                }
-            }
-            _ => Found::NoData,
+        let kind = match qtype {
+            RecordType::SRV => SetKind::Srv,
+            RecordType::PTR if rfc2782_name => SetKind::DnsSdPtr,
+            // RFC 8482: one RRset answers ANY; at the RFC 2782 name that is the SRV set.
+            RecordType::ANY if rfc2782_name => SetKind::Srv,
+            _ if rfc2782_name => return Found::NoData,
+            RecordType::A | RecordType::AAAA | RecordType::ANY => SetKind::Addresses,
+            _ => return Found::NoData,
+        };
+        let set: Vec<Arc<Instance>> = match qtype {
+            RecordType::A => set.into_iter().filter(|i| i.address.is_ipv4()).collect(),
+            RecordType::AAAA => set.into_iter().filter(|i| i.address.is_ipv6()).collect(),
+            _ => set,
+        };
+        if set.is_empty() {
+            return Found::NoData;
+        }
+        Found::Instances {
+            service: service.to_string(),
+            set,
+            kind,
+            extra: Vec::new(),
+        }
+    }
+
+    fn service_types(&self, qname: &Name, qtype: RecordType, now: u64) -> Found {
+        if !matches!(qtype, RecordType::PTR | RecordType::ANY) {
+            return if self.any_service_live(now) {
+                Found::NoData
+            } else {
+                Found::NxDomain
+            };
+        }
+        let answers: Vec<Record> = self
+            .registry
+            .services()
+            .iter()
+            .filter(|view| view.live(now).next().is_some())
+            .filter_map(|view| self.name(&format!("_{}._tcp", view.name)))
+            .map(|target| Record::from_rdata(qname.clone(), self.ttl, RData::PTR(PTR(target))))
+            .collect();
+        if answers.is_empty() {
+            Found::NxDomain
+        } else {
+            Found::answers_or_nodata(answers)
         }
     }
 
@@ -295,12 +466,11 @@ impl Responder {
         &self,
         qname: &Name,
         service: &str,
-        instance: Arc<Instance>,
+        instance: &Arc<Instance>,
         qtype: RecordType,
         now: u64,
     ) -> Found {
-        let ttl = self.ttl_for(std::iter::once(&instance), now);
-        let record = |data: RData| Record::from_rdata(qname.clone(), ttl, data);
+        let ttl = self.ttl_for(std::iter::once(instance), now);
         let answers = match qtype {
             RecordType::A if instance.address.is_ipv4() => {
                 vec![address_record(qname.clone(), ttl, instance.address)]
@@ -309,30 +479,56 @@ impl Responder {
                 vec![address_record(qname.clone(), ttl, instance.address)]
             }
             RecordType::ANY => vec![address_record(qname.clone(), ttl, instance.address)],
-            RecordType::SRV => match self.target(service, &instance.id) {
-                Some(target) => {
-                    return Found::Answer {
-                        answers: vec![record(RData::SRV(SRV::new(
-                            SRV_PRIORITY,
-                            instance.weight,
-                            instance.port,
-                            target.clone(),
-                        )))],
-                        additionals: vec![address_record(target, ttl, instance.address)],
-                    }
-                }
-                None => Vec::new(),
-            },
-            RecordType::TXT if !instance.meta.is_empty() => vec![record(RData::TXT(TXT::new(
-                instance
-                    .meta
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-            )))],
+            RecordType::SRV => return self.single_srv(qname, service, instance, ttl),
+            RecordType::TXT if !instance.meta.is_empty() => vec![Record::from_rdata(
+                qname.clone(),
+                ttl,
+                RData::TXT(meta_txt(instance)),
+            )],
             _ => Vec::new(),
         };
         Found::answers_or_nodata(answers)
+    }
+
+    /// `<id>._<service>._tcp`: the DNS-SD service instance name (RFC 6763 §4.1), with SRV and
+    /// TXT; its TXT always exists, empty when the instance has no metadata (§6.1).
+    fn dns_sd_instance(
+        &self,
+        qname: &Name,
+        service: &str,
+        instance: &Arc<Instance>,
+        qtype: RecordType,
+        now: u64,
+    ) -> Found {
+        let ttl = self.ttl_for(std::iter::once(instance), now);
+        match qtype {
+            RecordType::SRV | RecordType::ANY => self.single_srv(qname, service, instance, ttl),
+            RecordType::TXT => Found::answers_or_nodata(vec![Record::from_rdata(
+                qname.clone(),
+                ttl,
+                RData::TXT(meta_txt(instance)),
+            )]),
+            _ => Found::NoData,
+        }
+    }
+
+    fn single_srv(&self, qname: &Name, service: &str, instance: &Instance, ttl: u32) -> Found {
+        let Some(target) = self.target(service, &instance.id) else {
+            return Found::NoData;
+        };
+        Found::Records {
+            answers: vec![Record::from_rdata(
+                qname.clone(),
+                ttl,
+                RData::SRV(SRV::new(
+                    SRV_PRIORITY,
+                    instance.weight,
+                    instance.port,
+                    target.clone(),
+                )),
+            )],
+            additionals: vec![address_record(target, ttl, instance.address)],
+        }
     }
 
     fn apex(&self, qtype: RecordType) -> Found {
@@ -355,6 +551,136 @@ impl Responder {
         Found::answers_or_nodata(answers)
     }
 
+    /// Builds the records for `subset` of a set answer.
+    fn set_records(
+        &self,
+        qname: &Name,
+        service: &str,
+        kind: SetKind,
+        subset: &[Arc<Instance>],
+        now: u64,
+    ) -> (Vec<Record>, Vec<Record>) {
+        let ttl = self.ttl_for(subset.iter(), now);
+        let mut answers = Vec::with_capacity(subset.len());
+        let mut additionals = Vec::new();
+        for instance in subset {
+            match kind {
+                SetKind::Addresses => {
+                    answers.push(address_record(qname.clone(), ttl, instance.address))
+                }
+                SetKind::Srv => {
+                    let Some(target) = self.target(service, &instance.id) else {
+                        continue;
+                    };
+                    answers.push(Record::from_rdata(
+                        qname.clone(),
+                        ttl,
+                        RData::SRV(SRV::new(
+                            SRV_PRIORITY,
+                            instance.weight,
+                            instance.port,
+                            target.clone(),
+                        )),
+                    ));
+                    additionals.push(address_record(target, ttl, instance.address));
+                }
+                SetKind::DnsSdPtr => {
+                    let Some(name) = self.name(&format!("{}._{service}._tcp", instance.id)) else {
+                        continue;
+                    };
+                    answers.push(Record::from_rdata(
+                        qname.clone(),
+                        ttl,
+                        RData::PTR(PTR(name.clone())),
+                    ));
+                    if let Some(target) = self.target(service, &instance.id) {
+                        additionals.push(Record::from_rdata(
+                            name.clone(),
+                            ttl,
+                            RData::SRV(SRV::new(
+                                SRV_PRIORITY,
+                                instance.weight,
+                                instance.port,
+                                target.clone(),
+                            )),
+                        ));
+                        additionals.push(Record::from_rdata(
+                            name,
+                            ttl,
+                            RData::TXT(meta_txt(instance)),
+                        ));
+                        additionals.push(address_record(target, ttl, instance.address));
+                    }
+                }
+            }
+        }
+        (answers, additionals)
+    }
+
+    /// Encodes what was found. A set of instances that does not fit loses its additional
+    /// section first; if it still does not fit, the client gets the largest subset that does,
+    /// chosen by weighted rendezvous hashing on its address, with TC set.
+    fn render(&self, mut response: Message, found: Found, client: IpAddr, limit: usize) -> Vec<u8> {
+        let (service, set, kind, extra) = match found {
+            Found::Records {
+                answers,
+                additionals,
+            } => {
+                response.answers = answers;
+                response.additionals = additionals;
+                return encode_records(response, limit);
+            }
+            Found::NoData | Found::NxDomain => {
+                if matches!(found, Found::NxDomain) {
+                    response.metadata.response_code = ResponseCode::NXDomain;
+                }
+                response.add_authority(self.soa_record());
+                return encode_records(response, limit);
+            }
+            Found::Instances {
+                service,
+                set,
+                kind,
+                extra,
+            } => (service, set, kind, extra),
+        };
+        let now = self.registry.now_ms();
+        let qname = response.queries[0].name().clone();
+        let (answers, additionals) = self.set_records(&qname, &service, kind, &set, now);
+        response.answers = answers;
+        response.answers.extend_from_slice(&extra);
+        response.additionals = additionals;
+        if let Some(bytes) = fits(&response, limit) {
+            return bytes;
+        }
+        response.additionals.clear();
+        if let Some(bytes) = fits(&response, limit) {
+            return bytes;
+        }
+        response.metadata.truncation = true;
+        let ranked = rank_for_client(set, client);
+        let (mut fitting, mut too_many) = (0, ranked.len());
+        let mut best = None;
+        while fitting < too_many {
+            let mid = (fitting + too_many).div_ceil(2);
+            let mut subset = ranked[..mid].to_vec();
+            self.rotate(&mut subset);
+            response.answers = self.set_records(&qname, &service, kind, &subset, now).0;
+            response.answers.extend_from_slice(&extra);
+            match fits(&response, limit) {
+                Some(bytes) => {
+                    fitting = mid;
+                    best = Some(bytes);
+                }
+                None => too_many = mid - 1,
+            }
+        }
+        best.unwrap_or_else(|| {
+            response.answers.clear();
+            encode_or_servfail(&response)
+        })
+    }
+
     /// The TTL for records naming `instances`: the configured TTL, lowered to the whole seconds
     /// left on the soonest lease so no cache keeps a record past its instance's deadline.
     fn ttl_for<'a>(&self, instances: impl Iterator<Item = &'a Arc<Instance>>, now: u64) -> u32 {
@@ -363,8 +689,13 @@ impl Responder {
             .fold(self.ttl, u32::min)
     }
 
+    /// `<relative>.<apex>` as a name.
+    fn name(&self, relative: &str) -> Option<Name> {
+        Name::from_ascii(format!("{relative}.{}", self.apex_text)).ok()
+    }
+
     fn target(&self, service: &str, id: &str) -> Option<Name> {
-        Name::from_ascii(format!("{id}.{service}.{}", self.apex_text)).ok()
+        self.name(&format!("{id}.{service}"))
     }
 
     fn soa_record(&self) -> Record {
@@ -381,47 +712,70 @@ impl Responder {
         );
         Record::from_rdata(self.zone.apex.clone(), self.negative_ttl, RData::SOA(soa))
     }
+}
 
-    /// Encodes `response` within `limit` bytes: first without the additional section, then with
-    /// as many answers as fit and TC set, so a client never mistakes a cut answer for the whole.
-    fn encode(&self, mut response: Message, limit: usize) -> Vec<u8> {
-        match response.to_vec() {
-            Ok(bytes) if bytes.len() <= limit => return bytes,
-            Ok(_) => {}
-            Err(_) => return server_failure(&response),
-        }
-        response.additionals.clear();
-        match response.to_vec() {
-            Ok(bytes) if bytes.len() <= limit => return bytes,
-            Ok(_) => {}
-            Err(_) => return server_failure(&response),
-        }
-        response.metadata.truncation = true;
-        let answers = std::mem::take(&mut response.answers);
-        let (mut fits, mut too_many) = (0, answers.len());
-        let mut best = None;
-        while fits < too_many {
-            let mid = (fits + too_many).div_ceil(2);
-            response.answers = answers[..mid].to_vec();
-            match response.to_vec() {
-                Ok(bytes) if bytes.len() <= limit => {
-                    fits = mid;
-                    best = Some(bytes);
+/// Orders instances by weighted rendezvous (highest random weight) score for `client`: each
+/// client gets its own stable order, so the subset it sees does not churn between queries, and
+/// across clients every instance is picked in proportion to its weight.
+fn rank_for_client(mut set: Vec<Arc<Instance>>, client: IpAddr) -> Vec<Arc<Instance>> {
+    let score = |instance: &Instance| -> f64 {
+        // DefaultHasher::new() has fixed keys: the same score on every query and every node.
+        let mut hasher = DefaultHasher::new();
+        client.to_canonical().hash(&mut hasher);
+        instance.service.hash(&mut hasher);
+        instance.id.hash(&mut hasher);
+        // A uniform draw in (0, 1), then the logarithmic method: -w / ln(u).
+        let u = ((hasher.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        -(instance.weight as f64) / u.ln()
+    };
+    let mut scored: Vec<(f64, Arc<Instance>)> = set.drain(..).map(|i| (score(&i), i)).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+fn meta_txt(instance: &Instance) -> TXT {
+    let strings: Vec<String> = instance
+        .meta
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if strings.is_empty() {
+        TXT::new(vec![String::new()])
+    } else {
+        TXT::new(strings)
+    }
+}
+
+/// Answers from a static zone outside the service domain, following a CNAME inside the zone.
+fn static_answer(
+    mut response: Message,
+    zone: &StaticZone,
+    name: &LowerName,
+    qtype: RecordType,
+    limit: usize,
+) -> Vec<u8> {
+    match zone.lookup(name, qtype) {
+        StaticLookup::Records(records) => {
+            response.answers = records.to_vec();
+            if let Some(RData::CNAME(target)) = records.first().map(|r| &r.data) {
+                let target = LowerName::new(&target.0);
+                if qtype != RecordType::CNAME && zone.apex.zone_of(&target) {
+                    if let StaticLookup::Records(more) = zone.lookup(&target, qtype) {
+                        response.answers.extend_from_slice(more);
+                    }
                 }
-                Ok(_) => too_many = mid - 1,
-                Err(_) => return server_failure(&response),
             }
         }
-        match best {
-            Some(bytes) => bytes,
-            None => {
-                response.answers.clear();
-                response
-                    .to_vec()
-                    .unwrap_or_else(|_| server_failure(&response))
+        found => {
+            if found == StaticLookup::NxDomain {
+                response.metadata.response_code = ResponseCode::NXDomain;
+            }
+            if let Some(soa) = &zone.soa {
+                response.add_authority(soa.clone());
             }
         }
     }
+    encode_records(response, limit)
 }
 
 fn address_record(name: Name, ttl: u32, address: IpAddr) -> Record {
@@ -430,6 +784,53 @@ fn address_record(name: Name, ttl: u32, address: IpAddr) -> Record {
         IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
     };
     Record::from_rdata(name, ttl, data)
+}
+
+/// The encoded message if it fits in `limit` bytes.
+fn fits(response: &Message, limit: usize) -> Option<Vec<u8>> {
+    response.to_vec().ok().filter(|bytes| bytes.len() <= limit)
+}
+
+fn encode_or_servfail(response: &Message) -> Vec<u8> {
+    response
+        .to_vec()
+        .unwrap_or_else(|_| server_failure(response))
+}
+
+/// Encodes `response` within `limit` bytes: first without the additional section, then with
+/// as many answers as fit and TC set, so a client never mistakes a cut answer for the whole.
+fn encode_records(mut response: Message, limit: usize) -> Vec<u8> {
+    if let Some(bytes) = fits(&response, limit) {
+        return bytes;
+    }
+    response.additionals.clear();
+    if let Some(bytes) = fits(&response, limit) {
+        return bytes;
+    }
+    response.metadata.truncation = true;
+    let answers = std::mem::take(&mut response.answers);
+    let authorities = std::mem::take(&mut response.authorities);
+    let (mut fitting, mut too_many) = (0, answers.len());
+    let mut best = None;
+    while fitting < too_many {
+        let mid = (fitting + too_many).div_ceil(2);
+        response.answers = answers[..mid].to_vec();
+        match fits(&response, limit) {
+            Some(bytes) => {
+                fitting = mid;
+                best = Some(bytes);
+            }
+            None => too_many = mid - 1,
+        }
+    }
+    best.unwrap_or_else(|| {
+        response.answers.clear();
+        response.authorities = authorities;
+        fits(&response, limit).unwrap_or_else(|| {
+            response.authorities.clear();
+            encode_or_servfail(&response)
+        })
+    })
 }
 
 /// FORMERR for a query whose header could be read but whose body could not: the header with
@@ -446,4 +847,57 @@ fn server_failure(response: &Message) -> Vec<u8> {
     let mut failure = Message::response(response.metadata.id, response.metadata.op_code);
     failure.metadata.response_code = ResponseCode::ServFail;
     failure.to_vec().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Limits, RegistrationRequest};
+
+    fn instance(registry: &Registry, id: &str, weight: u16) -> Arc<Instance> {
+        let reg = RegistrationRequest {
+            service: "web".into(),
+            id: Some(id.into()),
+            address: Some("10.0.0.1".parse().unwrap()),
+            port: 80,
+            weight: Some(weight),
+            ..Default::default()
+        }
+        .validate(registry.limits())
+        .unwrap();
+        registry.register(reg).unwrap().instance
+    }
+
+    #[tokio::test]
+    async fn rendezvous_ranking_is_stable_per_client_and_follows_weights() {
+        let registry = Registry::new(Limits::from(&crate::config::RegistryConfig::default()));
+        let set: Vec<Arc<Instance>> = (0..20)
+            .map(|i| instance(&registry, &format!("i{i}"), if i < 10 { 1 } else { 3 }))
+            .collect();
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = rank_for_client(set.clone(), client);
+        let mut shuffled = set.clone();
+        shuffled.reverse();
+        assert!(
+            first
+                .iter()
+                .zip(rank_for_client(shuffled, client))
+                .all(|(a, b)| a.id == b.id),
+            "order must not depend on input order"
+        );
+        // Over many clients, the heavy instances land in the top 5 about three times as often.
+        let (mut heavy, mut light) = (0, 0);
+        for c in 0..2000u32 {
+            let client = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + c));
+            for i in &rank_for_client(set.clone(), client)[..5] {
+                if i.weight == 3 {
+                    heavy += 1
+                } else {
+                    light += 1
+                }
+            }
+        }
+        let ratio = heavy as f64 / light as f64;
+        assert!(ratio > 2.0 && ratio < 4.5, "heavy/light = {ratio}");
+    }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`answer`] turns one query (bytes) into one response (bytes): names, records, TTLs, negative
 //!   answers, truncation. It reads the registry and never writes to it.
+//! - [`statics`] loads zone files; [`forward`] asks upstream resolvers for everything else.
 //! - [`server`] runs the UDP and TCP loops around it.
 //!
 //! Names served under the domain (default `service.local.`):
@@ -14,20 +15,54 @@
 //! | `_<service>._tcp` | SRV of every live instance (RFC 2782) |
 //! | `<id>.<service>` | A/AAAA, SRV and TXT (metadata) of one instance: the SRV targets |
 //! | `<tag>.<service>` | A, AAAA, SRV of the live instances with that tag |
+//! | `_services._dns-sd._udp` | DNS-SD: PTR to every `_<service>._tcp` with live instances |
+//! | `_<service>._tcp` | DNS-SD: PTR to every `<id>._<service>._tcp` |
+//! | `<id>._<service>._tcp` | DNS-SD: SRV and TXT of one instance |
 
 pub mod answer;
+pub mod forward;
 pub mod server;
+pub mod statics;
 
 pub use answer::Responder;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name};
+
+/// The current [`Responder`], replaced whole on reload (SIGHUP) while queries keep flowing:
+/// each query works with the responder it loaded, so none sees half a reload.
+pub struct Dns {
+    current: ArcSwap<Responder>,
+}
+
+impl Dns {
+    /// Starts with `responder`.
+    pub fn new(responder: Responder) -> Arc<Dns> {
+        Arc::new(Dns {
+            current: ArcSwap::from_pointee(responder),
+        })
+    }
+
+    /// The responder in service now.
+    pub fn load(&self) -> Arc<Responder> {
+        self.current.load_full()
+    }
+
+    /// Puts `responder` in service for every query that starts from now on.
+    pub fn replace(&self, responder: Responder) {
+        self.current.store(Arc::new(responder));
+    }
+}
 
 /// The served domain, as a parsed DNS name.
 #[derive(Debug, Clone)]
 pub struct Zone {
     /// The apex, fully qualified, lower case.
     pub apex: Name,
-    lower: LowerName,
+    /// The apex as a lower-case name, for containment tests.
+    pub lower: LowerName,
 }
 
 impl Zone {

@@ -1,35 +1,78 @@
 //! The DNS loops: UDP datagrams and TCP connections (two-byte length prefix, RFC 1035 §4.2.2,
-//! several queries per connection) answered by a [`Responder`].
+//! several queries per connection, answered in order), each answered by the current
+//! [`Responder`]. Forwarded queries wait for the upstream in their own task on UDP, so one slow
+//! upstream never holds up local answers.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::answer::{Responder, Transport};
+use super::answer::{Outcome, PendingForward, Responder, Transport};
+use super::Dns;
 use crate::net::{accept_connections, recv_datagram};
+
+/// Most forwarded UDP queries waiting for an upstream at once; beyond it a query gets SERVFAIL
+/// at once instead of a task, so a flood cannot grow memory without bound.
+pub const MAX_FORWARDS_IN_FLIGHT: usize = 4096;
 
 /// Answers DNS queries arriving on `socket` until `shutdown`. Several of these may run on one
 /// socket, one per worker thread.
 pub async fn serve_udp(
     socket: Arc<UdpSocket>,
-    responder: Arc<Responder>,
+    dns: Arc<Dns>,
+    forwards: Arc<Semaphore>,
     shutdown: CancellationToken,
+    tracker: TaskTracker,
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Some((len, peer)) = recv_datagram(&socket, &mut buf, &shutdown, "DNS").await {
         if peer.port() == 0 {
             continue;
         }
-        if let Some(response) = responder.respond(&buf[..len], Transport::Udp) {
-            if let Err(error) = socket.send_to(&response, peer).await {
-                tracing::debug!(%error, %peer, "DNS UDP send failed");
-            }
-        }
+        let responder = dns.load();
+        let response = match responder.respond(&buf[..len], peer.ip(), Transport::Udp) {
+            Outcome::Reply(bytes) => bytes,
+            Outcome::Ignore => continue,
+            Outcome::Forward(pending) => match forwards.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let socket = socket.clone();
+                    tracker.spawn(async move {
+                        let bytes = forward(&responder, *pending).await;
+                        send(&socket, &bytes, peer).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Err(_) => responder.finish_forward(*pending, None),
+            },
+        };
+        send(&socket, &response, peer).await;
     }
+}
+
+async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    if let Err(error) = socket.send_to(bytes, peer).await {
+        tracing::debug!(%error, %peer, "DNS UDP send failed");
+    }
+}
+
+async fn forward(responder: &Responder, pending: PendingForward) -> Vec<u8> {
+    let answer = responder
+        .forwarder()
+        .forward(
+            &pending.query,
+            pending.dnssec_ok,
+            pending.checking_disabled,
+            pending.transport,
+        )
+        .await;
+    responder.finish_forward(pending, answer)
 }
 
 /// Limits of the TCP side.
@@ -44,7 +87,7 @@ pub struct TcpLimits {
 /// Accepts DNS connections on `listener` until `shutdown`.
 pub async fn serve_tcp(
     listener: TcpListener,
-    responder: Arc<Responder>,
+    dns: Arc<Dns>,
     limits: TcpLimits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -55,11 +98,11 @@ pub async fn serve_tcp(
         shutdown.clone(),
         tracker,
         "DNS",
-        move |stream, _peer| {
-            let responder = responder.clone();
+        move |stream, peer| {
+            let dns = dns.clone();
             let shutdown = shutdown.clone();
             async move {
-                let _ = serve_connection(stream, &responder, limits.idle_timeout, &shutdown).await;
+                let _ = serve_connection(stream, peer, &dns, limits.idle_timeout, &shutdown).await;
             }
         },
     )
@@ -68,7 +111,8 @@ pub async fn serve_tcp(
 
 async fn serve_connection(
     mut stream: TcpStream,
-    responder: &Responder,
+    peer: SocketAddr,
+    dns: &Dns,
     idle_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -86,15 +130,23 @@ async fn serve_connection(
             },
             _ = shutdown.cancelled() => return Ok(()),
         };
-        match responder.respond(&buf[..len], Transport::Tcp) {
-            Some(response) => {
-                let mut framed = Vec::with_capacity(response.len() + 2);
-                framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
-                framed.extend_from_slice(&response);
-                stream.write_all(&framed).await?;
-            }
+        let responder = dns.load();
+        let response = match responder.respond(&buf[..len], peer.ip(), Transport::Tcp) {
+            Outcome::Reply(bytes) => bytes,
+            Outcome::Forward(pending) => forward(&responder, *pending).await,
             // Not a query: a TCP peer that sends garbage gets no more of our time.
-            None => return Ok(()),
+            Outcome::Ignore => return Ok(()),
+        };
+        let mut framed = Vec::with_capacity(response.len() + 2);
+        framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&response);
+        // A client that stops reading must not hold the connection (or shutdown) forever.
+        tokio::select! {
+            written = tokio::time::timeout(idle_timeout, stream.write_all(&framed)) => match written {
+                Ok(result) => result?,
+                Err(_) => return Ok(()),
+            },
+            _ = shutdown.cancelled() => return Ok(()),
         }
     }
 }

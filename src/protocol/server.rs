@@ -131,8 +131,15 @@ async fn serve_connection(
             replies.push(b'\n');
         }
         // Replies to everything that arrived together go out in one write.
-        if !replies.is_empty() && write.write_all(&replies).await.is_err() {
-            return;
+        if !replies.is_empty() {
+            // A client that stops reading must not hold the connection (or shutdown) forever.
+            let written = tokio::select! {
+                written = tokio::time::timeout(idle_timeout, write.write_all(&replies)) => written,
+                _ = shutdown.cancelled() => return,
+            };
+            if !matches!(written, Ok(Ok(()))) {
+                return;
+            }
         }
         if n == 0 {
             return;

@@ -36,8 +36,19 @@ impl Server {
 
     /// Starts a server on the given addresses (to restart on the same ports).
     pub fn start_on(dns: &str, registry: &str, extra: &[&str]) -> Server {
+        // Tests never forward to the machine's own resolvers: unless a test names upstreams,
+        // there are none.
+        let isolate: &[&str] = if extra
+            .iter()
+            .any(|a| *a == "--upstream" || *a == "--resolv-conf")
+        {
+            &[]
+        } else {
+            &["--resolv-conf", "/dev/null"]
+        };
         let mut child = Command::new(beacon_bin())
             .args(["serve", "--dns", dns, "--listen", registry])
+            .args(isolate)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
