@@ -7,3 +7,4 @@ mod dns;
 mod lifecycle;
 mod protocol;
 mod support;
+mod system_resolver;

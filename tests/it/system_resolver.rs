@@ -1,0 +1,106 @@
+//! The system resolver (glibc, through `getent`) pointed at beacon on port 53 by a resolv.conf,
+//! in a private mount namespace so the machine's own /etc/resolv.conf is never touched.
+//!
+//! Needs root (port 53, `unshare -m`, `mount --bind`); CI runs as root. Elsewhere the test says
+//! why it is skipped.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{beacon_bin, Server};
+
+/// Runs `getent DATABASE NAME` with /etc/resolv.conf naming only `nameserver` and
+/// /etc/nsswitch.conf resolving hosts with `files dns`: (exit code, output).
+fn getent(nameserver: &str, database: &str, name: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    let nsswitch = dir.path().join("nsswitch.conf");
+    std::fs::File::create(&resolv)
+        .unwrap()
+        .write_all(format!("nameserver {nameserver}\noptions timeout:1 attempts:1\n").as_bytes())
+        .unwrap();
+    std::fs::write(&nsswitch, "hosts: files dns\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && mount --bind {} /etc/nsswitch.conf && exec getent {database} {name}",
+        resolv.display(),
+        nsswitch.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("run unshare");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn can_run() -> bool {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let tools = ["unshare", "getent", "mount"]
+        .iter()
+        .all(|t| Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()));
+    if root && tools {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI must run the system-resolver test: needs root, unshare, getent and mount");
+    }
+    eprintln!("not root or missing unshare/getent: skipping the system-resolver test");
+    false
+}
+
+/// `getent` resolves a live service and an upstream name through beacon on 127.0.0.x:53, and
+/// stops resolving the service within TTL + 1 s after its provider is killed.
+#[test]
+fn getent_resolves_services_and_upstream_names_through_beacon() {
+    if !can_run() {
+        return;
+    }
+    let upstream = Server::start(&["--domain", "example.test"]);
+    upstream.register(json!({"service": "www", "address": "10.20.0.1", "port": 80, "ttl_ms": 600000}));
+    // A loopback address of its own, so nothing else on the machine holds its port 53.
+    let front = Server::start_on("127.0.0.77:53", "127.0.0.1:0", &["--upstream", &upstream.dns.to_string()]);
+
+    let mut provider = Command::new(beacon_bin())
+        .args(["announce", "--registry", &front.registry.to_string()])
+        .args(["--service", "web", "--port", "8080", "--address", "10.30.0.1", "--ttl", "2s"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut resolved = (0, String::new());
+    while start.elapsed() < Duration::from_secs(5) {
+        resolved = getent("127.0.0.77", "ahosts", "web.service.local");
+        if resolved.0 == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(resolved.0, 0, "getent ahosts web.service.local failed: {resolved:?}");
+    assert!(resolved.1.contains("10.30.0.1"), "{resolved:?}");
+
+    let (code, out) = getent("127.0.0.77", "hosts", "www.example.test");
+    assert_eq!(code, 0, "the upstream name must resolve through beacon: {out:?}");
+    assert!(out.starts_with("10.20.0.1"), "{out:?}");
+
+    let (code, _) = getent("127.0.0.77", "hosts", "missing.example.test");
+    assert_eq!(code, 2, "an NXDOMAIN upstream is 'not found'");
+
+    provider.kill().unwrap();
+    provider.wait().unwrap();
+    let killed = Instant::now();
+    let mut gone_after = None;
+    while killed.elapsed() < Duration::from_secs(6) {
+        if getent("127.0.0.77", "ahosts", "web.service.local").0 == 2 {
+            gone_after = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone_after = gone_after.expect("the killed provider never stopped resolving");
+    assert!(
+        gone_after <= Duration::from_secs(3),
+        "must stop resolving within TTL (2 s) + 1 s of the kill, took {gone_after:?}"
+    );
+}
