@@ -270,6 +270,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_zones_directory_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones");
+        let zones = StaticZones::load_dir(&dir).unwrap();
+        let www = lower("www.example.internal.");
+        assert!(matches!(
+            zones.find(&www).unwrap().lookup(&www, RecordType::A),
+            StaticLookup::Records(_)
+        ));
+        let db = lower("db.service.local.");
+        assert!(matches!(
+            zones.find(&db).unwrap().lookup(&db, RecordType::A),
+            StaticLookup::Records(_)
+        ));
+    }
+
+    #[test]
     fn a_broken_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
