@@ -32,14 +32,24 @@ fn getent(nameserver: &str, database: &str, name: &str) -> (i32, String) {
         .args(["-m", "sh", "-c", &script])
         .output()
         .expect("run unshare");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn can_run() -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let tools = ["unshare", "getent", "mount"]
-        .iter()
-        .all(|t| Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let tools = ["unshare", "getent", "mount"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     if root && tools {
         return true;
     }
@@ -58,13 +68,27 @@ fn getent_resolves_services_and_upstream_names_through_beacon() {
         return;
     }
     let upstream = Server::start(&["--domain", "example.test"]);
-    upstream.register(json!({"service": "www", "address": "10.20.0.1", "port": 80, "ttl_ms": 600000}));
+    upstream
+        .register(json!({"service": "www", "address": "10.20.0.1", "port": 80, "ttl_ms": 600000}));
     // A loopback address of its own, so nothing else on the machine holds its port 53.
-    let front = Server::start_on("127.0.0.77:53", "127.0.0.1:0", &["--upstream", &upstream.dns.to_string()]);
+    let front = Server::start_on(
+        "127.0.0.77:53",
+        "127.0.0.1:0",
+        &["--upstream", &upstream.dns.to_string()],
+    );
 
     let mut provider = Command::new(beacon_bin())
         .args(["announce", "--registry", &front.registry.to_string()])
-        .args(["--service", "web", "--port", "8080", "--address", "10.30.0.1", "--ttl", "2s"])
+        .args([
+            "--service",
+            "web",
+            "--port",
+            "8080",
+            "--address",
+            "10.30.0.1",
+            "--ttl",
+            "2s",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -77,11 +101,17 @@ fn getent_resolves_services_and_upstream_names_through_beacon() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(resolved.0, 0, "getent ahosts web.service.local failed: {resolved:?}");
+    assert_eq!(
+        resolved.0, 0,
+        "getent ahosts web.service.local failed: {resolved:?}"
+    );
     assert!(resolved.1.contains("10.30.0.1"), "{resolved:?}");
 
     let (code, out) = getent("127.0.0.77", "hosts", "www.example.test");
-    assert_eq!(code, 0, "the upstream name must resolve through beacon: {out:?}");
+    assert_eq!(
+        code, 0,
+        "the upstream name must resolve through beacon: {out:?}"
+    );
     assert!(out.starts_with("10.20.0.1"), "{out:?}");
 
     let (code, _) = getent("127.0.0.77", "hosts", "missing.example.test");
