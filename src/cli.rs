@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use rand::Rng;
 use serde_json::Value;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError};
@@ -234,10 +235,13 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
+        // Every handler is in place before the listening line tells the world we are up.
+        let stop = StopSignals::install()?;
+        let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(stop.cancel(shutdown.clone()));
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(reload_on_sighup(args, reload_tx));
+        tokio::spawn(reload_on_sighup(args, hangups, reload_tx));
         // One line on stdout with the bound addresses: with port 0 this is how callers (tests,
         // scripts) learn the real ports.
         println!(
@@ -253,11 +257,11 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
 
 /// On every SIGHUP, reads the configuration again and hands it to the server; a file that does
 /// not parse is reported and changes nothing.
-async fn reload_on_sighup(args: ServeArgs, reloads: tokio::sync::mpsc::Sender<Config>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(
+    args: ServeArgs,
+    mut hangups: Signal,
+    reloads: tokio::sync::mpsc::Sender<Config>,
+) {
     while hangups.recv().await.is_some() {
         match serve_config(&args) {
             Ok(config) => {
@@ -272,24 +276,34 @@ async fn reload_on_sighup(args: ServeArgs, reloads: tokio::sync::mpsc::Sender<Co
     }
 }
 
-async fn cancel_on_signal(token: CancellationToken) {
-    wait_for_signal().await;
-    token.cancel();
+/// SIGINT and SIGTERM, with their handlers installed when this is built: a signal that arrives
+/// between start-up and the first wait is then delivered here, not to the default action that
+/// would kill the process without a graceful stop.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    /// Cancels `token` on the next SIGINT or SIGTERM.
+    async fn cancel(mut self, token: CancellationToken) {
+        self.recv().await;
+        token.cancel();
     }
 }
 
@@ -426,7 +440,7 @@ async fn announce(args: RegistrationArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.registry.registry);
     let request = register_request(&args);
     let stop = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(stop.clone()));
+    tokio::spawn(StopSignals::install()?.cancel(stop.clone()));
 
     // The first registration decides whether the request is acceptable at all: a refusal
     // (bad name, TTL out of range) is final, while an unreachable registry is retried.

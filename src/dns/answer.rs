@@ -384,27 +384,16 @@ impl Responder {
             .any(|view| view.live(now).next().is_some())
     }
 
-    /// The live instances of `service` (with `tag`, when given), rotated; `None` when there are
-    /// none, which makes the name nonexistent.
+    /// The live instances of `service` (with `tag`, when given), sorted by id; `None` when there
+    /// are none, which makes the name nonexistent.
     fn live(&self, service: &str, tag: Option<&str>, now: u64) -> Option<Vec<Arc<Instance>>> {
         let view = self.registry.service(service)?;
-        let mut set: Vec<Arc<Instance>> = view
+        let set: Vec<Arc<Instance>> = view
             .live(now)
             .filter(|i| tag.is_none_or(|t| i.tags.iter().any(|x| &**x == t)))
             .cloned()
             .collect();
-        if set.is_empty() {
-            return None;
-        }
-        self.rotate(&mut set);
-        Some(set)
-    }
-
-    fn rotate(&self, set: &mut [Arc<Instance>]) {
-        if !set.is_empty() {
-            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % set.len();
-            set.rotate_left(start);
-        }
+        (!set.is_empty()).then_some(set)
     }
 
     fn set_answer(
@@ -644,9 +633,20 @@ impl Responder {
                 extra,
             } => (service, set, kind, extra),
         };
+        // One step of the rotation per answer, whatever subset ends up sent, so consecutive
+        // answers start at different instances.
+        let offset = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let rotated = |mut subset: Vec<Arc<Instance>>| {
+            if !subset.is_empty() {
+                let start = offset % subset.len();
+                subset.rotate_left(start);
+            }
+            subset
+        };
         let now = self.registry.now_ms();
         let qname = response.queries[0].name().clone();
-        let (answers, additionals) = self.set_records(&qname, &service, kind, &set, now);
+        let (answers, additionals) =
+            self.set_records(&qname, &service, kind, &rotated(set.clone()), now);
         response.answers = answers;
         response.answers.extend_from_slice(&extra);
         response.additionals = additionals;
@@ -663,8 +663,7 @@ impl Responder {
         let mut best = None;
         while fitting < too_many {
             let mid = (fitting + too_many).div_ceil(2);
-            let mut subset = ranked[..mid].to_vec();
-            self.rotate(&mut subset);
+            let subset = rotated(ranked[..mid].to_vec());
             response.answers = self.set_records(&qname, &service, kind, &subset, now).0;
             response.answers.extend_from_slice(&extra);
             match fits(&response, limit) {
@@ -771,7 +770,12 @@ fn static_answer(
                 response.metadata.response_code = ResponseCode::NXDomain;
             }
             if let Some(soa) = &zone.soa {
-                response.add_authority(soa.clone());
+                // RFC 2308 §3: negative answers are cached for min(SOA TTL, MINIMUM).
+                let mut soa = soa.clone();
+                if let RData::SOA(data) = &soa.data {
+                    soa.ttl = soa.ttl.min(data.minimum);
+                }
+                response.add_authority(soa);
             }
         }
     }

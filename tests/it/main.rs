@@ -6,5 +6,6 @@ mod cli;
 mod dns;
 mod lifecycle;
 mod protocol;
+mod resolver;
 mod support;
 mod system_resolver;

@@ -2,7 +2,7 @@
 //! ports, raw protocol requests, and DNS queries through hickory's client and `dig`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -72,6 +72,16 @@ impl Server {
             dns,
             registry,
         }
+    }
+
+    /// The server's process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the server with SIGKILL and waits for it.
@@ -210,6 +220,25 @@ pub fn raw_query(dns: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     socket
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
+    socket.send_to(bytes, dns).expect("send");
+    let mut buf = vec![0u8; 65_536];
+    socket
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(len, _)| buf[..len].to_vec())
+}
+
+/// Like [`raw_query`], but sent from a socket bound on `from` (port 0), which must be a local
+/// address such as 127.0.0.2 (on Linux all of 127.0.0.0/8 is loopback), waiting up to
+/// `timeout` for the reply. `None` on silence, or when `from` cannot be bound.
+pub fn raw_query_from(
+    from: IpAddr,
+    dns: SocketAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind(SocketAddr::new(from, 0)).ok()?;
+    socket.set_read_timeout(Some(timeout)).unwrap();
     socket.send_to(bytes, dns).expect("send");
     let mut buf = vec![0u8; 65_536];
     socket
