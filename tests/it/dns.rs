@@ -310,3 +310,79 @@ fn dig_sees_srv_with_additional_and_nxdomain_with_soa() {
     let tcp = dig(server.dns, &["+tcp", "+short", "web.service.local", "A"]).unwrap();
     assert_eq!(tcp.lines().count(), 2, "{tcp}");
 }
+
+/// Several queries written back to back on one TCP connection are all answered, in order; a
+/// connection beyond `dns.max_tcp_connections` is closed at once; an idle one after
+/// `dns.tcp_idle_timeout`.
+#[test]
+fn tcp_pipelines_bounds_connections_and_closes_idle_ones() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        config,
+        "[dns]\nmax_tcp_connections = 2\ntcp_idle_timeout = \"500ms\""
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.path().to_str().unwrap()]);
+    web(&server);
+
+    let mut stream = TcpStream::connect(server.dns).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut pipelined = Vec::new();
+    let names = [
+        "web.service.local.",
+        "nothing.service.local.",
+        "web-1.web.service.local.",
+    ];
+    for name in names {
+        let query = query_bytes(name, RecordType::A);
+        pipelined.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        pipelined.extend_from_slice(&query);
+    }
+    stream.write_all(&pipelined).unwrap();
+    let read_one = |stream: &mut TcpStream| {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len)?;
+        let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut body)?;
+        Ok::<_, std::io::Error>(hickory_proto::op::Message::from_vec(&body).unwrap())
+    };
+    for name in names {
+        let response = read_one(&mut stream).unwrap();
+        assert_eq!(
+            response.queries[0].name().to_ascii(),
+            name,
+            "answers come in order"
+        );
+    }
+
+    // `stream` holds one slot; a second connection takes the other; a third is closed.
+    let second = TcpStream::connect(server.dns).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = TcpStream::connect(server.dns).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let query = query_bytes("web.service.local.", RecordType::A);
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    let _ = third.write_all(&framed);
+    let mut buf = [0u8; 2];
+    assert!(
+        !matches!(third.read(&mut buf), Ok(n) if n > 0),
+        "a connection over the bound is closed unanswered"
+    );
+    drop(second);
+
+    // The first connection, now idle, is closed after the idle timeout.
+    let idle_since = Instant::now();
+    let mut rest = [0u8; 1];
+    let closed = stream.read(&mut rest);
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert!(idle_since.elapsed() < Duration::from_secs(2));
+}
