@@ -129,6 +129,7 @@ fn getent_resolves_services_and_upstream_names_through_beacon() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let gone_after = gone_after.expect("the killed provider never stopped resolving");
+    eprintln!("getent stopped resolving the killed provider after {gone_after:?}");
     assert!(
         gone_after <= Duration::from_secs(3),
         "must stop resolving within TTL (2 s) + 1 s of the kill, took {gone_after:?}"
