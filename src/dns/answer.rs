@@ -68,18 +68,23 @@ pub struct PendingForward {
 
 /// Answers queries. Immutable once built: a reload builds a new one (see [`super::Dns`]).
 pub struct Responder {
-    registry: Registry,
+    pub(super) registry: Registry,
     zone: Zone,
     apex_text: String,
     hostmaster: Name,
-    ttl: u32,
-    negative_ttl: u32,
-    max_udp_payload: u16,
+    pub(super) ttl: u32,
+    pub(super) negative_ttl: u32,
+    pub(super) max_udp_payload: u16,
+    /// The apex's labels, lower case, for the fast path's name matching.
+    pub(super) apex_labels: Vec<Vec<u8>>,
+    /// Static records inside the service domain must be merged with the registry's, which only
+    /// the general path does.
+    pub(super) fast_path_off: bool,
     apex_addresses: Vec<IpAddr>,
     statics: StaticZones,
     forwarder: Forwarder,
     /// Advances on every answer so consecutive answers start at different instances.
-    rotation: AtomicUsize,
+    pub(super) rotation: AtomicUsize,
 }
 
 /// A set of instances to answer with, rendered lazily so it can be cut to fit.
@@ -138,8 +143,15 @@ impl Responder {
         let hostmaster = Name::from_ascii("hostmaster")
             .and_then(|n| n.append_domain(&zone.apex))
             .map_err(|e| e.to_string())?;
+        let apex_labels = zone.apex.iter().map(|l| l.to_ascii_lowercase()).collect();
+        let fast_path_off = statics
+            .zones()
+            .iter()
+            .any(|z| zone.lower.zone_of(&z.apex) || z.apex.zone_of(&zone.lower));
         Ok(Responder {
             registry,
+            apex_labels,
+            fast_path_off,
             apex_text: zone.apex.to_ascii(),
             zone,
             hostmaster,
@@ -173,6 +185,19 @@ impl Responder {
 
     /// Answers one message from `client`.
     pub fn respond(&self, query: &[u8], client: IpAddr, transport: Transport) -> Outcome {
+        if let Some(bytes) = self.fast_answer(query, client, transport) {
+            return Outcome::Reply(bytes);
+        }
+        self.respond_general(query, client, transport)
+    }
+
+    /// The general path: every query, built with hickory-proto. The fast path's reference.
+    pub(super) fn respond_general(
+        &self,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+    ) -> Outcome {
         if query.len() < 12 || query[2] & 0x80 != 0 {
             return Outcome::Ignore;
         }

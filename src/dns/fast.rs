@@ -1,0 +1,491 @@
+//! The fast path: the queries that make up nearly all of a discovery server's traffic — one
+//! question, class IN, type A, AAAA or SRV, at `<service>.<domain>` or `_<service>._tcp.<domain>`,
+//! with or without an EDNS(0) version 0 OPT — answered by writing the response bytes directly,
+//! without building a hickory `Message`.
+//!
+//! The question is copied from the query as it came (so its case is kept, which 0x20-randomising
+//! resolvers check), every owner name is a compression pointer to it, and SRV targets end in a
+//! pointer to the apex inside it. Anything else — other names or types, EDNS versions above 0,
+//! answers that would need cutting, service domains with static records — returns `None` and
+//! takes the general path in `answer.rs`, which is the reference: the tests check that both
+//! paths give the same answers.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::answer::{Responder, Transport, SRV_PRIORITY};
+use crate::registry::Instance;
+
+const TYPE_A: u16 = 1;
+const TYPE_SOA: u16 = 6;
+const TYPE_AAAA: u16 = 28;
+const TYPE_SRV: u16 = 33;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+
+/// A query the fast path understood.
+struct Parsed<'q> {
+    /// Labels of the question name, in order.
+    labels: [&'q [u8]; 8],
+    label_count: usize,
+    /// End of the question section (after QTYPE and QCLASS).
+    question_end: usize,
+    qtype: u16,
+    /// The client's UDP payload size, when it sent an OPT.
+    edns_payload: Option<u16>,
+}
+
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
+}
+
+/// Parses the shapes the fast path answers; `None` for everything else.
+fn parse(q: &[u8]) -> Option<Parsed<'_>> {
+    // QR=0, OPCODE=0 (QUERY), TC=0; the rcode of a query is 0.
+    if q.len() < 17 || q[2] & 0xfa != 0 || q[3] & 0x0f != 0 {
+        return None;
+    }
+    let (qd, an, ns, ar) = (be16(q, 4)?, be16(q, 6)?, be16(q, 8)?, be16(q, 10)?);
+    if qd != 1 || an != 0 || ns != 0 || ar > 1 {
+        return None;
+    }
+    let mut labels: [&[u8]; 8] = [&[]; 8];
+    let mut label_count = 0;
+    let mut at = 12;
+    loop {
+        let len = *q.get(at)? as usize;
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        // No compression in questions here, and at most 8 labels (ours have 2-4 plus the apex).
+        if len > 63 || label_count == labels.len() {
+            return None;
+        }
+        labels[label_count] = q.get(at + 1..at + 1 + len)?;
+        label_count += 1;
+        at += 1 + len;
+    }
+    if at - 12 > 255 {
+        return None;
+    }
+    let qtype = be16(q, at)?;
+    if be16(q, at + 2)? != CLASS_IN {
+        return None;
+    }
+    let question_end = at + 4;
+    let mut edns_payload = None;
+    if ar == 1 {
+        // Exactly one OPT: root name, type 41, version 0, and nothing after its options.
+        let opt = question_end;
+        if *q.get(opt)? != 0 || be16(q, opt + 1)? != TYPE_OPT || *q.get(opt + 6)? != 0 {
+            return None;
+        }
+        let rdlen = be16(q, opt + 9)? as usize;
+        if opt + 11 + rdlen != q.len() {
+            return None;
+        }
+        edns_payload = Some(be16(q, opt + 3)?);
+    } else if question_end != q.len() {
+        return None;
+    }
+    Some(Parsed {
+        labels,
+        label_count,
+        question_end,
+        qtype,
+        edns_payload,
+    })
+}
+
+fn eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+}
+
+fn push16(out: &mut Vec<u8>, value: u16) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+fn push32(out: &mut Vec<u8>, value: u32) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+fn pointer(offset: usize) -> u16 {
+    0xc000 | offset as u16
+}
+
+impl Responder {
+    /// Answers `query` on the fast path, or `None` when it is not one of its shapes.
+    pub(super) fn fast_answer(
+        &self,
+        query: &[u8],
+        _client: IpAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        if self.fast_path_off {
+            return None;
+        }
+        let parsed = parse(query)?;
+        let apex = &self.apex_labels;
+        let relative = parsed.label_count.checked_sub(apex.len())?;
+        if relative == 0 || relative > 2 {
+            return None;
+        }
+        if !apex
+            .iter()
+            .zip(&parsed.labels[relative..parsed.label_count])
+            .all(|(a, b)| eq_ignore_case(a, b))
+        {
+            return None;
+        }
+        let service_label = match (relative, parsed.qtype) {
+            (1, TYPE_A | TYPE_AAAA | TYPE_SRV) if parsed.labels[0].first() != Some(&b'_') => {
+                parsed.labels[0]
+            }
+            (2, TYPE_SRV)
+                if parsed.labels[0].len() > 1
+                    && parsed.labels[0][0] == b'_'
+                    && eq_ignore_case(parsed.labels[1], b"_tcp") =>
+            {
+                &parsed.labels[0][1..]
+            }
+            _ => return None,
+        };
+        let mut lower = [0u8; 63];
+        let service = &mut lower[..service_label.len()];
+        service.copy_from_slice(service_label);
+        service.make_ascii_lowercase();
+        let service = std::str::from_utf8(service).ok()?;
+        // Where the apex starts inside the copied question: SRV targets and the SOA point there.
+        let apex_offset = 12
+            + parsed.labels[..relative]
+                .iter()
+                .map(|l| l.len() + 1)
+                .sum::<usize>();
+
+        let now = self.registry.now_ms();
+        let view = self.registry.service(service);
+        let mut set: Vec<&Arc<Instance>> = match &view {
+            Some(view) => view
+                .live(now)
+                .filter(|i| match parsed.qtype {
+                    TYPE_A => i.address.is_ipv4(),
+                    TYPE_AAAA => i.address.is_ipv6(),
+                    _ => true,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let exists = match &view {
+            Some(view) => view.live(now).next().is_some(),
+            None => false,
+        };
+
+        let limit = match transport {
+            Transport::Tcp => u16::MAX as usize,
+            Transport::Udp => match parsed.edns_payload {
+                Some(size) => size.clamp(512, self.max_udp_payload) as usize,
+                None => 512,
+            },
+        };
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(&query[..2]);
+        // QR, AA, RD as asked; CD as asked; RA=0, AD=0.
+        out.push(0x84 | (query[2] & 0x01));
+        out.push(query[3] & 0x10 | if exists { 0 } else { 3 }); // NXDOMAIN when the name is not there
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // counts, filled in below
+        out.extend_from_slice(&query[12..parsed.question_end]);
+
+        let (mut answers, mut additionals, mut authorities) = (0u16, 0u16, 0u16);
+        if set.is_empty() {
+            // NXDOMAIN, or NODATA for a family the service has no address of: the SOA.
+            authorities = 1;
+            push16(&mut out, pointer(apex_offset));
+            push16(&mut out, TYPE_SOA);
+            push16(&mut out, CLASS_IN);
+            push32(&mut out, self.negative_ttl);
+            push16(&mut out, 2 + 1 + 10 + 2 + 20);
+            push16(&mut out, pointer(apex_offset));
+            out.push(10);
+            out.extend_from_slice(b"hostmaster");
+            push16(&mut out, pointer(apex_offset));
+            push32(&mut out, self.registry.version() as u32);
+            for value in [3600u32, 600, 86_400, self.negative_ttl] {
+                push32(&mut out, value);
+            }
+        } else {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % set.len();
+            set.rotate_left(start);
+            let ttl = set
+                .iter()
+                .map(|i| (i.remaining_ms(now) / 1000).min(u32::MAX as u64) as u32)
+                .fold(self.ttl, u32::min);
+            answers = set.len() as u16;
+            if parsed.qtype == TYPE_SRV {
+                let mut targets = Vec::with_capacity(set.len());
+                for instance in &set {
+                    push16(&mut out, pointer(12));
+                    push16(&mut out, TYPE_SRV);
+                    push16(&mut out, CLASS_IN);
+                    push32(&mut out, ttl);
+                    push16(
+                        &mut out,
+                        (6 + 1 + instance.id.len() + 1 + service.len() + 2) as u16,
+                    );
+                    push16(&mut out, SRV_PRIORITY);
+                    push16(&mut out, instance.weight);
+                    push16(&mut out, instance.port);
+                    targets.push(out.len());
+                    out.push(instance.id.len() as u8);
+                    out.extend_from_slice(instance.id.as_bytes());
+                    out.push(service.len() as u8);
+                    out.extend_from_slice(service.as_bytes());
+                    push16(&mut out, pointer(apex_offset));
+                }
+                for (instance, target) in set.iter().zip(targets) {
+                    push_address(&mut out, pointer(target), ttl, instance.address);
+                }
+                additionals = set.len() as u16;
+            } else {
+                for instance in &set {
+                    push_address(&mut out, pointer(12), ttl, instance.address);
+                }
+            }
+        }
+        if parsed.edns_payload.is_some() {
+            out.push(0);
+            push16(&mut out, TYPE_OPT);
+            push16(&mut out, self.max_udp_payload);
+            push32(&mut out, 0);
+            push16(&mut out, 0);
+            additionals += 1;
+        }
+        if out.len() > limit || out.len() > u16::MAX as usize {
+            // Needs cutting: the general path chooses the client's subset and sets TC.
+            self.rotation.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        out[6..8].copy_from_slice(&answers.to_be_bytes());
+        out[8..10].copy_from_slice(&authorities.to_be_bytes());
+        out[10..12].copy_from_slice(&additionals.to_be_bytes());
+        Some(out)
+    }
+}
+
+fn push_address(out: &mut Vec<u8>, name: u16, ttl: u32, address: IpAddr) {
+    push16(out, name);
+    match address {
+        IpAddr::V4(v4) => {
+            push16(out, TYPE_A);
+            push16(out, CLASS_IN);
+            push32(out, ttl);
+            push16(out, 4);
+            out.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            push16(out, TYPE_AAAA);
+            push16(out, CLASS_IN);
+            push32(out, ttl);
+            push16(out, 16);
+            out.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+    use crate::config::{DnsConfig, RegistryConfig};
+    use crate::dns::answer::Outcome;
+    use crate::dns::forward::Forwarder;
+    use crate::dns::statics::StaticZones;
+    use crate::registry::{Limits, RegistrationRequest, Registry};
+
+    fn responder() -> Responder {
+        let registry = Registry::new(Limits::from(&RegistryConfig::default()));
+        let add = |service: &str, id: &str, address: &str, port: u16, weight: u16| {
+            let reg = RegistrationRequest {
+                service: service.into(),
+                id: Some(id.into()),
+                address: Some(address.parse().unwrap()),
+                port,
+                weight: Some(weight),
+                ttl: Some(std::time::Duration::from_secs(30)),
+                ..Default::default()
+            }
+            .validate(registry.limits())
+            .unwrap();
+            registry.register(reg).unwrap();
+        };
+        for i in 0..10 {
+            add(
+                "web",
+                &format!("i{i}"),
+                &format!("10.0.0.{i}"),
+                8000 + i,
+                1 + i,
+            );
+        }
+        add("v6", "a", "fd00::1", 80, 1);
+        add("dual", "a", "10.1.0.1", 80, 1);
+        add("dual", "b", "fd00::2", 81, 2);
+        for i in 0..60 {
+            add(
+                "big",
+                &format!("instance-with-a-long-name-{i}"),
+                "10.2.0.1",
+                80,
+                1,
+            );
+        }
+        Responder::new(
+            registry,
+            &DnsConfig::default(),
+            vec!["127.0.0.1".parse().unwrap()],
+            StaticZones::empty(),
+            Forwarder::new(vec![], vec![], std::time::Duration::from_secs(1)),
+        )
+        .unwrap()
+    }
+
+    fn query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = 0x1234;
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            message.set_edns(e);
+        }
+        message.to_vec().unwrap()
+    }
+
+    /// Everything a client can observe but the additional section, with record order (which
+    /// rotates) left out; and the additional section apart.
+    fn observable(bytes: &[u8]) -> (String, BTreeSet<String>) {
+        let m = Message::from_vec(bytes).unwrap();
+        let set = |records: &[hickory_proto::rr::Record]| -> BTreeSet<String> {
+            records
+                .iter()
+                .map(|r| r.to_string().to_ascii_lowercase())
+                .collect()
+        };
+        let main = format!(
+            "{:?} aa={} tc={} rd={} ra={} cd={} q={:?} an={:?} ns={:?} edns={:?}",
+            m.metadata.response_code,
+            m.metadata.authoritative,
+            m.metadata.truncation,
+            m.metadata.recursion_desired,
+            m.metadata.recursion_available,
+            m.metadata.checking_disabled,
+            m.queries,
+            set(&m.answers),
+            set(&m.authorities),
+            m.edns.map(|e| (e.max_payload(), e.version())),
+        );
+        (main, set(&m.additionals))
+    }
+
+    #[tokio::test]
+    async fn fast_answers_equal_the_general_paths() {
+        let r = responder();
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        let names = [
+            ("web.service.local.", RecordType::A),
+            ("WEB.Service.LOCAL.", RecordType::A),
+            ("web.service.local.", RecordType::AAAA),
+            ("web.service.local.", RecordType::SRV),
+            ("_web._tcp.service.local.", RecordType::SRV),
+            ("_WEB._TCP.service.local.", RecordType::SRV),
+            ("v6.service.local.", RecordType::AAAA),
+            ("v6.service.local.", RecordType::A),
+            ("dual.service.local.", RecordType::SRV),
+            ("dual.service.local.", RecordType::AAAA),
+            ("missing.service.local.", RecordType::A),
+            ("missing.service.local.", RecordType::SRV),
+            ("_missing._tcp.service.local.", RecordType::SRV),
+        ];
+        let mut fast_hits = 0;
+        for (name, rtype) in names {
+            for edns in [None, Some(4096), Some(512), Some(100)] {
+                for transport in [Transport::Udp, Transport::Tcp] {
+                    let q = query(name, rtype, edns);
+                    let general = match r.respond_general(&q, client, transport) {
+                        Outcome::Reply(bytes) => bytes,
+                        other => panic!("{other:?}"),
+                    };
+                    if let Some(fast) = r.fast_answer(&q, client, transport) {
+                        fast_hits += 1;
+                        let (fast_main, fast_extra) = observable(&fast);
+                        let (general_main, general_extra) = observable(&general);
+                        assert_eq!(
+                            fast_main, general_main,
+                            "{name} {rtype} {edns:?} {transport:?}"
+                        );
+                        // The fast path compresses better, so it may keep an additional section
+                        // the general path had to drop (RFC 2181 §9 allows either): then it must
+                        // be the general path's uncut one.
+                        let whole = match r.respond_general(&q, client, Transport::Tcp) {
+                            Outcome::Reply(bytes) => observable(&bytes).1,
+                            other => panic!("{other:?}"),
+                        };
+                        assert!(
+                            fast_extra == general_extra || fast_extra == whole,
+                            "{name} {rtype} {edns:?} {transport:?}: {fast_extra:?} vs {general_extra:?}"
+                        );
+                        assert_eq!(&fast[..2], &q[..2], "id");
+                    }
+                }
+            }
+        }
+        assert!(
+            fast_hits >= 90,
+            "the fast path must take these shapes ({fast_hits})"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_shapes_take_the_general_path() {
+        let r = responder();
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        for (name, rtype) in [
+            ("service.local.", RecordType::SOA),
+            ("i1.web.service.local.", RecordType::A),
+            ("web.service.local.", RecordType::TXT),
+            ("_web._tcp.service.local.", RecordType::PTR),
+            ("example.com.", RecordType::A),
+        ] {
+            assert!(
+                r.fast_answer(&query(name, rtype, None), client, Transport::Udp)
+                    .is_none(),
+                "{name} {rtype}"
+            );
+        }
+        // Too big for 512 bytes: the general path cuts it and sets TC.
+        assert!(r
+            .fast_answer(
+                &query("big.service.local.", RecordType::SRV, None),
+                client,
+                Transport::Udp
+            )
+            .is_none());
+        let mut badvers = query("web.service.local.", RecordType::A, Some(1232));
+        let opt = badvers.len() - 11;
+        badvers[opt + 6] = 1;
+        assert!(r.fast_answer(&badvers, client, Transport::Udp).is_none());
+        let mut response = query("web.service.local.", RecordType::A, None);
+        response[2] |= 0x80;
+        assert!(r.fast_answer(&response, client, Transport::Udp).is_none());
+        assert!(r
+            .fast_answer(&response[..20], client, Transport::Udp)
+            .is_none());
+    }
+}
