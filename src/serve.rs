@@ -169,27 +169,39 @@ pub async fn run(
         l.set_nonblocking(true).map_err(ServeError::Socket)?;
         tokio::net::TcpListener::from_std(l).map_err(ServeError::Socket)
     };
-    let dns_udp = Arc::new(tokio_socket(sockets.dns_udp)?);
+    let dns_udp = sockets.dns_udp;
     let dns_tcp = tokio_listener(sockets.dns_tcp)?;
     let registry_udp = Arc::new(tokio_socket(sockets.registry_udp)?);
     let registry_tcp = tokio_listener(sockets.registry_tcp)?;
 
     let tracker = TaskTracker::new();
     tracker.spawn(registry.clone().run_expiry(shutdown.clone()));
-    // One UDP loop per worker thread, all on the same socket, so DNS answers use every core.
+    // One blocking UDP loop per worker thread, all on the same socket, so DNS answers use
+    // every core.
     let loops = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let forwards = Arc::new(Semaphore::new(dns::server::MAX_FORWARDS_IN_FLIGHT));
     for _ in 0..loops {
-        tracker.spawn(dns::server::serve_udp(
-            dns_udp.clone(),
+        let socket = dns_udp.try_clone().map_err(ServeError::Socket)?;
+        let (dns, forwards, shutdown, tracker_for_thread) = (
             dns.clone(),
             forwards.clone(),
             shutdown.clone(),
             tracker.clone(),
-        ));
+        );
+        let runtime = tokio::runtime::Handle::current();
+        tracker.spawn_blocking(move || {
+            dns::server::serve_udp_blocking(
+                socket,
+                dns,
+                forwards,
+                shutdown,
+                tracker_for_thread,
+                runtime,
+            )
+        });
     }
     tracker.spawn(dns::server::serve_tcp(
         dns_tcp,

@@ -8,30 +8,56 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Outcome, PendingForward, Responder, Transport};
 use super::Dns;
-use crate::net::{accept_connections, recv_datagram};
+use crate::net::accept_connections;
 
 /// Most forwarded UDP queries waiting for an upstream at once; beyond it a query gets SERVFAIL
 /// at once instead of a task, so a flood cannot grow memory without bound.
 pub const MAX_FORWARDS_IN_FLIGHT: usize = 4096;
 
-/// Answers DNS queries arriving on `socket` until `shutdown`. Several of these may run on one
-/// socket, one per worker thread.
-pub async fn serve_udp(
-    socket: Arc<UdpSocket>,
+/// How often a UDP thread blocked on an idle socket looks at the shutdown token.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// Answers DNS queries arriving on `socket` until `shutdown`, on the calling thread, with
+/// blocking socket calls. Several of these run on one socket, one per worker thread.
+///
+/// A plain blocking loop rather than a tokio task: under load the socket always has a datagram
+/// waiting, and the task machinery (readiness bookkeeping, the shutdown future registered on
+/// every receive) cost as much CPU as answering. Forwarded queries still wait for their
+/// upstream as tasks on `runtime`, so a slow upstream never holds up this loop.
+pub fn serve_udp_blocking(
+    socket: std::net::UdpSocket,
     dns: Arc<Dns>,
     forwards: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    runtime: tokio::runtime::Handle,
 ) {
+    if let Err(error) = socket.set_read_timeout(Some(SHUTDOWN_POLL)) {
+        tracing::error!(%error, "cannot set a read timeout on the DNS socket");
+        return;
+    }
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 65_536];
-    while let Some((len, peer)) = recv_datagram(&socket, &mut buf, &shutdown, "DNS").await {
+    while !shutdown.is_cancelled() {
+        let (len, peer) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(error) => {
+                if !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    tracing::debug!(%error, "DNS UDP receive failed");
+                }
+                continue;
+            }
+        };
         if peer.port() == 0 {
             continue;
         }
@@ -42,9 +68,10 @@ pub async fn serve_udp(
             Outcome::Forward(pending) => match forwards.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let socket = socket.clone();
+                    let _guard = runtime.enter();
                     tracker.spawn(async move {
                         let bytes = forward(&responder, *pending).await;
-                        send(&socket, &bytes, peer).await;
+                        send_blocking(&socket, &bytes, peer);
                         drop(permit);
                     });
                     continue;
@@ -52,12 +79,13 @@ pub async fn serve_udp(
                 Err(_) => responder.finish_forward(*pending, None),
             },
         };
-        send(&socket, &response, peer).await;
+        send_blocking(&socket, &response, peer);
     }
 }
 
-async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
-    if let Err(error) = socket.send_to(bytes, peer).await {
+/// A UDP send does not wait for the peer: at worst for room in the socket's send buffer.
+fn send_blocking(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    if let Err(error) = socket.send_to(bytes, peer) {
         tracing::debug!(%error, %peer, "DNS UDP send failed");
     }
 }
