@@ -20,6 +20,7 @@
 //! | `<id>._<service>._tcp` | DNS-SD: SRV and TXT of one instance |
 
 pub mod answer;
+mod batch;
 mod fast;
 pub mod forward;
 pub mod server;

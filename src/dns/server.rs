@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Outcome, PendingForward, Responder, Transport};
+use super::batch::{RecvBatch, SendBatch};
 use super::Dns;
 use crate::net::accept_connections;
 
@@ -29,7 +30,8 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 ///
 /// A plain blocking loop rather than a tokio task: under load the socket always has a datagram
 /// waiting, and the task machinery (readiness bookkeeping, the shutdown future registered on
-/// every receive) cost as much CPU as answering. Forwarded queries still wait for their
+/// every receive) cost as much CPU as answering. Datagrams come and go in batches
+/// (`recvmmsg`/`sendmmsg`), one system call for up to 32 each way. Forwarded queries still wait for their
 /// upstream as tasks on `runtime`, so a slow upstream never holds up this loop.
 pub fn serve_udp_blocking(
     socket: std::net::UdpSocket,
@@ -44,42 +46,52 @@ pub fn serve_udp_blocking(
         return;
     }
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; 65_536];
+    let mut received = RecvBatch::default();
+    let mut replies = SendBatch::default();
     while !shutdown.is_cancelled() {
-        let (len, peer) = match socket.recv_from(&mut buf) {
-            Ok(x) => x,
+        let count = match received.recv(&socket) {
+            Ok(count) => count,
             Err(error) => {
                 if !matches!(
                     error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) {
                     tracing::debug!(%error, "DNS UDP receive failed");
                 }
                 continue;
             }
         };
-        if peer.port() == 0 {
-            continue;
-        }
         let responder = dns.load();
-        let response = match responder.respond(&buf[..len], peer.ip(), Transport::Udp) {
-            Outcome::Reply(bytes) => bytes,
-            Outcome::Ignore => continue,
-            Outcome::Forward(pending) => match forwards.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let socket = socket.clone();
-                    let _guard = runtime.enter();
-                    tracker.spawn(async move {
-                        let bytes = forward(&responder, *pending).await;
-                        send_blocking(&socket, &bytes, peer);
-                        drop(permit);
-                    });
-                    continue;
-                }
-                Err(_) => responder.finish_forward(*pending, None),
-            },
-        };
-        send_blocking(&socket, &response, peer);
+        for i in 0..count {
+            let Some((query, peer)) = received.get(i) else {
+                continue;
+            };
+            if peer.port() == 0 {
+                continue;
+            }
+            let response = match responder.respond(query, peer.ip(), Transport::Udp) {
+                Outcome::Reply(bytes) => bytes,
+                Outcome::Ignore => continue,
+                Outcome::Forward(pending) => match forwards.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let socket = socket.clone();
+                        let responder = responder.clone();
+                        let _guard = runtime.enter();
+                        tracker.spawn(async move {
+                            let bytes = forward(&responder, *pending).await;
+                            send_blocking(&socket, &bytes, peer);
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    Err(_) => responder.finish_forward(*pending, None),
+                },
+            };
+            replies.push(response, peer);
+        }
+        replies.flush(&socket);
     }
 }
 
