@@ -128,6 +128,11 @@ fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// The instances of one service, sorted by id. A persistent map: cloning it is O(1) and a
+/// change copies only the path to the changed entry, so publishing a snapshot after a change
+/// costs O(log n) whatever the size of the service.
+pub type InstanceMap = imbl::OrdMap<Arc<str>, Arc<Instance>>;
+
 /// An immutable snapshot of one service, published after each change to it.
 #[derive(Debug)]
 pub struct ServiceView {
@@ -135,23 +140,19 @@ pub struct ServiceView {
     pub name: Arc<str>,
     /// The global version at this service's last change; grows with every change to it.
     pub version: u64,
-    /// Instances sorted by id. Some may have expired since: filter with [`Instance::is_live`].
-    pub instances: Box<[Arc<Instance>]>,
+    /// Instances by id. Some may have expired since: filter with [`Instance::is_live`].
+    pub instances: InstanceMap,
 }
 
 impl ServiceView {
-    /// The instances whose lease still runs at `now_ms`.
+    /// The instances whose lease still runs at `now_ms`, sorted by id.
     pub fn live(&self, now_ms: u64) -> impl Iterator<Item = &Arc<Instance>> + '_ {
-        self.instances.iter().filter(move |i| i.is_live(now_ms))
+        self.instances.values().filter(move |i| i.is_live(now_ms))
     }
 
     /// The live instance with this id (lower case), if any.
     pub fn instance(&self, id: &str, now_ms: u64) -> Option<&Arc<Instance>> {
-        self.instances
-            .binary_search_by(|i| (*i.id).cmp(id))
-            .ok()
-            .map(|at| &self.instances[at])
-            .filter(|i| i.is_live(now_ms))
+        self.instances.get(id).filter(|i| i.is_live(now_ms))
     }
 }
 
@@ -196,7 +197,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    services: HashMap<Arc<str>, HashMap<Arc<str>, Arc<Instance>>>,
+    services: HashMap<Arc<str>, InstanceMap>,
     /// Every instance's deadline, keyed by (deadline, seq) so equal deadlines stay distinct.
     deadlines: BTreeMap<(u64, u64), (Arc<str>, Arc<str>)>,
     instance_count: usize,
@@ -416,12 +417,10 @@ impl Registry {
         let mut fresh = Vec::with_capacity(dirty.len());
         for name in dirty {
             let view = state.services.get(&name).map(|instances| {
-                let mut list: Vec<Arc<Instance>> = instances.values().cloned().collect();
-                list.sort_by(|a, b| a.id.cmp(&b.id));
                 Arc::new(ServiceView {
                     name: name.clone(),
                     version: state.version,
-                    instances: list.into_boxed_slice(),
+                    instances: instances.clone(),
                 })
             });
             fresh.push((name, view));
@@ -576,7 +575,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let view = r.service("web").unwrap();
         assert_eq!(view.instances.len(), 1);
-        assert_eq!(&*view.instances[0].id, "a");
+        assert_eq!(&*view.instances.values().next().unwrap().id, "a");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(r.service("web").is_none());
         token.cancel();
