@@ -317,6 +317,19 @@ pub fn parse(
     bytes: &[u8],
     sender: IpAddr,
 ) -> Result<(Option<Value>, Request), (Option<Value>, ProtocolError)> {
+    // Well-formed requests (nearly all of them: heartbeats) parse straight into the typed form;
+    // only a request that fails that is parsed again as a plain JSON value, to say exactly what
+    // is wrong with it.
+    if let Ok(wire) = serde_json::from_slice::<WireRequest>(bytes) {
+        let seq = wire.seq.clone().filter(Value::is_u64);
+        if let Err(e) = check_version(wire.v.as_ref()) {
+            return Err((seq, e));
+        }
+        return match wire.into_request(sender) {
+            Ok(request) => Ok((seq, request)),
+            Err(e) => Err((seq, e)),
+        };
+    }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         (
             None,
@@ -333,18 +346,8 @@ pub fn parse(
     let seq = value.get("seq").filter(|s| s.is_u64()).cloned();
     // The version is checked before anything else, so a request of a later version (which may
     // carry fields this server does not know) is told so, rather than that a field is unknown.
-    match value.get("v") {
-        None | Some(Value::Null) => {}
-        Some(v) if v.as_u64() == Some(VERSION) => {}
-        Some(v) => {
-            return Err((
-                seq,
-                ProtocolError::new(
-                    ErrorCode::UnsupportedVersion,
-                    format!("protocol version {v} is not supported; this server speaks v=1"),
-                ),
-            ))
-        }
+    if let Err(e) = check_version(value.get("v")) {
+        return Err((seq, e));
     }
     let wire: WireRequest = serde_json::from_value(value).map_err(|e| {
         (
@@ -355,6 +358,18 @@ pub fn parse(
     match wire.into_request(sender) {
         Ok(request) => Ok((seq, request)),
         Err(e) => Err((seq, e)),
+    }
+}
+
+/// `v` absent, null or 1; anything else is a version this server does not speak.
+fn check_version(v: Option<&Value>) -> Result<(), ProtocolError> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if v.as_u64() == Some(VERSION) => Ok(()),
+        Some(v) => Err(ProtocolError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {v} is not supported; this server speaks v=1"),
+        )),
     }
 }
 
