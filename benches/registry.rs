@@ -1,5 +1,1786 @@
-//! Registry load measurements; see docs/PERFORMANCE.md. (Being written.)
+//! Registry load measurements of a real `beacon serve` process (issue 4's registry targets), run
+//! with `cargo bench --bench registry`.
+//!
+//! 1. Heartbeat ingestion: N instances are registered through the protocol, then heartbeats are
+//!    sent as fast as the server answers them, first over UDP (several sockets, each with a
+//!    window of requests outstanding, replies matched by `seq`, nothing resent: a request without
+//!    a reply after 250 ms counts as lost), then over TCP (several connections, pipelined lines,
+//!    a window of requests outstanding). Reported: renewals/s (`ok:true` replies per second),
+//!    the server's CPU time per renewal (utime + stime from /proc/PID/stat over the window),
+//!    errors and lost requests. Meanwhile a checker thread asks DNS every 10 ms for a few of the
+//!    registered services and instances and checks the answers (NOERROR, expected addresses).
+//! 2. Memory per instance: a fresh server's VmRSS (/proc/PID/status) before any registration,
+//!    after 100 000 instances (1 000 services) and after `REG_MEM_MAX` (default 1 000 000).
+//!    Registrations are pipelined over several TCP connections; their rate is reported too.
+//! 3. On that same server, at its largest size: (a) register -> answerable: a register over UDP
+//!    into one of the services, then `<id>.<service>` A queried in a tight loop until answered;
+//!    (b) expiry lag: instances with a 2 s lease in their own services, registered one per ms;
+//!    each deadline is bounded by the register's send and reply times + `expires_in_ms`; each
+//!    name is polled over DNS from shortly before its deadline until it is gone, and the SOA
+//!    serial (the registry version, +1 per removal) tells when the expiry task removed it. Lags
+//!    are counted from the earliest possible deadline, so they are never understated.
+//!
+//! Knobs (environment): `REG_INSTANCES` (part 1, default 100000), `REG_SECS` (measured seconds
+//! per transport in part 1, default 10), `REG_SERVICES` (default 1000), `REG_MEM_MAX` (default
+//! 1000000; 100000 skips the 1M step), `REG_MEM_SECS` (time limit of one registration step,
+//! default 60), `REG_UDP_THREADS` / `REG_UDP_WINDOW` (default 4 / 64), `REG_TCP_CONNS` /
+//! `REG_TCP_WINDOW` (default 4 / 256), `REG_SAMPLES` (3a, default 1000), `REG_EXPIRY` (3b,
+//! default 1000). Every packet goes to 127.0.0.1; the 10.x addresses are only registered data.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::ops::Range;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, RecordType};
+use serde_json::Value;
+
+const BEACON: &str = env!("CARGO_BIN_EXE_beacon");
+/// The server's command line after the binary and `--config FILE`.
+const SERVE_ARGS: [&str; 9] = [
+    "serve",
+    "--dns",
+    "127.0.0.1:0",
+    "--listen",
+    "127.0.0.1:0",
+    "--log-level",
+    "warn",
+    // Nothing here is forwarded: no upstreams, so no traffic can leave the machine.
+    "--resolv-conf",
+    "/dev/null",
+];
+/// Lease of the bulk registrations (parts 1 and 2, 3a): nothing expires during the run.
+const LONG_TTL_MS: u64 = 3_600_000;
+/// Lease of the expiry probes (part 3b).
+const SHORT_TTL_MS: u64 = 2_000;
+/// Load before the measured window of part 1.
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// Interval of the DNS checks during part 1.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
+/// Part 3b: each probe is polled from this long before its estimated deadline.
+const EXPIRY_LEAD: Duration = Duration::from_millis(3);
+/// Part 3b: a probe still answered this long after its deadline counts as never gone.
+const EXPIRY_GIVE_UP: Duration = Duration::from_secs(5);
+/// Linux's USER_HZ: /proc/PID/stat counts CPU time in 1/100 s.
+const CLOCK_TICKS: f64 = 100.0;
+
+struct Knobs {
+    instances: usize,
+    secs: u64,
+    services: usize,
+    mem_max: usize,
+    mem_secs: u64,
+    udp_threads: usize,
+    udp_window: u64,
+    /// A UDP heartbeat without a reply after this long is counted lost (never resent).
+    udp_loss: Duration,
+    tcp_conns: usize,
+    tcp_window: u64,
+    samples: usize,
+    expiry: usize,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let k = Knobs {
+            instances: env_usize("REG_INSTANCES", 100_000),
+            secs: env_usize("REG_SECS", 10) as u64,
+            services: env_usize("REG_SERVICES", 1000),
+            mem_max: env_usize("REG_MEM_MAX", 1_000_000),
+            mem_secs: env_usize("REG_MEM_SECS", 60) as u64,
+            udp_threads: env_usize("REG_UDP_THREADS", 4),
+            udp_window: env_usize("REG_UDP_WINDOW", 64) as u64,
+            udp_loss: Duration::from_millis(env_usize("REG_UDP_LOSS_MS", 50) as u64),
+            tcp_conns: env_usize("REG_TCP_CONNS", 4),
+            tcp_window: env_usize("REG_TCP_WINDOW", 256) as u64,
+            samples: env_usize("REG_SAMPLES", 1000),
+            expiry: env_usize("REG_EXPIRY", 1000),
+        };
+        assert!(k.instances >= 1 && k.services >= 1, "nothing to measure");
+        assert!(
+            k.udp_threads >= 1 && k.tcp_conns >= 1,
+            "at least one socket"
+        );
+        assert!(
+            k.udp_window >= 1 && k.tcp_window >= 1,
+            "a window of at least 1"
+        );
+        assert!(
+            k.instances.max(k.mem_max) + k.samples + k.expiry < 1 << 24,
+            "the addresses 10.x.y.z number at most 2^24 instances"
+        );
+        k
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "REG_INSTANCES={} REG_SECS={} REG_SERVICES={} REG_MEM_MAX={} REG_MEM_SECS={} \
+             REG_UDP_THREADS={} REG_UDP_WINDOW={} REG_UDP_LOSS_MS={} REG_TCP_CONNS={} \
+             REG_TCP_WINDOW={} REG_SAMPLES={} REG_EXPIRY={}",
+            self.instances,
+            self.secs,
+            self.services,
+            self.mem_max,
+            self.mem_secs,
+            self.udp_threads,
+            self.udp_window,
+            self.udp_loss.as_millis(),
+            self.tcp_conns,
+            self.tcp_window,
+            self.samples,
+            self.expiry
+        )
+    }
+
+    /// The configuration file: room for the largest registry plus parts 3a and 3b.
+    fn config(&self) -> String {
+        let max = (self.instances.max(self.mem_max) + self.samples + self.expiry).max(2_000_000);
+        format!("[registry]\nmax_instances = {max}\nmax_ttl = \"2h\"\n")
+    }
+}
 
 fn main() {
-    println!("registry benchmark: not written yet");
+    let knobs = Knobs::from_env();
+    let config = knobs.config();
+    let started = Instant::now();
+
+    println!();
+    println!("beacon registry load");
+    println!(
+        "command: cargo bench --bench registry   ({})",
+        knobs.describe()
+    );
+    println!(
+        "server:  beacon serve --config FILE {}   (default threads: one per core; FILE: {})",
+        SERVE_ARGS[1..].join(" "),
+        config.trim().replace('\n', " ")
+    );
+    println!("machine: {}", machine());
+    println!();
+
+    let heartbeats = heartbeat_part(&knobs, &config);
+    let (memory, large) = memory_and_large_part(&knobs, &config);
+
+    println!();
+    summary(&knobs, &heartbeats, &memory, &large);
+    println!();
+    println!("total {:.1} s", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registered data
+
+/// Instance `n` (parts 1, 2 and 3a): id `i<n>` in service `svc<n mod services>`.
+fn service_of(n: usize, services: usize) -> usize {
+    n % services
+}
+
+fn address_of(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
+fn port_of(n: usize) -> u16 {
+    1024 + (n % 60_000) as u16
+}
+
+/// Appends one register request (no `\n`).
+fn push_register(
+    buf: &mut Vec<u8>,
+    seq: Option<u64>,
+    service: std::fmt::Arguments,
+    id: std::fmt::Arguments,
+    n: usize,
+    ttl_ms: u64,
+) {
+    buf.extend_from_slice(b"{\"op\":\"register\",");
+    if let Some(seq) = seq {
+        write!(buf, "\"seq\":{seq},").unwrap();
+    }
+    write!(
+        buf,
+        "\"service\":\"{service}\",\"id\":\"{id}\",\"address\":\"{}\",\"port\":{},\"ttl_ms\":{ttl_ms}}}",
+        address_of(n),
+        port_of(n)
+    )
+    .unwrap();
+}
+
+/// The addresses of service `k` among instances `0..count`.
+fn service_addresses(k: usize, count: usize, services: usize) -> HashSet<Ipv4Addr> {
+    (k..count).step_by(services).map(address_of).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Heartbeat ingestion
+
+struct HeartbeatResults {
+    registered: Registered,
+    udp: LoadResult,
+    tcp: LoadResult,
+}
+
+fn heartbeat_part(knobs: &Knobs, config: &str) -> HeartbeatResults {
+    let n = knobs.instances;
+    println!(
+        "1. heartbeat ingestion: {n} instances in {} services (TTL 1 h), heartbeats for {} s per \
+         transport after {} s of warm-up",
+        knobs.services.min(n),
+        knobs.secs,
+        WARMUP.as_secs()
+    );
+    let server = Server::start(config);
+    let registered = register_range(&server, knobs, 0..n, Duration::from_secs(knobs.mem_secs));
+    println!("   registered: {}", registered.describe());
+    assert_eq!(
+        registered.changed,
+        n as u64,
+        "part 1 needs every instance registered: {}",
+        registered.describe()
+    );
+
+    let udp = heartbeat_phase(&server, knobs, Transport::Udp);
+    println!("   UDP: {}", udp.describe());
+    let tcp = heartbeat_phase(&server, knobs, Transport::Tcp);
+    println!("   TCP: {}", tcp.describe());
+    println!(
+        "   server RSS with {n} instances: {}",
+        server.memory().describe()
+    );
+    println!();
+    HeartbeatResults {
+        registered,
+        udp,
+        tcp,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What one load phase of part 1 measured.
+struct LoadResult {
+    transport: Transport,
+    /// The measured window (after the warm-up).
+    window: Duration,
+    /// Counts within the window: requests sent, replies, requests found unanswered.
+    counts: Tally,
+    /// Datagrams the server's registration UDP socket dropped in the window (/proc/net/udp).
+    drops: Option<u64>,
+    server_cpu: Duration,
+    bench_cpu: Duration,
+    first_error: Option<String>,
+    dns: DnsChecks,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.counts.ok as f64 / self.window.as_secs_f64()
+    }
+
+    fn cpu_us_per_renewal(&self) -> f64 {
+        us(self.server_cpu) / self.counts.ok.max(1) as f64
+    }
+
+    fn losses(&self) -> String {
+        let c = &self.counts;
+        match self.transport {
+            Transport::Udp => format!(
+                "{} errors, {} lost ({:.2}% of {} sent; {} of them answered late), {} dropped by \
+                 the server's socket",
+                c.errors,
+                c.lost,
+                100.0 * c.lost as f64 / c.sent.max(1) as f64,
+                c.sent,
+                c.late,
+                self.drops.map_or("?".into(), |d| d.to_string())
+            ),
+            Transport::Tcp => format!("{} errors, {} sent", c.errors, c.sent),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let window = self.window.as_secs_f64();
+        let mut text = format!(
+            "{:.0} renewals/s ({} ok in {:.2} s); {}; server CPU {:.2} µs/renewal ({:.2} cores), \
+             this process {:.2} cores; DNS checks {} ({} failed, latency p50/p99/max \
+             {:.0}/{:.0}/{:.0} µs)",
+            self.rate(),
+            self.counts.ok,
+            window,
+            self.losses(),
+            self.cpu_us_per_renewal(),
+            self.server_cpu.as_secs_f64() / window,
+            self.bench_cpu.as_secs_f64() / window,
+            self.dns.checks,
+            self.dns.failures,
+            percentile(&self.dns.latency_us, 50.0),
+            percentile(&self.dns.latency_us, 99.0),
+            percentile(&self.dns.latency_us, 100.0),
+        );
+        if let Some(e) = &self.first_error {
+            text.push_str(&format!("; first error: {e}"));
+        }
+        if let Some(f) = &self.dns.first_failure {
+            text.push_str(&format!("; first DNS failure: {f}"));
+        }
+        text
+    }
+}
+
+fn heartbeat_phase(server: &Server, knobs: &Knobs, transport: Transport) -> LoadResult {
+    let n = knobs.instances;
+    let services = knobs.services;
+    let streams = match transport {
+        Transport::Udp => knobs.udp_threads,
+        Transport::Tcp => knobs.tcp_conns,
+    };
+    let load = Load::new(streams);
+    let stop_load = AtomicBool::new(false);
+    let stop_dns = AtomicBool::new(false);
+    // Stream `s` renews instances from s * n / streams on, one after the other.
+    let request = |s: usize, k: u64, buf: &mut Vec<u8>| -> bool {
+        let i = (s * n / streams + k as usize) % n;
+        buf.extend_from_slice(b"{\"op\":\"heartbeat\",");
+        if transport == Transport::Udp {
+            write!(buf, "\"seq\":{k},").unwrap();
+        }
+        write!(
+            buf,
+            "\"service\":\"svc{}\",\"id\":\"i{i}\"}}",
+            service_of(i, services)
+        )
+        .unwrap();
+        true
+    };
+
+    std::thread::scope(|scope| {
+        let dns = scope.spawn(|| dns_checker(&server.at, knobs, &stop_dns));
+        let generator = scope.spawn(|| match transport {
+            Transport::Udp => udp_load(server.at.registry, knobs, &stop_load, &load, &request),
+            Transport::Tcp => tcp_load(
+                server.at.registry,
+                knobs.tcp_window,
+                &stop_load,
+                &load,
+                &request,
+            ),
+        });
+        std::thread::sleep(WARMUP);
+        let port = server.at.registry.port();
+        let (t0, c0, cpu0, self0, drops0) = (
+            Instant::now(),
+            load.tally(),
+            server.cpu(),
+            cpu_time("self"),
+            udp_drops(port),
+        );
+        std::thread::sleep(Duration::from_secs(knobs.secs));
+        let (t1, c1, cpu1, self1, drops1) = (
+            Instant::now(),
+            load.tally(),
+            server.cpu(),
+            cpu_time("self"),
+            udp_drops(port),
+        );
+        stop_load.store(true, Ordering::Relaxed);
+        generator.join().expect("the load generator panicked");
+        stop_dns.store(true, Ordering::Relaxed);
+        let dns = dns.join().expect("the DNS checker panicked");
+        LoadResult {
+            transport,
+            window: t1 - t0,
+            counts: c1.minus(&c0),
+            drops: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
+            server_cpu: cpu1.saturating_sub(cpu0),
+            bench_cpu: self1.saturating_sub(self0),
+            first_error: load.first_error(),
+            dns,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generators
+
+/// Counters of one socket or connection, written by its own threads only.
+#[derive(Default)]
+#[repr(align(128))]
+struct Counts {
+    sent: AtomicU64,
+    /// Replies received (ok or not).
+    answered: AtomicU64,
+    ok: AtomicU64,
+    /// `"changed":true` replies (new instances, for registers).
+    changed: AtomicU64,
+    errors: AtomicU64,
+    lost: AtomicU64,
+    /// Replies that came after their request was counted lost.
+    late: AtomicU64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    sent: u64,
+    ok: u64,
+    changed: u64,
+    errors: u64,
+    lost: u64,
+    late: u64,
+}
+
+impl Tally {
+    fn minus(&self, earlier: &Tally) -> Tally {
+        Tally {
+            sent: self.sent - earlier.sent,
+            ok: self.ok - earlier.ok,
+            changed: self.changed - earlier.changed,
+            errors: self.errors - earlier.errors,
+            lost: self.lost - earlier.lost,
+            late: self.late - earlier.late,
+        }
+    }
+}
+
+/// Datagrams dropped so far by the UDP socket bound to 127.0.0.1:`port` (the last column of
+/// /proc/net/udp), mostly for want of room in its receive buffer.
+fn udp_drops(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) == Some(&local.as_str()) {
+            fields.last()?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// The counters of every stream of one load, and the first error reply seen.
+struct Load {
+    counts: Vec<Counts>,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Load {
+    fn new(streams: usize) -> Load {
+        Load {
+            counts: (0..streams).map(|_| Counts::default()).collect(),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    fn tally(&self) -> Tally {
+        let mut t = Tally::default();
+        for c in &self.counts {
+            t.sent += c.sent.load(Ordering::Relaxed);
+            t.ok += c.ok.load(Ordering::Relaxed);
+            t.changed += c.changed.load(Ordering::Relaxed);
+            t.errors += c.errors.load(Ordering::Relaxed);
+            t.lost += c.lost.load(Ordering::Relaxed);
+            t.late += c.late.load(Ordering::Relaxed);
+        }
+        t
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error.lock().unwrap().clone()
+    }
+
+    fn error(&self, reply: &[u8]) {
+        let mut first = self.first_error.lock().unwrap();
+        if first.is_none() {
+            *first = Some(String::from_utf8_lossy(reply).into_owned());
+        }
+    }
+}
+
+/// The request builder: stream, request number within the stream, output buffer (one request,
+/// no newline). Returns false, writing nothing, when the stream has no more requests.
+type Request<'a> = dyn Fn(usize, u64, &mut Vec<u8>) -> bool + Sync + 'a;
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// (`ok:true`, `changed:true`) of one reply, by looking at its fixed-order members.
+fn classify(reply: &[u8]) -> (bool, bool) {
+    let ok = contains(&reply[..reply.len().min(48)], b"\"ok\":true");
+    let changed = ok && contains(&reply[..reply.len().min(96)], b"\"changed\":true");
+    (ok, changed)
+}
+
+/// The `seq` of a reply: replies start `{"v":1,"seq":S,`.
+fn reply_seq(reply: &[u8]) -> Option<u64> {
+    let rest = reply.strip_prefix(b"{\"v\":1,\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// Pipelined TCP load: one connection per entry of `load.counts`, each with up to `window`
+/// requests outstanding, until `stop` or until every stream has run out of requests. Each
+/// connection has a writer and a reader thread.
+fn tcp_load(registry: SocketAddr, window: u64, stop: &AtomicBool, load: &Load, request: &Request) {
+    std::thread::scope(|scope| {
+        for (s, counts) in load.counts.iter().enumerate() {
+            scope.spawn(move || {
+                let stream = TcpStream::connect(registry).expect("cannot connect to the registry");
+                stream.set_nodelay(true).ok();
+                let reading = stream.try_clone().expect("cannot clone a TCP stream");
+                std::thread::scope(|inner| {
+                    let writer = std::thread::current();
+                    inner.spawn(move || tcp_reader(reading, counts, load, writer));
+                    tcp_writer(&stream, s, window, stop, counts, request);
+                });
+            });
+        }
+    });
+}
+
+fn tcp_writer(
+    mut stream: &TcpStream,
+    s: usize,
+    window: u64,
+    stop: &AtomicBool,
+    counts: &Counts,
+    request: &Request,
+) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut k = 0u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let outstanding = k - counts.answered.load(Ordering::Acquire);
+        if outstanding >= window {
+            std::thread::park_timeout(Duration::from_millis(5));
+            continue;
+        }
+        buf.clear();
+        let mut exhausted = false;
+        for _ in 0..window - outstanding {
+            if !request(s, k, &mut buf) {
+                exhausted = true;
+                break;
+            }
+            buf.push(b'\n');
+            k += 1;
+        }
+        if !buf.is_empty() {
+            stream.write_all(&buf).expect("cannot send to the registry");
+            counts.sent.store(k, Ordering::Relaxed);
+        }
+        if exhausted {
+            break;
+        }
+    }
+    // The server answers what it has, then closes; the reader stops at that end of stream.
+    stream.shutdown(Shutdown::Write).ok();
+}
+
+fn tcp_reader(mut stream: TcpStream, counts: &Counts, load: &Load, writer: std::thread::Thread) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set_read_timeout");
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut filled = 0;
+    let (mut answered, mut ok, mut changed, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match stream.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if is_timeout(&e) => panic!("no reply from the registry for 30 s"),
+            Err(e) => panic!("registry connection failed: {e}"),
+        };
+        filled += n;
+        let mut start = 0;
+        while let Some(end) = buf[start..filled].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + end];
+            let (is_ok, is_changed) = classify(line);
+            answered += 1;
+            if is_ok {
+                ok += 1;
+                changed += is_changed as u64;
+            } else {
+                errors += 1;
+                load.error(line);
+            }
+            start += end + 1;
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        counts.ok.store(ok, Ordering::Relaxed);
+        counts.changed.store(changed, Ordering::Relaxed);
+        counts.errors.store(errors, Ordering::Relaxed);
+        counts.answered.store(answered, Ordering::Release);
+        writer.unpark();
+    }
+}
+
+/// UDP load: one thread and socket per entry of `load.counts`, each with up to
+/// `REG_UDP_WINDOW` requests outstanding, matched by `seq`, until `stop`. Nothing is resent: a
+/// request unanswered after `REG_UDP_LOSS_MS` is counted lost and its place in the window
+/// reused; a reply that comes later still counts (as `late`, and as ok if it is).
+fn udp_load(
+    registry: SocketAddr,
+    knobs: &Knobs,
+    stop: &AtomicBool,
+    load: &Load,
+    request: &Request,
+) {
+    std::thread::scope(|scope| {
+        for (s, counts) in load.counts.iter().enumerate() {
+            scope.spawn(move || udp_stream(registry, s, knobs, stop, counts, load, request));
+        }
+    });
+}
+
+fn udp_stream(
+    registry: SocketAddr,
+    s: usize,
+    knobs: &Knobs,
+    stop: &AtomicBool,
+    counts: &Counts,
+    load: &Load,
+    request: &Request,
+) {
+    const RING: usize = 1 << 17;
+    let window = knobs.udp_window;
+    let loss_after = knobs.udp_loss;
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.connect(registry).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(2)))
+        .expect("set_read_timeout");
+    let base = Instant::now();
+    // Slot seq % RING: (seq, send time in ns since `base`), or seq u64::MAX when answered.
+    let mut ring = vec![(u64::MAX, 0u64); RING];
+    let (mut next, mut oldest, mut outstanding) = (0u64, 0u64, 0u64);
+    let mut t = Tally::default();
+    let mut out = Vec::with_capacity(512);
+    let mut buf = vec![0u8; 65_536];
+    let mut stopped_at: Option<Instant> = None;
+    let mut since_scan = 0u32;
+    loop {
+        if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
+            stopped_at = Some(Instant::now());
+        }
+        if stopped_at.is_none() {
+            while outstanding < window && next - oldest < RING as u64 {
+                out.clear();
+                if !request(s, next, &mut out) {
+                    break;
+                }
+                let now = base.elapsed().as_nanos() as u64;
+                match socket.send(&out) {
+                    Ok(_) => {
+                        ring[next as usize % RING] = (next, now);
+                        outstanding += 1;
+                        t.sent += 1;
+                    }
+                    Err(e) => {
+                        t.errors += 1;
+                        load.error(format!("send failed: {e}").as_bytes());
+                    }
+                }
+                next += 1;
+            }
+        }
+        let mut scan = false;
+        match socket.recv(&mut buf) {
+            Ok(len) => {
+                let reply = &buf[..len];
+                match reply_seq(reply) {
+                    Some(seq)
+                        if seq >= oldest && seq < next && ring[seq as usize % RING].0 == seq =>
+                    {
+                        ring[seq as usize % RING].0 = u64::MAX;
+                        outstanding -= 1;
+                        if classify(reply).0 {
+                            t.ok += 1;
+                        } else {
+                            t.errors += 1;
+                            load.error(reply);
+                        }
+                    }
+                    Some(seq) if seq < oldest => {
+                        // Counted lost already; a renewal all the same.
+                        t.late += 1;
+                        if classify(reply).0 {
+                            t.ok += 1;
+                        } else {
+                            t.errors += 1;
+                            load.error(reply);
+                        }
+                    }
+                    Some(_) => {
+                        t.errors += 1;
+                        load.error(reply);
+                    }
+                    None => {
+                        t.errors += 1;
+                        load.error(reply);
+                    }
+                }
+                since_scan += 1;
+                if since_scan >= 256 {
+                    scan = true;
+                }
+            }
+            Err(e) if is_timeout(&e) => scan = true,
+            Err(e) => {
+                t.errors += 1;
+                load.error(format!("receive failed: {e}").as_bytes());
+                scan = true;
+            }
+        }
+        if scan {
+            since_scan = 0;
+            let now = base.elapsed().as_nanos() as u64;
+            let cutoff = now.saturating_sub(loss_after.as_nanos() as u64);
+            while oldest < next {
+                let (seq, sent) = ring[oldest as usize % RING];
+                if seq == oldest && sent > cutoff && next - oldest < RING as u64 {
+                    break;
+                }
+                if seq == oldest {
+                    ring[oldest as usize % RING].0 = u64::MAX;
+                    outstanding -= 1;
+                    t.lost += 1;
+                }
+                oldest += 1;
+            }
+        }
+        counts.sent.store(t.sent, Ordering::Relaxed);
+        counts.ok.store(t.ok, Ordering::Relaxed);
+        counts.errors.store(t.errors, Ordering::Relaxed);
+        counts.lost.store(t.lost, Ordering::Relaxed);
+        counts.late.store(t.late, Ordering::Relaxed);
+        if let Some(at) = stopped_at {
+            if outstanding == 0 || at.elapsed() > loss_after {
+                counts.lost.store(t.lost + outstanding, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration in bulk
+
+/// One bulk registration step.
+struct Registered {
+    count: u64,
+    changed: u64,
+    errors: u64,
+    elapsed: Duration,
+    server_cpu: Duration,
+    first_error: Option<String>,
+    /// Stopped by the time limit before the end of the range.
+    cut_short: bool,
+}
+
+impl Registered {
+    fn rate(&self) -> f64 {
+        self.changed as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "{} new instances in {:.2} s = {:.0}/s, server CPU {:.2} µs per registration, {} errors",
+            self.changed,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            us(self.server_cpu) / self.changed.max(1) as f64,
+            self.errors,
+        );
+        if self.changed != self.count {
+            text.push_str(&format!(
+                " ({} of {} replies were new)",
+                self.changed, self.count
+            ));
+        }
+        if self.cut_short {
+            text.push_str(" (stopped by the time limit REG_MEM_SECS)");
+        }
+        if let Some(e) = &self.first_error {
+            text.push_str(&format!("; first error: {e}"));
+        }
+        text
+    }
+}
+
+/// Registers instances `range` (service `svc<n mod services>`, id `i<n>`, TTL 1 h), pipelined
+/// over `REG_TCP_CONNS` connections, stopping early after `limit`.
+fn register_range(
+    server: &Server,
+    knobs: &Knobs,
+    range: Range<usize>,
+    limit: Duration,
+) -> Registered {
+    let conns = knobs.tcp_conns;
+    let services = knobs.services;
+    let load = Load::new(conns);
+    let stop = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let request = |c: usize, k: u64, buf: &mut Vec<u8>| -> bool {
+        let n = range.start + c + k as usize * conns;
+        if n >= range.end {
+            return false;
+        }
+        push_register(
+            buf,
+            None,
+            format_args!("svc{}", service_of(n, services)),
+            format_args!("i{n}"),
+            n,
+            LONG_TTL_MS,
+        );
+        true
+    };
+    let cpu0 = server.cpu();
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            tcp_load(
+                server.at.registry,
+                knobs.tcp_window.max(1024),
+                &stop,
+                &load,
+                &request,
+            );
+            done.store(true, Ordering::Relaxed);
+        });
+        while !done.load(Ordering::Relaxed) {
+            if start.elapsed() > limit {
+                stop.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let elapsed = start.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu0);
+    let t = load.tally();
+    Registered {
+        count: t.ok,
+        changed: t.changed,
+        errors: t.errors,
+        elapsed,
+        server_cpu: cpu,
+        first_error: load.first_error(),
+        cut_short: stop.load(Ordering::Relaxed),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS checks during the load
+
+#[derive(Default)]
+struct DnsChecks {
+    checks: u64,
+    failures: u64,
+    first_failure: Option<String>,
+    latency_us: Vec<f64>,
+}
+
+/// Every [`CHECK_EVERY`] until `stop`: one instance name (exactly its address, NOERROR, no TC)
+/// and one service name with EDNS 1232 (NOERROR, only expected addresses, no duplicates, all of
+/// them unless TC is set), rotating over four services.
+fn dns_checker(at: &ServerAt, knobs: &Knobs, stop: &AtomicBool) -> DnsChecks {
+    let count = knobs.instances;
+    let services = knobs.services.min(count);
+    let mut watched: Vec<usize> = vec![0, 1, services / 2, services - 1];
+    watched.sort_unstable();
+    watched.dedup();
+    let expected: Vec<HashSet<Ipv4Addr>> = watched
+        .iter()
+        .map(|&k| service_addresses(k, count, knobs.services))
+        .collect();
+    let mut client = DnsClient::new(at.dns);
+    let mut result = DnsChecks::default();
+    let mut round = 0usize;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let w = round % watched.len();
+        let k = watched[w];
+        let members = expected[w].len();
+        let n = k + knobs.services * ((round / watched.len()) % members);
+        round += 1;
+
+        // One instance.
+        let name = dns_name(&format!("i{n}.svc{k}.{}", at.domain));
+        let problem = match client.ask(&mut query_bytes(&name, RecordType::A, false)) {
+            None => Some("no response after 3 tries".to_string()),
+            Some((response, rtt)) => {
+                result.latency_us.push(us(rtt));
+                let addresses = a_records(&response);
+                if response.metadata.response_code != ResponseCode::NoError
+                    || response.metadata.truncation
+                    || addresses != [address_of(n)]
+                {
+                    Some(format!(
+                        "{name} A: {:?}, tc={}, {addresses:?}, expected [{}]",
+                        response.metadata.response_code,
+                        response.metadata.truncation,
+                        address_of(n)
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        result.record(problem);
+
+        // The whole service.
+        let name = dns_name(&format!("svc{k}.{}", at.domain));
+        let problem = match client.ask(&mut query_bytes(&name, RecordType::A, true)) {
+            None => Some("no response after 3 tries".to_string()),
+            Some((response, rtt)) => {
+                result.latency_us.push(us(rtt));
+                let addresses = a_records(&response);
+                let distinct: HashSet<Ipv4Addr> = addresses.iter().copied().collect();
+                let tc = response.metadata.truncation;
+                if response.metadata.response_code != ResponseCode::NoError
+                    || addresses.is_empty()
+                    || distinct.len() != addresses.len()
+                    || !distinct.is_subset(&expected[w])
+                    || (!tc && distinct.len() != members)
+                {
+                    Some(format!(
+                        "{name} A: {:?}, tc={tc}, {} addresses ({} distinct, {} expected), \
+                         unexpected: {:?}",
+                        response.metadata.response_code,
+                        addresses.len(),
+                        distinct.len(),
+                        members,
+                        distinct
+                            .difference(&expected[w])
+                            .take(3)
+                            .collect::<Vec<_>>()
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        result.record(problem);
+
+        next += CHECK_EVERY;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    result
+}
+
+impl DnsChecks {
+    fn record(&mut self, problem: Option<String>) {
+        self.checks += 1;
+        if let Some(p) = problem {
+            self.failures += 1;
+            self.first_failure.get_or_insert(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Memory per instance, and 3. the large registry
+
+struct MemoryResults {
+    before: Mem,
+    steps: Vec<(Registered, Mem)>,
+}
+
+struct LargeResults {
+    instances: u64,
+    send_to_answer: Vec<f64>,
+    reply_to_answer: Vec<f64>,
+    send_to_reply: Vec<f64>,
+    expiry: Expiry,
+}
+
+fn memory_and_large_part(knobs: &Knobs, config: &str) -> (MemoryResults, LargeResults) {
+    let first = 100_000.min(knobs.mem_max);
+    println!(
+        "2. memory per instance: fresh server, VmRSS before, after {first} and after {} instances \
+         ({} services, TTL 1 h, pipelined over {} TCP connections)",
+        knobs.mem_max, knobs.services, knobs.tcp_conns
+    );
+    let server = Server::start(config);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = server.memory();
+    println!("   before: {}", before.describe());
+    let mut steps = Vec::new();
+    let mut registered = 0u64;
+    let mut bounds = vec![first];
+    if knobs.mem_max > first {
+        bounds.push(knobs.mem_max);
+    }
+    let mut from = 0;
+    for to in bounds {
+        let step = register_range(
+            &server,
+            knobs,
+            from..to,
+            Duration::from_secs(knobs.mem_secs),
+        );
+        registered += step.changed;
+        std::thread::sleep(Duration::from_millis(500));
+        let mem = server.memory();
+        println!(
+            "   {registered} instances: {}; registration {}",
+            mem.describe(),
+            step.describe()
+        );
+        let cut = step.cut_short;
+        steps.push((step, mem));
+        from = to;
+        if cut {
+            break;
+        }
+    }
+    println!();
+
+    println!(
+        "3. at {registered} instances (the same server): a. register -> answerable, b. expiry lag"
+    );
+    let base = knobs.instances.max(knobs.mem_max);
+    let (send_to_answer, reply_to_answer, send_to_reply) =
+        register_to_answerable(&server.at, knobs, base);
+    let expiry = expiry_lag(&server.at, knobs.expiry, base + knobs.samples);
+    println!();
+    (
+        MemoryResults { before, steps },
+        LargeResults {
+            instances: registered,
+            send_to_answer,
+            reply_to_answer,
+            send_to_reply,
+            expiry,
+        },
+    )
+}
+
+/// Part 3a: `samples` registers over UDP of instances `base..`, each followed by
+/// `i<n>.svc<k>` A in a tight loop until answered. Returns (send -> answered, reply -> answered,
+/// send -> reply) in µs.
+fn register_to_answerable(
+    at: &ServerAt,
+    knobs: &Knobs,
+    base: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let samples = knobs.samples;
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.connect(at.registry).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("set_read_timeout");
+    let mut buf = vec![0u8; 65_536];
+    let mut client = DnsClient::new(at.dns);
+    let mut send_to_answer = Vec::with_capacity(samples);
+    let mut reply_to_answer = Vec::with_capacity(samples);
+    let mut send_to_reply = Vec::with_capacity(samples);
+    let mut request = Vec::with_capacity(256);
+    for s in 0..samples {
+        let n = base + s;
+        let k = service_of(n, knobs.services);
+        request.clear();
+        push_register(
+            &mut request,
+            Some(s as u64),
+            format_args!("svc{k}"),
+            format_args!("i{n}"),
+            n,
+            LONG_TTL_MS,
+        );
+        let mut query = query_bytes(
+            &dns_name(&format!("i{n}.svc{k}.{}", at.domain)),
+            RecordType::A,
+            false,
+        );
+        let sent = Instant::now();
+        socket.send(&request).expect("cannot send register");
+        let replied = loop {
+            match socket.recv(&mut buf) {
+                Ok(len) => {
+                    let now = Instant::now();
+                    if reply_seq(&buf[..len]) != Some(s as u64) {
+                        continue;
+                    }
+                    assert!(
+                        classify(&buf[..len]).0,
+                        "register refused: {}",
+                        String::from_utf8_lossy(&buf[..len])
+                    );
+                    break now;
+                }
+                Err(e) if is_timeout(&e) => panic!("no reply to register i{n} within 500 ms"),
+                Err(e) => panic!("register i{n}: {e}"),
+            }
+        };
+        let answered = loop {
+            if let Some((response, _)) = client.ask(&mut query) {
+                if a_records(&response).contains(&address_of(n)) {
+                    break Instant::now();
+                }
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(5),
+                "i{n}.svc{k} not answerable 5 s after its register"
+            );
+        };
+        send_to_answer.push(us(answered - sent));
+        reply_to_answer.push(us(answered - replied));
+        send_to_reply.push(us(replied - sent));
+    }
+    println!(
+        "   a. {samples} registers over UDP into the svc<k> services, then `i<n>.svc<k>.{}` A in \
+         a tight loop",
+        at.domain
+    );
+    println!(
+        "      {:<28} {:>9} {:>9} {:>9} {:>9}",
+        "(µs)", "min", "p50", "p99", "max"
+    );
+    summary_row("      send register -> answered", &send_to_answer, 0);
+    summary_row("      reply -> answered", &reply_to_answer, 0);
+    summary_row("      send register -> reply", &send_to_reply, 0);
+    (send_to_answer, reply_to_answer, send_to_reply)
+}
+
+/// Part 3b's results.
+#[derive(Default)]
+struct Expiry {
+    probes: usize,
+    /// DNS: first answer without the address minus the earliest possible deadline (ms, signed).
+    dns_lag_ms: Vec<f64>,
+    /// Expiry task: the SOA serial showing the k-th removal minus the k-th earliest possible
+    /// deadline (ms, signed).
+    removal_lag_ms: Vec<f64>,
+    /// Never gone within [`EXPIRY_GIVE_UP`].
+    never: usize,
+    /// Gone before the earliest possible deadline.
+    early: usize,
+    /// Gone answers that were not NXDOMAIN.
+    not_nxdomain: usize,
+    /// Largest width of a deadline's bounds: by how much a lag may be overstated.
+    uncertainty_ms: f64,
+    /// Removals the SOA serial never showed.
+    removals_missing: usize,
+}
+
+/// One instance of part 3b. The registry computed `expires_in_ms` (whole ms on its clock, which
+/// truncates to the ms) somewhere between the register's send and its reply's arrival, so the
+/// deadline lies in (sent + expires_in_ms - 1 ms, reply + expires_in_ms]. Lags are measured from
+/// the earliest end: they can only be overstated, by less than that width.
+struct Probe {
+    query: Vec<u8>,
+    address: Ipv4Addr,
+    /// The register was sent + `expires_in_ms` - 1 ms.
+    earliest: Instant,
+    /// The register reply arrived + `expires_in_ms`.
+    latest: Instant,
+    gone: Option<Instant>,
+}
+
+/// Part 3b: `count` instances `e<k>` of services `exp<k>` with a 2 s lease, registered one per
+/// ms over TCP, then watched until gone.
+fn expiry_lag(at: &ServerAt, count: usize, base: usize) -> Expiry {
+    let mut result = Expiry {
+        probes: count,
+        ..Expiry::default()
+    };
+    if count == 0 {
+        return result;
+    }
+    let stream = TcpStream::connect(at.registry).expect("cannot connect to the registry");
+    stream.set_nodelay(true).ok();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set_read_timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = &stream;
+    let mut probes = Vec::with_capacity(count);
+    let mut line = String::new();
+    let mut request = Vec::with_capacity(256);
+    let start = Instant::now();
+    for k in 0..count {
+        let n = base + k;
+        let pace = start + Duration::from_millis(k as u64);
+        let now = Instant::now();
+        if pace > now {
+            std::thread::sleep(pace - now);
+        }
+        request.clear();
+        push_register(
+            &mut request,
+            None,
+            format_args!("exp{k}"),
+            format_args!("e{k}"),
+            n,
+            SHORT_TTL_MS,
+        );
+        request.push(b'\n');
+        let sent = Instant::now();
+        writer.write_all(&request).expect("cannot send register");
+        line.clear();
+        reader.read_line(&mut line).expect("no register reply");
+        let replied = Instant::now();
+        let reply: Value = serde_json::from_str(&line).expect("register reply is not JSON");
+        assert_eq!(reply["ok"], Value::Bool(true), "register refused: {line}");
+        let left = reply["instance"]["expires_in_ms"]
+            .as_u64()
+            .expect("register reply without expires_in_ms");
+        probes.push(Probe {
+            query: query_bytes(
+                &dns_name(&format!("e{k}.exp{k}.{}", at.domain)),
+                RecordType::A,
+                false,
+            ),
+            address: address_of(n),
+            earliest: (sent + Duration::from_millis(left)) - Duration::from_millis(1),
+            latest: replied + Duration::from_millis(left),
+            gone: None,
+        });
+    }
+    println!(
+        "   b. {count} instances `e<k>.exp<k>` (own service each, ttl_ms {SHORT_TTL_MS}) registered \
+         one per ms over TCP in {:.2} s; polling DNS from {} ms before each deadline",
+        start.elapsed().as_secs_f64(),
+        EXPIRY_LEAD.as_millis()
+    );
+
+    let mut client = DnsClient::new(at.dns);
+    let mut soa = query_bytes(&dns_name(&at.domain), RecordType::SOA, false);
+    let serial0 = soa_serial(&mut client, &mut soa).expect("no SOA serial");
+    // removed_at[m]: when the serial first showed m + 1 removals.
+    let mut removed_at: Vec<Instant> = Vec::with_capacity(count);
+    let mut active: Vec<usize> = Vec::new();
+    let mut next = 0;
+    let give_up = probes[count - 1].latest + EXPIRY_GIVE_UP + Duration::from_secs(1);
+    loop {
+        let now = Instant::now();
+        if now > give_up {
+            result.never += active.len();
+            break;
+        }
+        while next < count && probes[next].earliest <= now + EXPIRY_LEAD {
+            active.push(next);
+            next += 1;
+        }
+        // The serial is polled while probes are watched or removals are due, until all are seen.
+        let due = probes.iter().filter(|p| p.earliest <= now).count();
+        let want_soa = removed_at.len() < count && (removed_at.len() < due || !active.is_empty());
+        if active.is_empty() && !want_soa {
+            if next == count && removed_at.len() == count {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        active.retain(|&i| {
+            let p = &mut probes[i];
+            let Some((response, _)) = client.ask(&mut p.query) else {
+                return true;
+            };
+            let answered = Instant::now();
+            if a_records(&response).contains(&p.address) {
+                if answered > p.latest + EXPIRY_GIVE_UP {
+                    result.never += 1;
+                    return false;
+                }
+                return true;
+            }
+            p.gone = Some(answered);
+            if response.metadata.response_code != ResponseCode::NXDomain {
+                result.not_nxdomain += 1;
+            }
+            false
+        });
+        if want_soa {
+            if let Some(serial) = soa_serial(&mut client, &mut soa) {
+                let answered = Instant::now();
+                let removed = serial.wrapping_sub(serial0) as usize;
+                while removed_at.len() < removed.min(count) {
+                    removed_at.push(answered);
+                }
+            }
+        }
+    }
+    for p in &probes {
+        if let Some(gone) = p.gone {
+            result.dns_lag_ms.push(signed_ms(gone, p.earliest));
+            if gone < p.earliest {
+                result.early += 1;
+            }
+        }
+        result.uncertainty_ms = result.uncertainty_ms.max(ms(p.latest - p.earliest));
+    }
+    let mut deadlines: Vec<Instant> = probes.iter().map(|p| p.earliest).collect();
+    deadlines.sort();
+    for (m, at) in removed_at.iter().enumerate() {
+        result.removal_lag_ms.push(signed_ms(*at, deadlines[m]));
+    }
+    result.removals_missing = count - removed_at.len();
+
+    println!(
+        "      {:<28} {:>9} {:>9} {:>9} {:>9}",
+        "(ms, signed)", "min", "p50", "p99", "max"
+    );
+    summary_row("      deadline -> gone in DNS", &result.dns_lag_ms, 2);
+    summary_row("      deadline -> SOA serial", &result.removal_lag_ms, 2);
+    println!(
+        "      lags from the earliest possible deadline (register sent + expires_in_ms - 1 ms), so \
+         overstated by less than {:.2} ms (the widest deadline bounds)",
+        result.uncertainty_ms
+    );
+    println!(
+        "      never gone: {}; gone before the earliest possible deadline: {}; gone answers not \
+         NXDOMAIN: {}; removals the serial never showed: {}",
+        result.never, result.early, result.not_nxdomain, result.removals_missing
+    );
+    result
+}
+
+fn soa_serial(client: &mut DnsClient, query: &mut [u8]) -> Option<u32> {
+    let (response, _) = client.ask(query)?;
+    response.answers.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.serial),
+        _ => None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary
+
+fn summary(knobs: &Knobs, hb: &HeartbeatResults, mem: &MemoryResults, large: &LargeResults) {
+    println!("summary");
+    println!();
+    println!("| measure | this run | etcd 3.4.23 on this machine (from ../shared/bench/registry-peer, not this run) | target (issue 4) |");
+    println!("| --- | --- | --- | --- |");
+    for r in [&hb.udp, &hb.tcp] {
+        let name = match r.transport {
+            Transport::Udp => format!(
+                "renewals/s, UDP ({} sockets × {} outstanding), {} instances",
+                knobs.udp_threads, knobs.udp_window, knobs.instances
+            ),
+            Transport::Tcp => format!(
+                "renewals/s, TCP ({} connections × {} pipelined), {} instances",
+                knobs.tcp_conns, knobs.tcp_window, knobs.instances
+            ),
+        };
+        println!(
+            "| {name} | **{:.0}/s**; {:.2} µs server CPU/renewal ({:.2} cores; bench {:.2} cores); {} | 29,874-34,638/s (LeaseKeepAlive, 10k-100k leases, settled), 45-55 µs etcd CPU/renewal, etcd's CPU the limit | ≥ 200,000/s, ≤ 10 µs CPU/renewal |",
+            r.rate(),
+            r.cpu_us_per_renewal(),
+            r.server_cpu.as_secs_f64() / r.window.as_secs_f64(),
+            r.bench_cpu.as_secs_f64() / r.window.as_secs_f64(),
+            r.losses(),
+        );
+    }
+    for r in [&hb.udp, &hb.tcp] {
+        let t = if r.transport == Transport::Udp {
+            "UDP"
+        } else {
+            "TCP"
+        };
+        println!(
+            "| DNS checks during the {t} load (every 10 ms) | {} checks, **{} failed**; p50/p99 {:.0}/{:.0} µs | - | answers stay correct |",
+            r.dns.checks,
+            r.dns.failures,
+            percentile(&r.dns.latency_us, 50.0),
+            percentile(&r.dns.latency_us, 99.0),
+        );
+    }
+    println!(
+        "| registrations/s, part 1 ({} over {} TCP connections) | {:.0}/s | 3,013-3,843/s (LeaseGrant + Put) | - |",
+        hb.registered.changed,
+        knobs.tcp_conns,
+        hb.registered.rate()
+    );
+    let mut total = 0u64;
+    for (step, after) in &mem.steps {
+        total += step.changed;
+        let delta = after.rss_kib.saturating_sub(mem.before.rss_kib) * 1024;
+        let anon = after.anon_kib.saturating_sub(mem.before.anon_kib) * 1024;
+        let etcd = match total {
+            100_000 => "2,758 B/instance (one lease each)",
+            1_000_000 => "2,493 B/instance (one lease each)",
+            _ => "2,758 B at 100k, 2,493 B at 1M",
+        };
+        println!(
+            "| memory at {total} instances (ΔVmRSS / instances) | **{:.0} B/instance** (anon {:.0} B); RSS {:.1} → {:.1} MiB | {etcd} | ≤ 300 B/instance at 1M |",
+            delta as f64 / total.max(1) as f64,
+            anon as f64 / total.max(1) as f64,
+            mem.before.rss_kib as f64 / 1024.0,
+            after.rss_kib as f64 / 1024.0,
+        );
+        println!(
+            "| registrations/s up to {total} | {:.0}/s ({:.2} µs server CPU each){} | 1,939-2,967/s | - |",
+            step.rate(),
+            us(step.server_cpu) / step.changed.max(1) as f64,
+            if step.cut_short { ", cut short by REG_MEM_SECS" } else { "" }
+        );
+    }
+    let e = &large.expiry;
+    let row = |v: &[f64], d: usize| {
+        format!(
+            "p50 {:.*} / p99 {:.*} / max {:.*}",
+            d,
+            percentile(v, 50.0),
+            d,
+            percentile(v, 99.0),
+            d,
+            percentile(v, 100.0)
+        )
+    };
+    println!(
+        "| register → answerable at {} instances, µs ({} samples, UDP register, DNS tight loop) | **{}** (send → reply {}, reply → answered {}) | - | - |",
+        large.instances,
+        large.send_to_answer.len(),
+        row(&large.send_to_answer, 0),
+        row(&large.send_to_reply, 0),
+        row(&large.reply_to_answer, 0),
+    );
+    println!(
+        "| expiry: deadline → gone from DNS at {} instances, ms ({} leases of 2 s, 1 per ms) | **{}**; never gone {}, early {}; overstated by < {:.2} ms | p50 261 / p99 499 / max 516 ms (100k live leases, 1,000 at 200/s) | ≤ 100 ms after the deadline at 1M |",
+        large.instances,
+        e.probes,
+        row(&e.dns_lag_ms, 2),
+        e.never,
+        e.early,
+        e.uncertainty_ms,
+    );
+    println!(
+        "| expiry task: deadline → removed (SOA serial), ms | {}; {} removals not seen | (same) | - |",
+        row(&e.removal_lag_ms, 2),
+        e.removals_missing,
+    );
+    println!();
+    println!("etcd figures: from ../shared/bench/registry-peer/README.md (etcd 3.4.23 measured on this machine, 2026-11-25), not this run; etcd was not run here.");
+    println!("targets: issue 4 as listed in that README's \"beacon's goals\" table.");
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS
+
+/// A UDP DNS client asking one question at a time.
+struct DnsClient {
+    socket: UdpSocket,
+    id: u16,
+    buf: Vec<u8>,
+}
+
+impl DnsClient {
+    fn new(server: SocketAddr) -> DnsClient {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.connect(server).expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("set_read_timeout");
+        DnsClient {
+            socket,
+            id: rand::random(),
+            buf: vec![0u8; 65_536],
+        }
+    }
+
+    /// Sends `query` (its id rewritten) and returns the response and round trip; `None` after
+    /// three tries without a response.
+    fn ask(&mut self, query: &mut [u8]) -> Option<(Message, Duration)> {
+        self.id = self.id.wrapping_add(1);
+        query[..2].copy_from_slice(&self.id.to_be_bytes());
+        for _attempt in 0..3 {
+            let sent = Instant::now();
+            self.socket.send(query).expect("cannot send a query");
+            loop {
+                let len = match self.socket.recv(&mut self.buf) {
+                    Ok(len) => len,
+                    Err(e) if is_timeout(&e) => break,
+                    Err(e) => panic!("DNS receive failed: {e}"),
+                };
+                let rtt = sent.elapsed();
+                let response = Message::from_vec(&self.buf[..len]).expect("unreadable response");
+                if response.metadata.id != self.id {
+                    continue; // a late reply to an earlier, retried query
+                }
+                return Some((response, rtt));
+            }
+        }
+        None
+    }
+}
+
+fn query_bytes(name: &Name, rtype: RecordType, edns: bool) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.recursion_desired = false;
+    message.add_query(Query::query(name.clone(), rtype));
+    if edns {
+        let mut opt = Edns::new();
+        opt.set_max_payload(1232);
+        message.set_edns(opt);
+    }
+    message.to_vec().expect("cannot encode a query")
+}
+
+fn a_records(response: &Message) -> Vec<Ipv4Addr> {
+    response
+        .answers
+        .iter()
+        .filter_map(|r| match r.data {
+            RData::A(A(a)) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn dns_name(text: &str) -> Name {
+    let mut name = Name::from_ascii(text).expect("bad name");
+    name.set_fqdn(true);
+    name
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a panic leaves nothing running.
+struct Proc {
+    what: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(what: &'static str, command: &mut Command) -> Proc {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({BEACON}): {e}"));
+        Proc { what, child }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the server listens.
+struct ServerAt {
+    dns: SocketAddr,
+    registry: SocketAddr,
+    domain: String,
+}
+
+/// The `beacon serve` process, killed when dropped.
+struct Server {
+    process: Proc,
+    /// Kept open: the server must never meet a closed stdout.
+    _stdout: BufReader<ChildStdout>,
+    /// Kept until the server is gone (SIGHUP would read it again).
+    _config: tempfile::NamedTempFile,
+    at: ServerAt,
+}
+
+impl Server {
+    fn start(config: &str) -> Server {
+        let mut file = tempfile::Builder::new()
+            .prefix("beacon-registry-bench")
+            .suffix(".toml")
+            .tempfile()
+            .expect("cannot create the configuration file");
+        file.write_all(config.as_bytes())
+            .expect("cannot write the configuration file");
+        let mut process = Proc::spawn(
+            "beacon serve",
+            Command::new(BEACON)
+                .arg("serve")
+                .arg("--config")
+                .arg(file.path())
+                .args(&SERVE_ARGS[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let mut stdout = BufReader::new(process.child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("cannot read the server's first line");
+        if line.is_empty() {
+            let status = process.child.wait().ok();
+            panic!("{} exited before listening ({status:?})", process.what);
+        }
+        let field = |key: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in the server's line {line:?}"))
+                .to_string()
+        };
+        let at = ServerAt {
+            dns: field("dns=").parse().expect("dns= is not an address"),
+            registry: field("registry=")
+                .parse()
+                .expect("registry= is not an address"),
+            domain: field("domain="),
+        };
+        assert!(
+            at.dns.ip().is_loopback() && at.registry.ip().is_loopback(),
+            "the server must listen on 127.0.0.1: {line:?}"
+        );
+        Server {
+            process,
+            _stdout: stdout,
+            _config: file,
+            at,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.process.child.id().to_string()
+    }
+
+    fn cpu(&self) -> Duration {
+        cpu_time(&self.pid())
+    }
+
+    fn memory(&self) -> Mem {
+        memory(&self.pid())
+    }
+}
+
+/// utime + stime of a process (`self` or a pid), from /proc/PID/stat.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
+    // The fields after the `)` that closes the name start with the state (field 3); utime and
+    // stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("no ) in /proc/PID/stat") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
+}
+
+/// Resident memory of a process, from /proc/PID/status.
+#[derive(Clone, Copy)]
+struct Mem {
+    rss_kib: u64,
+    anon_kib: u64,
+}
+
+impl Mem {
+    fn describe(&self) -> String {
+        format!(
+            "VmRSS {:.1} MiB (RssAnon {:.1} MiB)",
+            self.rss_kib as f64 / 1024.0,
+            self.anon_kib as f64 / 1024.0
+        )
+    }
+}
+
+fn memory(pid: &str) -> Mem {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    let field = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+    };
+    Mem {
+        rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+
+fn env_usize(key: &str, default: usize) -> usize {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// `a - b` in milliseconds, negative when `a` is earlier.
+fn signed_ms(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        ms(a - b)
+    } else {
+        -ms(b - a)
+    }
+}
+
+/// Nearest-rank percentile of `values` (unsorted).
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn summary_row(label: &str, values: &[f64], decimals: usize) {
+    let cell = |p: f64| format!("{:.*}", decimals, percentile(values, p));
+    println!(
+        "{label:<34} {:>9} {:>9} {:>9} {:>9}",
+        cell(0.0),
+        cell(50.0),
+        cell(99.0),
+        cell(100.0)
+    );
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == "model name").then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| format!(", Linux {}", k.trim()))
+        .unwrap_or_default();
+    format!("nproc={cpus}, {model}{kernel}")
 }
