@@ -199,7 +199,9 @@ struct Shared {
 struct State {
     services: HashMap<Arc<str>, InstanceMap>,
     /// Every instance's deadline, keyed by (deadline, seq) so equal deadlines stay distinct.
-    deadlines: BTreeMap<(u64, u64), (Arc<str>, Arc<str>)>,
+    /// Every path that removes or replaces an instance removes its entry here, so an entry
+    /// always names a current instance.
+    deadlines: BTreeMap<(u64, u64), Arc<Instance>>,
     instance_count: usize,
     version: u64,
     next_seq: u64,
@@ -458,7 +460,7 @@ impl State {
             self.next_seq,
         ));
         self.deadlines
-            .insert((deadline, instance.seq), (service.clone(), id.clone()));
+            .insert((deadline, instance.seq), instance.clone());
         self.services
             .entry(service.clone())
             .or_default()
@@ -483,11 +485,11 @@ impl State {
     }
 
     fn move_deadline(&mut self, instance: &Instance, deadline: u64) {
-        if let Some(key) = self
+        if let Some(entry) = self
             .deadlines
             .remove(&(instance.deadline_ms(), instance.seq))
         {
-            self.deadlines.insert((deadline, instance.seq), key);
+            self.deadlines.insert((deadline, instance.seq), entry);
         }
         instance.set_deadline_ms(deadline);
     }
@@ -499,17 +501,10 @@ impl State {
             if entry.key().0 > now {
                 break;
             }
-            let ((_, seq), (service, id)) = entry.remove_entry();
-            let instance = self
-                .services
-                .get(&service)
-                .and_then(|s| s.get(&id))
-                .cloned();
-            if let Some(instance) = instance.filter(|i| i.seq == seq) {
-                self.remove(&instance);
-                self.bump();
-                removed += 1;
-            }
+            let instance = entry.remove();
+            self.remove(&instance);
+            self.bump();
+            removed += 1;
         }
         removed
     }
