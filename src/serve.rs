@@ -16,7 +16,11 @@ use crate::config::Config;
 use crate::dns::forward::Forwarder;
 use crate::dns::statics::{StaticZones, ZoneError};
 use crate::dns::{self, Dns, Responder};
+use crate::net;
 use crate::protocol;
+
+/// Receive buffer asked for on both UDP sockets.
+const UDP_RECEIVE_BUFFER: usize = 8 << 20;
 use crate::registry::{Limits, Registry};
 
 /// The four sockets a server needs, bound and not yet served.
@@ -161,17 +165,17 @@ pub async fn run(
     describe(&responder);
     let dns = Dns::new(responder);
 
-    let tokio_socket = |s: std::net::UdpSocket| -> Result<tokio::net::UdpSocket, ServeError> {
-        s.set_nonblocking(true).map_err(ServeError::Socket)?;
-        tokio::net::UdpSocket::from_std(s).map_err(ServeError::Socket)
-    };
     let tokio_listener = |l: std::net::TcpListener| -> Result<tokio::net::TcpListener, ServeError> {
         l.set_nonblocking(true).map_err(ServeError::Socket)?;
         tokio::net::TcpListener::from_std(l).map_err(ServeError::Socket)
     };
     let dns_udp = sockets.dns_udp;
     let dns_tcp = tokio_listener(sockets.dns_tcp)?;
-    let registry_udp = Arc::new(tokio_socket(sockets.registry_udp)?);
+    let registry_udp = sockets.registry_udp;
+    // Bursts (a fleet re-registering after a restart, heartbeats in step) wait in the kernel
+    // rather than being dropped.
+    net::grow_receive_buffer(&dns_udp, UDP_RECEIVE_BUFFER);
+    net::grow_receive_buffer(&registry_udp, UDP_RECEIVE_BUFFER);
     let registry_tcp = tokio_listener(sockets.registry_tcp)?;
 
     let tracker = TaskTracker::new();
@@ -213,12 +217,14 @@ pub async fn run(
         shutdown.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(protocol::server::serve_udp(
-        registry_udp,
-        registry.clone(),
-        config.registry.max_message_bytes,
-        shutdown.clone(),
-    ));
+    for _ in 0..loops {
+        let socket = registry_udp.try_clone().map_err(ServeError::Socket)?;
+        let (registry, shutdown) = (registry.clone(), shutdown.clone());
+        let max_message_bytes = config.registry.max_message_bytes;
+        tracker.spawn_blocking(move || {
+            protocol::server::serve_udp_blocking(socket, registry, max_message_bytes, shutdown)
+        });
+    }
     tracker.spawn(protocol::server::serve_tcp(
         registry_tcp,
         registry.clone(),

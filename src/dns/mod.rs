@@ -20,7 +20,6 @@
 //! | `<id>._<service>._tcp` | DNS-SD: SRV and TXT of one instance |
 
 pub mod answer;
-mod batch;
 mod fast;
 pub mod forward;
 pub mod server;

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Outcome, PendingForward, Responder, Transport};
-use super::batch::{RecvBatch, SendBatch};
 use super::Dns;
 use crate::net::accept_connections;
+use crate::net::batch::{RecvBatch, SendBatch};
 
 /// Most forwarded UDP queries waiting for an upstream at once; beyond it a query gets SERVFAIL
 /// at once instead of a task, so a flood cannot grow memory without bound.

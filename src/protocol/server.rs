@@ -3,16 +3,16 @@
 //! in, so tests can use ephemeral ports.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{handle, ErrorCode, ProtocolError, Reply};
-use crate::net::{accept_connections, recv_datagram};
+use crate::net::accept_connections;
+use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
 use crate::registry::Registry;
 
 /// Largest reply sent in one datagram; a larger one (a long `list`) becomes `reply_too_large`.
@@ -21,43 +21,73 @@ pub const MAX_UDP_REPLY: usize = 65_507;
 /// Most simultaneous TCP connections to the registration port.
 pub const MAX_TCP_CONNECTIONS: usize = 4096;
 
-/// Answers registration requests on `socket` until `shutdown`.
-pub async fn serve_udp(
-    socket: Arc<UdpSocket>,
+/// Answers registration requests on `socket` until `shutdown`, on the calling thread, with
+/// blocking, batched socket calls (`recvmmsg`/`sendmmsg`): heartbeats are the registry's hot
+/// path, and a tokio task per socket spent more on readiness bookkeeping than on the
+/// requests. Several of these may run on one socket; the read timeout lets each look at the
+/// shutdown token every 100 ms.
+pub fn serve_udp_blocking(
+    socket: std::net::UdpSocket,
     registry: Registry,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) {
-    // Larger than any datagram, so an oversized request is seen whole and refused, not cut.
-    let mut buf = vec![0u8; 65_536];
-    while let Some((len, peer)) = recv_datagram(&socket, &mut buf, &shutdown, "registration").await
-    {
-        let reply = if len > max_message_bytes {
-            too_large(Some(len), max_message_bytes)
-        } else {
-            let mut reply = handle(&registry, &buf[..len], peer.ip());
-            if reply.len() > MAX_UDP_REPLY {
-                let seq = serde_json::from_slice::<serde_json::Value>(&buf[..len])
-                    .ok()
-                    .and_then(|v| v.get("seq").filter(|s| s.is_u64()).cloned());
-                reply = Reply::error(
-                    seq,
-                    ProtocolError {
-                        code: ErrorCode::ReplyTooLarge,
-                        message: format!(
-                            "the reply is {} bytes, more than one datagram holds; send this request over TCP",
-                            reply.len()
-                        ),
-                    },
-                )
-                .to_json();
-            }
-            reply
-        };
-        if let Err(error) = socket.send_to(&reply, peer).await {
-            tracing::debug!(%error, %peer, "registration UDP reply failed");
-        }
+    if let Err(error) = socket.set_read_timeout(Some(Duration::from_millis(100))) {
+        tracing::error!(%error, "cannot set a read timeout on the registration socket");
+        return;
     }
+    // Buffers as large as any datagram, so an oversized request is seen whole and refused.
+    let mut received = RecvBatch::with_buffer_size(MAX_DATAGRAM);
+    let mut replies = SendBatch::default();
+    while !shutdown.is_cancelled() {
+        let count = match received.recv(&socket) {
+            Ok(count) => count,
+            Err(error) => {
+                if !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) {
+                    tracing::debug!(%error, "registration UDP receive failed");
+                }
+                continue;
+            }
+        };
+        for i in 0..count {
+            let Some((request, peer)) = received.get(i) else {
+                continue;
+            };
+            let reply = if request.len() > max_message_bytes {
+                too_large(Some(request.len()), max_message_bytes)
+            } else {
+                let reply = handle(&registry, request, peer.ip());
+                if reply.len() > MAX_UDP_REPLY {
+                    reply_too_large(request, reply.len())
+                } else {
+                    reply
+                }
+            };
+            replies.push(reply, peer);
+        }
+        replies.flush(&socket);
+    }
+}
+
+fn reply_too_large(request: &[u8], len: usize) -> Vec<u8> {
+    let seq = serde_json::from_slice::<serde_json::Value>(request)
+        .ok()
+        .and_then(|v| v.get("seq").filter(|s| s.is_u64()).cloned());
+    Reply::error(
+        seq,
+        ProtocolError {
+            code: ErrorCode::ReplyTooLarge,
+            message: format!(
+                "the reply is {len} bytes, more than one datagram holds; send this request over TCP"
+            ),
+        },
+    )
+    .to_json()
 }
 
 /// Accepts registration connections on `listener` until `shutdown`; each connection is served

@@ -14,8 +14,11 @@ use std::os::fd::AsRawFd;
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
 
-/// Largest query accepted; a longer datagram is dropped (no DNS query needs 4 KiB).
+/// Largest DNS query accepted; a longer datagram is dropped (no DNS query needs 4 KiB).
 pub const MAX_QUERY: usize = 4096;
+
+/// Largest UDP payload there is: buffers of this size never cut a datagram.
+pub const MAX_DATAGRAM: usize = 65_536;
 
 /// Received datagrams.
 pub struct RecvBatch {
@@ -27,9 +30,17 @@ pub struct RecvBatch {
 }
 
 impl Default for RecvBatch {
+    /// Buffers for DNS queries ([`MAX_QUERY`]).
     fn default() -> Self {
+        RecvBatch::with_buffer_size(MAX_QUERY)
+    }
+}
+
+impl RecvBatch {
+    /// [`BATCH`] buffers of `size` bytes each; a longer datagram is reported as cut.
+    pub fn with_buffer_size(size: usize) -> Self {
         RecvBatch {
-            buffers: (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect(),
+            buffers: (0..BATCH).map(|_| vec![0u8; size]).collect(),
             // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid (empty) value.
             addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             lens: vec![0; BATCH],
@@ -37,9 +48,7 @@ impl Default for RecvBatch {
             count: 0,
         }
     }
-}
 
-impl RecvBatch {
     /// Waits for at least one datagram (or the socket's read timeout) and takes up to
     /// [`BATCH`] that are already queued. Returns how many.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {

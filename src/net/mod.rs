@@ -1,35 +1,17 @@
-//! Socket plumbing shared by the registration and DNS listeners: receiving datagrams and
-//! accepting a bounded number of connections, both until shutdown.
+//! Socket plumbing shared by the registration and DNS listeners: batched datagrams, receive
+//! buffers, and accepting a bounded number of connections, all until shutdown.
+
+pub mod batch;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Receives the next datagram into `buf`; `None` once `shutdown` is cancelled. Receive errors
-/// are logged and skipped: on Linux they are mostly ICMP errors caused by earlier replies, and
-/// the socket itself stays usable.
-pub async fn recv_datagram(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    shutdown: &CancellationToken,
-    what: &'static str,
-) -> Option<(usize, SocketAddr)> {
-    loop {
-        tokio::select! {
-            received = socket.recv_from(buf) => match received {
-                Ok(x) => return Some(x),
-                Err(error) => tracing::debug!(%error, "{what} UDP receive failed"),
-            },
-            _ = shutdown.cancelled() => return None,
-        }
-    }
-}
 
 /// Accepts connections on `listener` until `shutdown`, at most `max_connections` at a time,
 /// each served by `serve` in its own task on `tracker`. A connection beyond the bound is closed
@@ -69,4 +51,30 @@ pub async fn accept_connections<F, Fut>(
             drop(slot);
         });
     }
+}
+
+/// Asks for a receive buffer of `bytes` on `socket`, so bursts of datagrams wait in the kernel
+/// instead of being dropped. As root the system limit (`net.core.rmem_max`) is bypassed
+/// (`SO_RCVBUFFORCE`); otherwise the kernel caps the request at that limit. Failure only means
+/// the default stays, so it is logged, not fatal.
+pub fn grow_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a plain int option on a socket this process owns; the pointer and length
+        // describe `value`, which lives across the call.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            return;
+        }
+    }
+    tracing::debug!(error = %std::io::Error::last_os_error(), "cannot grow the UDP receive buffer");
 }
