@@ -49,20 +49,7 @@ pub fn serve_udp_blocking(
     let mut received = RecvBatch::default();
     let mut replies = SendBatch::default();
     while !shutdown.is_cancelled() {
-        let count = match received.recv(&socket) {
-            Ok(count) => count,
-            Err(error) => {
-                if !matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) {
-                    tracing::debug!(%error, "DNS UDP receive failed");
-                }
-                continue;
-            }
-        };
+        let count = received.recv_or_idle(&socket, "DNS");
         let responder = dns.load();
         for i in 0..count {
             let Some((query, peer)) = received.get(i) else {

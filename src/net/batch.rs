@@ -95,6 +95,26 @@ impl RecvBatch {
         Ok(self.count)
     }
 
+    /// [`RecvBatch::recv`] for a loop that polls a shutdown flag between calls: a read timeout
+    /// or an interrupted call is simply zero datagrams, and any other error is logged (on
+    /// Linux, mostly ICMP errors caused by earlier replies; the socket stays usable).
+    pub fn recv_or_idle(&mut self, socket: &UdpSocket, what: &str) -> usize {
+        match self.recv(socket) {
+            Ok(count) => count,
+            Err(error) => {
+                if !matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) {
+                    tracing::debug!(%error, "{what} UDP receive failed");
+                }
+                0
+            }
+        }
+    }
+
     /// Datagram `i` of the last receive and its sender; `None` if it was cut (too long) or
     /// came from an address family other than IPv4/IPv6.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {

@@ -40,20 +40,7 @@ pub fn serve_udp_blocking(
     let mut received = RecvBatch::with_buffer_size(MAX_DATAGRAM);
     let mut replies = SendBatch::default();
     while !shutdown.is_cancelled() {
-        let count = match received.recv(&socket) {
-            Ok(count) => count,
-            Err(error) => {
-                if !matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) {
-                    tracing::debug!(%error, "registration UDP receive failed");
-                }
-                continue;
-            }
-        };
+        let count = received.recv_or_idle(&socket, "registration");
         for i in 0..count {
             let Some((request, peer)) = received.get(i) else {
                 continue;
