@@ -10,9 +10,13 @@
 //! 5), `LAG_SAMPLES` (B, default 1000). Every packet goes to 127.0.0.1; the 10.x addresses are
 //! only registered data.
 
+mod common;
+
+use common::*;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
@@ -21,25 +25,10 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use rand::Rng;
 use serde_json::Value;
 
-const BEACON: &str = env!("CARGO_BIN_EXE_beacon");
 /// The lease of the announced providers in part A.
 const TTL: Duration = Duration::from_secs(2);
 /// Pause between DNS polls in part A.
 const POLL: Duration = Duration::from_millis(1);
-/// The server's command line after the binary.
-const SERVE_ARGS: [&str; 9] = [
-    "serve",
-    "--dns",
-    "127.0.0.1:0",
-    "--listen",
-    "127.0.0.1:0",
-    "--log-level",
-    "warn",
-    // Nothing here is forwarded: no upstreams, so no traffic can leave the machine.
-    "--resolv-conf",
-    "/dev/null",
-];
-
 fn main() {
     let rounds = env_usize("LAG_ROUNDS", 20);
     let batch = env_usize("LAG_BATCH", 5).max(1);
@@ -47,7 +36,7 @@ fn main() {
     assert!(rounds <= 250 * 250, "LAG_ROUNDS is at most 62500");
     assert!(samples <= 250 * 250, "LAG_SAMPLES is at most 62500");
 
-    let server = Server::start();
+    let server = Server::start(None);
     let at = server.at.clone();
 
     println!();
@@ -56,8 +45,8 @@ fn main() {
         "command: cargo bench --bench lag   (LAG_ROUNDS={rounds} LAG_BATCH={batch} LAG_SAMPLES={samples})"
     );
     println!(
-        "server:  beacon {}   -> dns={} registry={} domain={}",
-        SERVE_ARGS.join(" "),
+        "server:  {}   -> dns={} registry={} domain={}",
+        Server::command_line(false),
         at.dns,
         at.registry,
         at.domain
@@ -171,13 +160,10 @@ fn kill_to_gone(at: &ServerAt, rounds: usize, batch: usize) {
     let over_bound = kill.iter().filter(|&&k| k > ms(TTL) + 100.0).count();
 
     println!();
-    println!(
-        "   {:<28} {:>9} {:>9} {:>9} {:>9}",
-        "summary (ms)", "min", "p50", "p99", "max"
-    );
-    summary_row("kill -> gone", &kill, 1);
-    summary_row("deadline -> gone (lag)", &lag, 2);
-    summary_row("last seen -> deadline", &seen, 2);
+    summary_header("   ", "summary (ms)");
+    summary_row("   ", "kill -> gone", &kill, 1);
+    summary_row("   ", "deadline -> gone (lag)", &lag, 2);
+    summary_row("   ", "last seen -> deadline", &seen, 2);
     println!();
     println!(
         "   kill->gone above TTL + 100 ms: {over_bound} of {}; never gone: {never}; deadline moved after the kill: {moved}",
@@ -386,14 +372,11 @@ fn register_to_answerable(at: &ServerAt, samples: usize) {
     }
 
     println!();
-    println!(
-        "   {:<28} {:>9} {:>9} {:>9} {:>9}",
-        "summary (µs)", "min", "p50", "p99", "max"
-    );
-    summary_row("send register -> answered", &send_to_answer, 0);
-    summary_row("register reply -> answered", &reply_to_answer, 0);
-    summary_row("send register -> reply", &send_to_reply, 0);
-    summary_row("DNS queries until answered", &queries_needed, 0);
+    summary_header("   ", "summary (µs)");
+    summary_row("   ", "send register -> answered", &send_to_answer, 0);
+    summary_row("   ", "register reply -> answered", &reply_to_answer, 0);
+    summary_row("   ", "send register -> reply", &send_to_reply, 0);
+    summary_row("   ", "DNS queries until answered", &queries_needed, 0);
     let head = samples.min(100);
     let tail = samples.saturating_sub(100);
     println!(
@@ -477,176 +460,4 @@ impl DnsProbe {
         }
         panic!("no DNS response after 20 attempts");
     }
-}
-
-fn dns_name(text: &str) -> Name {
-    let mut name = Name::from_ascii(text).expect("bad name");
-    name.set_fqdn(true);
-    name
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-
-/// A child process killed (SIGKILL) and reaped when dropped, so a panic leaves nothing running.
-struct Proc {
-    what: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(what: &'static str, command: &mut Command) -> Proc {
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what} ({BEACON}): {e}"));
-        Proc { what, child }
-    }
-
-    /// Panics, with what the process wrote on stderr, if it has exited.
-    fn check_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut err) = self.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
-            }
-            panic!("{} exited early ({status}): {}", self.what, stderr.trim());
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Where the server listens.
-#[derive(Clone)]
-struct ServerAt {
-    dns: SocketAddr,
-    registry: SocketAddr,
-    domain: String,
-}
-
-/// The `beacon serve` process, killed when dropped.
-struct Server {
-    _process: Proc,
-    /// Kept open: the server must never meet a closed stdout.
-    _stdout: BufReader<ChildStdout>,
-    at: ServerAt,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut process = Proc::spawn(
-            "beacon serve",
-            Command::new(BEACON)
-                .args(SERVE_ARGS)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit()),
-        );
-        let mut stdout = BufReader::new(process.child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("cannot read the server's first line");
-        let field = |key: &str| -> String {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in the server's line {line:?}"))
-                .to_string()
-        };
-        let at = ServerAt {
-            dns: field("dns=").parse().expect("dns= is not an address"),
-            registry: field("registry=")
-                .parse()
-                .expect("registry= is not an address"),
-            domain: field("domain="),
-        };
-        assert!(
-            at.dns.ip().is_loopback() && at.registry.ip().is_loopback(),
-            "the server must listen on 127.0.0.1: {line:?}"
-        );
-        Server {
-            _process: process,
-            _stdout: stdout,
-            at,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Numbers
-
-fn env_usize(key: &str, default: usize) -> usize {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-/// `a - b` in milliseconds, negative when `a` is earlier.
-fn signed_ms(a: Instant, b: Instant) -> f64 {
-    if a >= b {
-        ms(a - b)
-    } else {
-        -ms(b - a)
-    }
-}
-
-/// Nearest-rank percentile of `values` (unsorted).
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn summary_row(label: &str, values: &[f64], decimals: usize) {
-    let cell = |p: f64| format!("{:.*}", decimals, percentile(values, p));
-    println!(
-        "   {label:<28} {:>9} {:>9} {:>9} {:>9}",
-        cell(0.0),
-        cell(50.0),
-        cell(99.0),
-        cell(100.0)
-    );
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            (key.trim() == "model name").then(|| value.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| format!(", Linux {}", k.trim()))
-        .unwrap_or_default();
-    format!("{cpus} CPUs (available_parallelism), {model}{kernel}")
 }

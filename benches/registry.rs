@@ -27,11 +27,14 @@
 //! `REG_TCP_WINDOW` (default 4 / 256), `REG_SAMPLES` (3a, default 1000), `REG_EXPIRY` (3b,
 //! default 1000). Every packet goes to 127.0.0.1; the 10.x addresses are only registered data.
 
+mod common;
+
+use common::*;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::ops::Range;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -41,20 +44,6 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::Value;
 
-const BEACON: &str = env!("CARGO_BIN_EXE_beacon");
-/// The server's command line after the binary and `--config FILE`.
-const SERVE_ARGS: [&str; 9] = [
-    "serve",
-    "--dns",
-    "127.0.0.1:0",
-    "--listen",
-    "127.0.0.1:0",
-    "--log-level",
-    "warn",
-    // Nothing here is forwarded: no upstreams, so no traffic can leave the machine.
-    "--resolv-conf",
-    "/dev/null",
-];
 /// Lease of the bulk registrations (parts 1 and 2, 3a): nothing expires during the run.
 const LONG_TTL_MS: u64 = 3_600_000;
 /// Lease of the expiry probes (part 3b).
@@ -68,8 +57,6 @@ const CHECK_EVERY: Duration = Duration::from_millis(10);
 const EXPIRY_LEAD: Duration = Duration::from_millis(3);
 /// Part 3b: a probe still answered this long after its deadline counts as never gone.
 const EXPIRY_GIVE_UP: Duration = Duration::from_secs(5);
-/// Linux's USER_HZ: /proc/PID/stat counts CPU time in 1/100 s.
-const CLOCK_TICKS: f64 = 100.0;
 
 struct Knobs {
     instances: usize,
@@ -158,8 +145,8 @@ fn main() {
         knobs.describe()
     );
     println!(
-        "server:  beacon serve --config FILE {}   (default threads: one per core; FILE: {})",
-        SERVE_ARGS[1..].join(" "),
+        "server:  {}   (default threads: one per core; FILE: {})",
+        Server::command_line(true),
         config.trim().replace('\n', " ")
     );
     println!("machine: {}", machine());
@@ -235,7 +222,7 @@ fn heartbeat_part(knobs: &Knobs, config: &str) -> HeartbeatResults {
         knobs.secs,
         WARMUP.as_secs()
     );
-    let server = Server::start(config);
+    let server = Server::start(Some(config));
     let registered = register_range(&server, knobs, 0..n, Duration::from_secs(knobs.mem_secs));
     println!("   registered: {}", registered.describe());
     assert_eq!(
@@ -1022,7 +1009,7 @@ fn memory_and_large_part(knobs: &Knobs, config: &str) -> (MemoryResults, LargeRe
          ({} services, TTL 1 h, pipelined over {} TCP connections)",
         knobs.mem_max, knobs.services, knobs.tcp_conns
     );
-    let server = Server::start(config);
+    let server = Server::start(Some(config));
     std::thread::sleep(Duration::from_millis(300));
     let before = server.memory();
     println!("   before: {}", before.describe());
@@ -1154,13 +1141,10 @@ fn register_to_answerable(
          a tight loop",
         at.domain
     );
-    println!(
-        "      {:<28} {:>9} {:>9} {:>9} {:>9}",
-        "(µs)", "min", "p50", "p99", "max"
-    );
-    summary_row("      send register -> answered", &send_to_answer, 0);
-    summary_row("      reply -> answered", &reply_to_answer, 0);
-    summary_row("      send register -> reply", &send_to_reply, 0);
+    summary_header("      ", "(µs)");
+    summary_row("      ", "send register -> answered", &send_to_answer, 0);
+    summary_row("      ", "reply -> answered", &reply_to_answer, 0);
+    summary_row("      ", "send register -> reply", &send_to_reply, 0);
     (send_to_answer, reply_to_answer, send_to_reply)
 }
 
@@ -1339,12 +1323,14 @@ fn expiry_lag(at: &ServerAt, count: usize, base: usize) -> Expiry {
     }
     result.removals_missing = count - removed_at.len();
 
-    println!(
-        "      {:<28} {:>9} {:>9} {:>9} {:>9}",
-        "(ms, signed)", "min", "p50", "p99", "max"
+    summary_header("      ", "(ms, signed)");
+    summary_row("      ", "deadline -> gone in DNS", &result.dns_lag_ms, 2);
+    summary_row(
+        "      ",
+        "deadline -> SOA serial",
+        &result.removal_lag_ms,
+        2,
     );
-    summary_row("      deadline -> gone in DNS", &result.dns_lag_ms, 2);
-    summary_row("      deadline -> SOA serial", &result.removal_lag_ms, 2);
     println!(
         "      lags from the earliest possible deadline (register sent + expires_in_ms - 1 ms), so \
          overstated by less than {:.2} ms (the widest deadline bounds)",
@@ -1548,239 +1534,4 @@ fn a_records(response: &Message) -> Vec<Ipv4Addr> {
             _ => None,
         })
         .collect()
-}
-
-fn dns_name(text: &str) -> Name {
-    let mut name = Name::from_ascii(text).expect("bad name");
-    name.set_fqdn(true);
-    name
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-
-/// A child process killed (SIGKILL) and reaped when dropped, so a panic leaves nothing running.
-struct Proc {
-    what: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(what: &'static str, command: &mut Command) -> Proc {
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what} ({BEACON}): {e}"));
-        Proc { what, child }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Where the server listens.
-struct ServerAt {
-    dns: SocketAddr,
-    registry: SocketAddr,
-    domain: String,
-}
-
-/// The `beacon serve` process, killed when dropped.
-struct Server {
-    process: Proc,
-    /// Kept open: the server must never meet a closed stdout.
-    _stdout: BufReader<ChildStdout>,
-    /// Kept until the server is gone (SIGHUP would read it again).
-    _config: tempfile::NamedTempFile,
-    at: ServerAt,
-}
-
-impl Server {
-    fn start(config: &str) -> Server {
-        let mut file = tempfile::Builder::new()
-            .prefix("beacon-registry-bench")
-            .suffix(".toml")
-            .tempfile()
-            .expect("cannot create the configuration file");
-        file.write_all(config.as_bytes())
-            .expect("cannot write the configuration file");
-        let mut process = Proc::spawn(
-            "beacon serve",
-            Command::new(BEACON)
-                .arg("serve")
-                .arg("--config")
-                .arg(file.path())
-                .args(&SERVE_ARGS[1..])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit()),
-        );
-        let mut stdout = BufReader::new(process.child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("cannot read the server's first line");
-        if line.is_empty() {
-            let status = process.child.wait().ok();
-            panic!("{} exited before listening ({status:?})", process.what);
-        }
-        let field = |key: &str| -> String {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in the server's line {line:?}"))
-                .to_string()
-        };
-        let at = ServerAt {
-            dns: field("dns=").parse().expect("dns= is not an address"),
-            registry: field("registry=")
-                .parse()
-                .expect("registry= is not an address"),
-            domain: field("domain="),
-        };
-        assert!(
-            at.dns.ip().is_loopback() && at.registry.ip().is_loopback(),
-            "the server must listen on 127.0.0.1: {line:?}"
-        );
-        Server {
-            process,
-            _stdout: stdout,
-            _config: file,
-            at,
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.process.child.id().to_string()
-    }
-
-    fn cpu(&self) -> Duration {
-        cpu_time(&self.pid())
-    }
-
-    fn memory(&self) -> Mem {
-        memory(&self.pid())
-    }
-}
-
-/// utime + stime of a process (`self` or a pid), from /proc/PID/stat.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
-    // The fields after the `)` that closes the name start with the state (field 3); utime and
-    // stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("no ) in /proc/PID/stat") + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
-}
-
-/// Resident memory of a process, from /proc/PID/status.
-#[derive(Clone, Copy)]
-struct Mem {
-    rss_kib: u64,
-    anon_kib: u64,
-}
-
-impl Mem {
-    fn describe(&self) -> String {
-        format!(
-            "VmRSS {:.1} MiB (RssAnon {:.1} MiB)",
-            self.rss_kib as f64 / 1024.0,
-            self.anon_kib as f64 / 1024.0
-        )
-    }
-}
-
-fn memory(pid: &str) -> Mem {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    let field = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-    };
-    Mem {
-        rss_kib: field("VmRSS:"),
-        anon_kib: field("RssAnon:"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Numbers
-
-fn env_usize(key: &str, default: usize) -> usize {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-/// `a - b` in milliseconds, negative when `a` is earlier.
-fn signed_ms(a: Instant, b: Instant) -> f64 {
-    if a >= b {
-        ms(a - b)
-    } else {
-        -ms(b - a)
-    }
-}
-
-/// Nearest-rank percentile of `values` (unsorted).
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn summary_row(label: &str, values: &[f64], decimals: usize) {
-    let cell = |p: f64| format!("{:.*}", decimals, percentile(values, p));
-    println!(
-        "{label:<34} {:>9} {:>9} {:>9} {:>9}",
-        cell(0.0),
-        cell(50.0),
-        cell(99.0),
-        cell(100.0)
-    );
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            (key.trim() == "model name").then(|| value.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| format!(", Linux {}", k.trim()))
-        .unwrap_or_default();
-    format!("nproc={cpus}, {model}{kernel}")
 }

@@ -1,0 +1,295 @@
+//! What both measurement programs need: the real `beacon serve` process on ephemeral loopback
+//! ports, child processes that die with the program, and number formatting. Each bench uses a
+//! part of it (`mod common;` compiles it into each bench separately), hence the allowance.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::Name;
+
+/// The binary under measurement.
+pub const BEACON: &str = env!("CARGO_BIN_EXE_beacon");
+
+/// The server's command line after the binary (and `--config FILE`, when there is one).
+const SERVE_ARGS: [&str; 8] = [
+    "--dns",
+    "127.0.0.1:0",
+    "--listen",
+    "127.0.0.1:0",
+    "--log-level",
+    "warn",
+    // Nothing here is forwarded: no upstreams, so no traffic can leave the machine.
+    "--resolv-conf",
+    "/dev/null",
+];
+
+/// Clock ticks per second of /proc/PID/stat's utime and stime.
+const CLOCK_TICKS: f64 = 100.0;
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a panic leaves nothing running.
+pub struct Proc {
+    what: &'static str,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(what: &'static str, command: &mut Command) -> Proc {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({BEACON}): {e}"));
+        Proc { what, child }
+    }
+
+    /// Panics, with what the process wrote on stderr, if it has exited.
+    pub fn check_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+            }
+            panic!("{} exited early ({status}): {}", self.what, stderr.trim());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the server listens.
+#[derive(Clone)]
+pub struct ServerAt {
+    pub dns: SocketAddr,
+    pub registry: SocketAddr,
+    pub domain: String,
+}
+
+/// The `beacon serve` process, killed when dropped.
+pub struct Server {
+    process: Proc,
+    /// Kept open: the server must never meet a closed stdout.
+    _stdout: BufReader<ChildStdout>,
+    /// Kept until the server is gone (SIGHUP would read it again).
+    _config: Option<tempfile::NamedTempFile>,
+    pub at: ServerAt,
+}
+
+impl Server {
+    /// Starts `beacon serve` on ephemeral loopback ports, with `config` (TOML) when given.
+    pub fn start(config: Option<&str>) -> Server {
+        let mut command = Command::new(BEACON);
+        command.arg("serve");
+        let file = config.map(|config| {
+            let mut file = tempfile::Builder::new()
+                .prefix("beacon-bench")
+                .suffix(".toml")
+                .tempfile()
+                .expect("cannot create the configuration file");
+            file.write_all(config.as_bytes())
+                .expect("cannot write the configuration file");
+            command.arg("--config").arg(file.path());
+            file
+        });
+        let mut process = Proc::spawn(
+            "beacon serve",
+            command
+                .args(SERVE_ARGS)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let mut stdout = BufReader::new(process.child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("cannot read the server's first line");
+        if line.is_empty() {
+            let status = process.child.wait().ok();
+            panic!("{} exited before listening ({status:?})", process.what);
+        }
+        let field = |key: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in the server's line {line:?}"))
+                .to_string()
+        };
+        let at = ServerAt {
+            dns: field("dns=").parse().expect("dns= is not an address"),
+            registry: field("registry=")
+                .parse()
+                .expect("registry= is not an address"),
+            domain: field("domain="),
+        };
+        assert!(
+            at.dns.ip().is_loopback() && at.registry.ip().is_loopback(),
+            "the server must listen on 127.0.0.1: {line:?}"
+        );
+        Server {
+            process,
+            _stdout: stdout,
+            _config: file,
+            at,
+        }
+    }
+
+    /// The command line, for the report.
+    pub fn command_line(config: bool) -> String {
+        let config = if config { " --config FILE" } else { "" };
+        format!("beacon serve{config} {}", SERVE_ARGS.join(" "))
+    }
+
+    pub fn pid(&self) -> String {
+        self.process.child.id().to_string()
+    }
+
+    pub fn cpu(&self) -> Duration {
+        cpu_time(&self.pid())
+    }
+
+    pub fn memory(&self) -> Mem {
+        memory(&self.pid())
+    }
+}
+
+/// utime + stime of a process (`self` or a pid), from /proc/PID/stat.
+pub fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
+    // The fields after the `)` that closes the name start with the state (field 3); utime and
+    // stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("no ) in /proc/PID/stat") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
+}
+
+/// Resident memory of a process, from /proc/PID/status.
+#[derive(Clone, Copy)]
+pub struct Mem {
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+}
+
+impl Mem {
+    pub fn describe(&self) -> String {
+        format!(
+            "VmRSS {:.1} MiB (RssAnon {:.1} MiB)",
+            self.rss_kib as f64 / 1024.0,
+            self.anon_kib as f64 / 1024.0
+        )
+    }
+}
+
+pub fn memory(pid: &str) -> Mem {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    let field = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+    };
+    Mem {
+        rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+
+pub fn env_usize(key: &str, default: usize) -> usize {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+pub fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// `a - b` in milliseconds, negative when `a` is earlier.
+pub fn signed_ms(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        ms(a - b)
+    } else {
+        -ms(b - a)
+    }
+}
+
+/// Nearest-rank percentile of `values` (unsorted).
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// The header of a min/p50/p99/max table whose rows [`summary_row`] prints.
+pub fn summary_header(indent: &str, title: &str) {
+    println!(
+        "{indent}{title:<28} {:>9} {:>9} {:>9} {:>9}",
+        "min", "p50", "p99", "max"
+    );
+}
+
+pub fn summary_row(indent: &str, label: &str, values: &[f64], decimals: usize) {
+    let cell = |p: f64| format!("{:.*}", decimals, percentile(values, p));
+    println!(
+        "{indent}{label:<28} {:>9} {:>9} {:>9} {:>9}",
+        cell(0.0),
+        cell(50.0),
+        cell(99.0),
+        cell(100.0)
+    );
+}
+
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == "model name").then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| format!(", Linux {}", k.trim()))
+        .unwrap_or_default();
+    format!("nproc={cpus}, {model}{kernel}")
+}
+
+pub fn dns_name(text: &str) -> Name {
+    let mut name = Name::from_ascii(text).expect("bad name");
+    name.set_fqdn(true);
+    name
+}
