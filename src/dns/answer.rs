@@ -40,6 +40,10 @@ pub enum Transport {
 /// SRV priority of every instance: beacon balances with weights, not priorities.
 pub const SRV_PRIORITY: u16 = 1;
 
+/// The service domain's SOA REFRESH, RETRY and EXPIRE: nothing transfers the zone, so they
+/// only have to be plausible. MINIMUM is `dns.negative_ttl`.
+pub const SOA_TIMERS: [u32; 3] = [3600, 600, 86_400];
+
 /// What to do with a received message.
 #[derive(Debug)]
 pub enum Outcome {
@@ -185,7 +189,7 @@ impl Responder {
 
     /// Answers one message from `client`.
     pub fn respond(&self, query: &[u8], client: IpAddr, transport: Transport) -> Outcome {
-        if let Some(bytes) = self.fast_answer(query, client, transport) {
+        if let Some(bytes) = self.fast_answer(query, transport) {
             return Outcome::Reply(bytes);
         }
         self.respond_general(query, client, transport)
@@ -211,13 +215,7 @@ impl Responder {
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
         response.metadata.recursion_desired = request.metadata.recursion_desired;
         response.metadata.checking_disabled = request.metadata.checking_disabled;
-        let limit = match transport {
-            Transport::Tcp => u16::MAX as usize,
-            Transport::Udp => match &request.edns {
-                Some(edns) => edns.max_payload().clamp(512, self.max_udp_payload) as usize,
-                None => 512,
-            },
-        };
+        let limit = self.size_limit(transport, request.edns.as_ref().map(Edns::max_payload));
         let reply = |mut response: Message, rcode: ResponseCode| {
             response.metadata.response_code = rcode;
             Outcome::Reply(encode_records(response, limit))
@@ -472,7 +470,10 @@ impl Responder {
         if answers.is_empty() {
             Found::NxDomain
         } else {
-            Found::answers_or_nodata(answers)
+            Found::Records {
+                answers,
+                additionals: Vec::new(),
+            }
         }
     }
 
@@ -527,22 +528,29 @@ impl Responder {
     }
 
     fn single_srv(&self, qname: &Name, service: &str, instance: &Instance, ttl: u32) -> Found {
-        let Some(target) = self.target(service, &instance.id) else {
-            return Found::NoData;
-        };
-        Found::Records {
-            answers: vec![Record::from_rdata(
-                qname.clone(),
-                ttl,
-                RData::SRV(SRV::new(
-                    SRV_PRIORITY,
-                    instance.weight,
-                    instance.port,
-                    target.clone(),
-                )),
-            )],
-            additionals: vec![address_record(target, ttl, instance.address)],
+        match self.srv_record(qname, service, instance, ttl) {
+            Some((srv, target)) => Found::Records {
+                answers: vec![srv],
+                additionals: vec![address_record(target, ttl, instance.address)],
+            },
+            None => Found::NoData,
         }
+    }
+
+    /// The SRV record of `instance` owned by `owner`, and its target `<id>.<service>.<apex>`.
+    fn srv_record(
+        &self,
+        owner: &Name,
+        service: &str,
+        instance: &Instance,
+        ttl: u32,
+    ) -> Option<(Record, Name)> {
+        let target = self.target(service, &instance.id)?;
+        let srv = SRV::new(SRV_PRIORITY, instance.weight, instance.port, target.clone());
+        Some((
+            Record::from_rdata(owner.clone(), ttl, RData::SRV(srv)),
+            target,
+        ))
     }
 
     fn apex(&self, qtype: RecordType) -> Found {
@@ -583,19 +591,10 @@ impl Responder {
                     answers.push(address_record(qname.clone(), ttl, instance.address))
                 }
                 SetKind::Srv => {
-                    let Some(target) = self.target(service, &instance.id) else {
+                    let Some((srv, target)) = self.srv_record(qname, service, instance, ttl) else {
                         continue;
                     };
-                    answers.push(Record::from_rdata(
-                        qname.clone(),
-                        ttl,
-                        RData::SRV(SRV::new(
-                            SRV_PRIORITY,
-                            instance.weight,
-                            instance.port,
-                            target.clone(),
-                        )),
-                    ));
+                    answers.push(srv);
                     additionals.push(address_record(target, ttl, instance.address));
                 }
                 SetKind::DnsSdPtr => {
@@ -607,17 +606,8 @@ impl Responder {
                         ttl,
                         RData::PTR(PTR(name.clone())),
                     ));
-                    if let Some(target) = self.target(service, &instance.id) {
-                        additionals.push(Record::from_rdata(
-                            name.clone(),
-                            ttl,
-                            RData::SRV(SRV::new(
-                                SRV_PRIORITY,
-                                instance.weight,
-                                instance.port,
-                                target.clone(),
-                            )),
-                        ));
+                    if let Some((srv, target)) = self.srv_record(&name, service, instance, ttl) {
+                        additionals.push(srv);
                         additionals.push(Record::from_rdata(
                             name,
                             ttl,
@@ -684,30 +674,35 @@ impl Responder {
         }
         response.metadata.truncation = true;
         let ranked = rank_for_client(set, client);
-        let (mut fitting, mut too_many) = (0, ranked.len());
-        let mut best = None;
-        while fitting < too_many {
-            let mid = (fitting + too_many).div_ceil(2);
-            let subset = rotated(ranked[..mid].to_vec());
+        let best = largest_fitting(ranked.len(), |count| {
+            let subset = rotated(ranked[..count].to_vec());
             response.answers = self.set_records(&qname, &service, kind, &subset, now).0;
             response.answers.extend_from_slice(&extra);
-            match fits(&response, limit) {
-                Some(bytes) => {
-                    fitting = mid;
-                    best = Some(bytes);
-                }
-                None => too_many = mid - 1,
-            }
-        }
+            fits(&response, limit)
+        });
         best.unwrap_or_else(|| {
             response.answers.clear();
             encode_or_servfail(&response)
         })
     }
 
+    /// The largest response a client may get: 65535 bytes over TCP; over UDP 512, or the size
+    /// its EDNS(0) OPT advertises, up to `dns.max_udp_payload`.
+    pub(super) fn size_limit(&self, transport: Transport, edns_payload: Option<u16>) -> usize {
+        match (transport, edns_payload) {
+            (Transport::Tcp, _) => u16::MAX as usize,
+            (Transport::Udp, Some(size)) => size.clamp(512, self.max_udp_payload) as usize,
+            (Transport::Udp, None) => 512,
+        }
+    }
+
     /// The TTL for records naming `instances`: the configured TTL, lowered to the whole seconds
     /// left on the soonest lease so no cache keeps a record past its instance's deadline.
-    fn ttl_for<'a>(&self, instances: impl Iterator<Item = &'a Arc<Instance>>, now: u64) -> u32 {
+    pub(super) fn ttl_for<'a>(
+        &self,
+        instances: impl Iterator<Item = &'a Arc<Instance>>,
+        now: u64,
+    ) -> u32 {
         instances
             .map(|i| (i.remaining_ms(now) / 1000).min(u32::MAX as u64) as u32)
             .fold(self.ttl, u32::min)
@@ -729,9 +724,9 @@ impl Responder {
             // The serial is the registry's version; RFC 1982 arithmetic makes the wrap at 2^32
             // harmless.
             self.registry.version() as u32,
-            3600,
-            600,
-            86_400,
+            SOA_TIMERS[0] as i32,
+            SOA_TIMERS[1] as i32,
+            SOA_TIMERS[2] as i32,
             self.negative_ttl,
         );
         Record::from_rdata(self.zone.apex.clone(), self.negative_ttl, RData::SOA(soa))
@@ -815,6 +810,27 @@ fn address_record(name: Name, ttl: u32, address: IpAddr) -> Record {
     Record::from_rdata(name, ttl, data)
 }
 
+/// The encoding of the largest `count` in `1..=most` for which `encode(count)` fits (returns
+/// `Some`), found by bisection: a response's size grows with its record count.
+fn largest_fitting(
+    most: usize,
+    mut encode: impl FnMut(usize) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let (mut fitting, mut too_many) = (0, most);
+    let mut best = None;
+    while fitting < too_many {
+        let mid = (fitting + too_many).div_ceil(2);
+        match encode(mid) {
+            Some(bytes) => {
+                fitting = mid;
+                best = Some(bytes);
+            }
+            None => too_many = mid - 1,
+        }
+    }
+    best
+}
+
 /// The encoded message if it fits in `limit` bytes.
 fn fits(response: &Message, limit: usize) -> Option<Vec<u8>> {
     response.to_vec().ok().filter(|bytes| bytes.len() <= limit)
@@ -839,19 +855,10 @@ fn encode_records(mut response: Message, limit: usize) -> Vec<u8> {
     response.metadata.truncation = true;
     let answers = std::mem::take(&mut response.answers);
     let authorities = std::mem::take(&mut response.authorities);
-    let (mut fitting, mut too_many) = (0, answers.len());
-    let mut best = None;
-    while fitting < too_many {
-        let mid = (fitting + too_many).div_ceil(2);
-        response.answers = answers[..mid].to_vec();
-        match fits(&response, limit) {
-            Some(bytes) => {
-                fitting = mid;
-                best = Some(bytes);
-            }
-            None => too_many = mid - 1,
-        }
-    }
+    let best = largest_fitting(answers.len(), |count| {
+        response.answers = answers[..count].to_vec();
+        fits(&response, limit)
+    });
     best.unwrap_or_else(|| {
         response.answers.clear();
         response.authorities = authorities;

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::answer::{Responder, Transport, SRV_PRIORITY};
+use super::answer::{Responder, Transport, SOA_TIMERS, SRV_PRIORITY};
 use crate::registry::Instance;
 
 const TYPE_A: u16 = 1;
@@ -117,12 +117,7 @@ fn pointer(offset: usize) -> u16 {
 
 impl Responder {
     /// Answers `query` on the fast path, or `None` when it is not one of its shapes.
-    pub(super) fn fast_answer(
-        &self,
-        query: &[u8],
-        _client: IpAddr,
-        transport: Transport,
-    ) -> Option<Vec<u8>> {
+    pub(super) fn fast_answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
         if self.fast_path_off {
             return None;
         }
@@ -166,29 +161,22 @@ impl Responder {
 
         let now = self.registry.now_ms();
         let view = self.registry.service(service);
+        let wanted = |i: &&Arc<Instance>| match parsed.qtype {
+            TYPE_A => i.address.is_ipv4(),
+            TYPE_AAAA => i.address.is_ipv6(),
+            _ => true,
+        };
         let mut set: Vec<&Arc<Instance>> = match &view {
-            Some(view) => view
-                .live(now)
-                .filter(|i| match parsed.qtype {
-                    TYPE_A => i.address.is_ipv4(),
-                    TYPE_AAAA => i.address.is_ipv6(),
-                    _ => true,
-                })
-                .collect(),
+            Some(view) => view.live(now).filter(wanted).collect(),
             None => Vec::new(),
         };
-        let exists = match &view {
-            Some(view) => view.live(now).next().is_some(),
-            None => false,
-        };
-
-        let limit = match transport {
-            Transport::Tcp => u16::MAX as usize,
-            Transport::Udp => match parsed.edns_payload {
-                Some(size) => size.clamp(512, self.max_udp_payload) as usize,
-                None => 512,
-            },
-        };
+        // The name exists when the service has a live instance of any family; only an empty
+        // answer needs a second look to tell NODATA from NXDOMAIN.
+        let exists = !set.is_empty()
+            || view
+                .as_ref()
+                .is_some_and(|view| view.live(now).next().is_some());
+        let limit = self.size_limit(transport, parsed.edns_payload);
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(&query[..2]);
         // QR, AA, RD as asked; CD as asked; RA=0, AD=0.
@@ -211,16 +199,14 @@ impl Responder {
             out.extend_from_slice(b"hostmaster");
             push16(&mut out, pointer(apex_offset));
             push32(&mut out, self.registry.version() as u32);
-            for value in [3600u32, 600, 86_400, self.negative_ttl] {
+            for value in SOA_TIMERS {
                 push32(&mut out, value);
             }
+            push32(&mut out, self.negative_ttl);
         } else {
             let start = self.rotation.fetch_add(1, Ordering::Relaxed) % set.len();
             set.rotate_left(start);
-            let ttl = set
-                .iter()
-                .map(|i| (i.remaining_ms(now) / 1000).min(u32::MAX as u64) as u32)
-                .fold(self.ttl, u32::min);
+            let ttl = self.ttl_for(set.iter().copied(), now);
             answers = set.len() as u16;
             if parsed.qtype == TYPE_SRV {
                 let mut targets = Vec::with_capacity(set.len());
@@ -274,23 +260,20 @@ impl Responder {
 }
 
 fn push_address(out: &mut Vec<u8>, name: u16, ttl: u32, address: IpAddr) {
-    push16(out, name);
     match address {
-        IpAddr::V4(v4) => {
-            push16(out, TYPE_A);
-            push16(out, CLASS_IN);
-            push32(out, ttl);
-            push16(out, 4);
-            out.extend_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            push16(out, TYPE_AAAA);
-            push16(out, CLASS_IN);
-            push32(out, ttl);
-            push16(out, 16);
-            out.extend_from_slice(&v6.octets());
-        }
+        IpAddr::V4(v4) => push_record(out, name, TYPE_A, ttl, &v4.octets()),
+        IpAddr::V6(v6) => push_record(out, name, TYPE_AAAA, ttl, &v6.octets()),
     }
+}
+
+/// One resource record with a compressed owner name and the given RDATA.
+fn push_record(out: &mut Vec<u8>, name: u16, rtype: u16, ttl: u32, rdata: &[u8]) {
+    push16(out, name);
+    push16(out, rtype);
+    push16(out, CLASS_IN);
+    push32(out, ttl);
+    push16(out, rdata.len() as u16);
+    out.extend_from_slice(rdata);
 }
 
 #[cfg(test)]
@@ -422,7 +405,7 @@ mod tests {
                         Outcome::Reply(bytes) => bytes,
                         other => panic!("{other:?}"),
                     };
-                    if let Some(fast) = r.fast_answer(&q, client, transport) {
+                    if let Some(fast) = r.fast_answer(&q, transport) {
                         fast_hits += 1;
                         let (fast_main, fast_extra) = observable(&fast);
                         let (general_main, general_extra) = observable(&general);
@@ -455,7 +438,6 @@ mod tests {
     #[tokio::test]
     async fn other_shapes_take_the_general_path() {
         let r = responder();
-        let client: IpAddr = "127.0.0.1".parse().unwrap();
         for (name, rtype) in [
             ("service.local.", RecordType::SOA),
             ("i1.web.service.local.", RecordType::A),
@@ -464,7 +446,7 @@ mod tests {
             ("example.com.", RecordType::A),
         ] {
             assert!(
-                r.fast_answer(&query(name, rtype, None), client, Transport::Udp)
+                r.fast_answer(&query(name, rtype, None), Transport::Udp)
                     .is_none(),
                 "{name} {rtype}"
             );
@@ -473,19 +455,16 @@ mod tests {
         assert!(r
             .fast_answer(
                 &query("big.service.local.", RecordType::SRV, None),
-                client,
                 Transport::Udp
             )
             .is_none());
         let mut badvers = query("web.service.local.", RecordType::A, Some(1232));
         let opt = badvers.len() - 11;
         badvers[opt + 6] = 1;
-        assert!(r.fast_answer(&badvers, client, Transport::Udp).is_none());
+        assert!(r.fast_answer(&badvers, Transport::Udp).is_none());
         let mut response = query("web.service.local.", RecordType::A, None);
         response[2] |= 0x80;
-        assert!(r.fast_answer(&response, client, Transport::Udp).is_none());
-        assert!(r
-            .fast_answer(&response[..20], client, Transport::Udp)
-            .is_none());
+        assert!(r.fast_answer(&response, Transport::Udp).is_none());
+        assert!(r.fast_answer(&response[..20], Transport::Udp).is_none());
     }
 }

@@ -15,15 +15,12 @@ use tokio_util::task::TaskTracker;
 
 use super::answer::{Outcome, PendingForward, Responder, Transport};
 use super::Dns;
-use crate::net::accept_connections;
 use crate::net::batch::{RecvBatch, SendBatch};
+use crate::net::{accept_connections, SHUTDOWN_POLL};
 
 /// Most forwarded UDP queries waiting for an upstream at once; beyond it a query gets SERVFAIL
 /// at once instead of a task, so a flood cannot grow memory without bound.
 pub const MAX_FORWARDS_IN_FLIGHT: usize = 4096;
-
-/// How often a UDP thread blocked on an idle socket looks at the shutdown token.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
 /// Answers DNS queries arriving on `socket` until `shutdown`, on the calling thread, with
 /// blocking socket calls. Several of these run on one socket, one per worker thread.

@@ -3,6 +3,10 @@
 
 pub mod batch;
 
+/// How often a blocking UDP loop waiting on an idle socket looks at the shutdown token: the
+/// sockets' read timeout.
+pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

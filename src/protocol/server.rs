@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{handle, ErrorCode, ProtocolError, Reply};
-use crate::net::accept_connections;
 use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
+use crate::net::{accept_connections, SHUTDOWN_POLL};
 use crate::registry::Registry;
 
 /// Largest reply sent in one datagram; a larger one (a long `list`) becomes `reply_too_large`.
@@ -32,7 +32,7 @@ pub fn serve_udp_blocking(
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) {
-    if let Err(error) = socket.set_read_timeout(Some(Duration::from_millis(100))) {
+    if let Err(error) = socket.set_read_timeout(Some(SHUTDOWN_POLL)) {
         tracing::error!(%error, "cannot set a read timeout on the registration socket");
         return;
     }
