@@ -216,16 +216,12 @@ pub async fn query(dns: SocketAddr, name: &str, rtype: RecordType) -> Answer {
 /// Asks with a hand-built message over plain UDP, for queries a client library would refuse
 /// to send; returns the raw response bytes (None on silence).
 pub fn raw_query(dns: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    socket.send_to(bytes, dns).expect("send");
-    let mut buf = vec![0u8; 65_536];
-    socket
-        .recv_from(&mut buf)
-        .ok()
-        .map(|(len, _)| buf[..len].to_vec())
+    raw_query_from(
+        "127.0.0.1".parse().unwrap(),
+        dns,
+        bytes,
+        Duration::from_millis(500),
+    )
 }
 
 /// Like [`raw_query`], but sent from a socket bound on `from` (port 0), which must be a local
