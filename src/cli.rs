@@ -414,7 +414,10 @@ fn table(instances: &[InstanceInfo]) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             },
-            format!("{:.1}s", i.expires_in_ms as f64 / 1000.0),
+            match i.expires_in_ms {
+                Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+                None => "-".into(),
+            },
         ]);
     }
     let widths: Vec<usize> = (0..8)
@@ -572,7 +575,7 @@ mod tests {
             tags: vec!["a".into()],
             meta: BTreeMap::from([("v".into(), "1".into())]),
             ttl_ms: 5000,
-            expires_in_ms: 4200,
+            expires_in_ms: Some(4200),
         }]);
         assert!(
             out.contains("web")

@@ -47,9 +47,17 @@ pub struct RegistryConfig {
     pub max_tags: usize,
     /// Most metadata entries on one instance.
     pub max_meta: usize,
-    /// A registration TCP connection with no request for this long is closed.
+    /// A registration TCP connection with no request for this long is closed (a watching
+    /// connection is never idle: it waits for changes).
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
+    /// Most simultaneous registration TCP connections, watchers included; further ones are
+    /// closed at once.
+    pub max_tcp_connections: usize,
+    /// A watcher that has not taken a pushed change within this long is dropped (logged with
+    /// the reason), so a stalled reader never holds the server's memory.
+    #[serde(with = "humantime_serde")]
+    pub watch_write_timeout: Duration,
 }
 
 /// The DNS interface.
@@ -154,6 +162,8 @@ impl Default for RegistryConfig {
             max_tags: 32,
             max_meta: 32,
             tcp_idle_timeout: Duration::from_secs(60),
+            max_tcp_connections: 16_384,
+            watch_write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -295,6 +305,15 @@ impl Config {
         }
         if r.tcp_idle_timeout < Duration::from_millis(100) {
             return invalid("registry.tcp_idle_timeout", "must be at least 100ms".into());
+        }
+        if r.max_tcp_connections == 0 {
+            return invalid("registry.max_tcp_connections", "must be at least 1".into());
+        }
+        if r.watch_write_timeout < Duration::from_millis(100) {
+            return invalid(
+                "registry.watch_write_timeout",
+                "must be at least 100ms".into(),
+            );
         }
         let d = &self.dns;
         if let Err(reason) = crate::dns::Zone::parse_domain(&d.domain) {

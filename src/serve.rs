@@ -160,6 +160,14 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Config>,
 ) -> Result<(), ServeError> {
     let registry = Registry::new(Limits::from(&config.registry));
+    match crate::net::raise_open_file_limit() {
+        Some(files) if (files as usize) < config.registry.max_tcp_connections => tracing::warn!(
+            files,
+            "the open file limit is below registry.max_tcp_connections; connections beyond it \
+             will be refused (raise it with ulimit -n or LimitNOFILE=)"
+        ),
+        _ => {}
+    }
     let dns_addr = sockets.dns_addr().map_err(ServeError::Socket)?;
     let responder = build_responder(config, &registry, dns_addr)?;
     describe(&responder);
@@ -228,8 +236,12 @@ pub async fn run(
     tracker.spawn(protocol::server::serve_tcp(
         registry_tcp,
         registry.clone(),
-        config.registry.max_message_bytes,
-        config.registry.tcp_idle_timeout,
+        protocol::server::TcpOptions {
+            max_message_bytes: config.registry.max_message_bytes,
+            idle_timeout: config.registry.tcp_idle_timeout,
+            max_connections: config.registry.max_tcp_connections,
+            watch_write_timeout: config.registry.watch_write_timeout,
+        },
         shutdown.clone(),
         tracker.clone(),
     ));

@@ -82,3 +82,31 @@ pub fn grow_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) {
     }
     tracing::debug!(error = %std::io::Error::last_os_error(), "cannot grow the UDP receive buffer");
 }
+
+/// Raises the soft limit on open files to the hard limit, as servers holding many connections
+/// do (Go's runtime does it for every program): every watcher and TCP client is a descriptor,
+/// and the usual soft default of 1024 would refuse connections long before
+/// `registry.max_tcp_connections`. Returns the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer, which
+    // lives on this stack frame for the duration of each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Some(raised.rlim_cur);
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}

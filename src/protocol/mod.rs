@@ -6,6 +6,7 @@
 //! requests to the [`Registry`]. It knows nothing about sockets: [`server`] does.
 
 pub mod server;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -170,6 +171,13 @@ pub struct WireRequest {
     /// Lease in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<Value>,
+    /// watch: the services to watch, an array of names; every service when absent or empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Value>,
+    /// watch: the last version the watcher saw; the current state is sent at once unless
+    /// nothing it watches has changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Value>,
 }
 
 /// A parsed, type-checked request. Names are validated when applied.
@@ -196,6 +204,17 @@ pub enum Request {
         /// Service name; every service when absent.
         service: Option<String>,
     },
+    /// Turn the connection into a stream of live sets (TCP only; see [`server`]).
+    Watch(WatchRequest),
+}
+
+/// What a watcher asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRequest {
+    /// Validated service names, sorted and without duplicates; empty for every service.
+    pub services: Vec<String>,
+    /// The last version the watcher saw, if it saw one.
+    pub version: Option<u64>,
 }
 
 impl Request {
@@ -206,6 +225,7 @@ impl Request {
             Request::Heartbeat { .. } => "heartbeat",
             Request::Deregister { .. } => "deregister",
             Request::List { .. } => "list",
+            Request::Watch(_) => "watch",
         }
     }
 }
@@ -229,8 +249,10 @@ pub struct InstanceInfo {
     pub meta: BTreeMap<String, String>,
     /// Lease in milliseconds.
     pub ttl_ms: u64,
-    /// Milliseconds until the lease runs out unless renewed.
-    pub expires_in_ms: u64,
+    /// Milliseconds until the lease runs out unless renewed; left out of watch pushes, which
+    /// change with the live set, not with every renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
 }
 
 impl InstanceInfo {
@@ -249,7 +271,7 @@ impl InstanceInfo {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ttl_ms: instance.ttl.as_millis() as u64,
-            expires_in_ms: instance.remaining_ms(now_ms),
+            expires_in_ms: Some(instance.remaining_ms(now_ms)),
         }
     }
 }
@@ -398,9 +420,12 @@ impl WireRequest {
                     service: self.service,
                 })
             }
+            "watch" => self.into_watch(),
             other => Err(ProtocolError::new(
                 ErrorCode::UnknownOp,
-                format!("unknown op {other:?}; expected register, heartbeat, deregister or list"),
+                format!(
+                    "unknown op {other:?}; expected register, heartbeat, deregister, list or watch"
+                ),
             )),
         }
     }
@@ -417,6 +442,8 @@ impl WireRequest {
             ("tags", self.tags.is_some()),
             ("meta", self.meta.is_some()),
             ("ttl_ms", self.ttl_ms.is_some()),
+            ("services", self.services.is_some()),
+            ("version", self.version.is_some()),
         ];
         match present
             .iter()
@@ -433,6 +460,38 @@ impl WireRequest {
             ))),
             None => Ok(()),
         }
+    }
+
+    fn into_watch(self) -> Result<Request, ProtocolError> {
+        self.only_fields(&["services", "version"])?;
+        let mut services = match self.services {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(name) => Ok(registry::service_name(&name)?.to_string()),
+                    other => Err(ProtocolError::new(
+                        ErrorCode::InvalidService,
+                        format!("service {other} is not a string"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(other) => {
+                return Err(bad(format!(
+                    "services must be an array of service names, not {other}"
+                )))
+            }
+        };
+        services.sort();
+        services.dedup();
+        let version = match self.version {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| bad(format!("version {v} is not a non-negative integer")))?,
+            ),
+        };
+        Ok(Request::Watch(WatchRequest { services, version }))
     }
 
     fn into_register(self, sender: IpAddr) -> Result<Request, ProtocolError> {
@@ -597,17 +656,25 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
                 ..ok(version)
             })
         }
+        Request::Watch(_) => Err(bad(
+            "watch needs a TCP connection: the registry pushes every change on it",
+        )),
     }
 }
 
 /// Parses, applies and encodes: one request's bytes in, one reply line out (no newline).
 pub fn handle(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Vec<u8> {
-    let reply = match parse(bytes, sender) {
-        Ok((seq, request)) => match apply(registry, request) {
-            Ok(reply) => Reply { seq, ..reply },
-            Err(e) => Reply::error(seq, e),
-        },
-        Err((seq, e)) => Reply::error(seq, e),
+    match parse(bytes, sender) {
+        Ok((seq, request)) => reply_to(registry, seq, request),
+        Err((seq, e)) => Reply::error(seq, e).to_json(),
+    }
+}
+
+/// Applies a parsed request and encodes the reply (no newline).
+pub fn reply_to(registry: &Registry, seq: Option<Value>, request: Request) -> Vec<u8> {
+    let reply = match apply(registry, request) {
+        Ok(reply) => Reply { seq, ..reply },
+        Err(e) => Reply::error(seq, e),
     };
     reply.to_json()
 }

@@ -3,6 +3,7 @@
 //! in, so tests can use ephemeral ports.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,16 +11,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{handle, ErrorCode, ProtocolError, Reply};
+use super::watch::{self, WatchCache, Watching};
+use super::{handle, parse, reply_to, ErrorCode, ProtocolError, Reply, Request};
 use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
 use crate::net::{accept_connections, SHUTDOWN_POLL};
 use crate::registry::Registry;
 
 /// Largest reply sent in one datagram; a larger one (a long `list`) becomes `reply_too_large`.
 pub const MAX_UDP_REPLY: usize = 65_507;
-
-/// Most simultaneous TCP connections to the registration port.
-pub const MAX_TCP_CONNECTIONS: usize = 4096;
 
 /// Answers registration requests on `socket` until `shutdown`, on the calling thread, with
 /// blocking, batched socket calls (`recvmmsg`/`sendmmsg`): heartbeats are the registry's hot
@@ -77,19 +76,32 @@ fn reply_too_large(request: &[u8], len: usize) -> Vec<u8> {
     .to_json()
 }
 
+/// Limits of the registration TCP listener (`registry.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpOptions {
+    /// `registry.max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// `registry.tcp_idle_timeout`.
+    pub idle_timeout: Duration,
+    /// `registry.max_tcp_connections`.
+    pub max_connections: usize,
+    /// `registry.watch_write_timeout`.
+    pub watch_write_timeout: Duration,
+}
+
 /// Accepts registration connections on `listener` until `shutdown`; each connection is served
 /// by its own task on `tracker`.
 pub async fn serve_tcp(
     listener: TcpListener,
     registry: Registry,
-    max_message_bytes: usize,
-    idle_timeout: Duration,
+    options: TcpOptions,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let cache = Arc::new(WatchCache::default());
     accept_connections(
         listener,
-        MAX_TCP_CONNECTIONS,
+        options.max_connections,
         shutdown.clone(),
         tracker,
         "registration",
@@ -98,8 +110,8 @@ pub async fn serve_tcp(
                 stream,
                 peer,
                 registry.clone(),
-                max_message_bytes,
-                idle_timeout,
+                cache.clone(),
+                options,
                 shutdown.clone(),
             )
         },
@@ -107,14 +119,21 @@ pub async fn serve_tcp(
     .await;
 }
 
+/// Answers requests line by line until the peer leaves, idles out, or sends `watch`, which
+/// hands the connection to [`watch::serve`] for good.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     registry: Registry,
-    max_message_bytes: usize,
-    idle_timeout: Duration,
+    cache: Arc<WatchCache>,
+    options: TcpOptions,
     shutdown: CancellationToken,
 ) {
+    let TcpOptions {
+        max_message_bytes,
+        idle_timeout,
+        ..
+    } = options;
     let (mut read, mut write) = stream.into_split();
     let mut lines = LineBuffer::new(max_message_bytes);
     let mut chunk = vec![0u8; 16 * 1024];
@@ -128,19 +147,28 @@ async fn serve_connection(
             _ = shutdown.cancelled() => return,
         };
         // At end of stream, a last request without its newline is still answered.
-        let received = if n == 0 {
+        let mut received = if n == 0 {
             lines.finish()
         } else {
             lines.push(&chunk[..n])
-        };
+        }
+        .into_iter();
         let mut replies = Vec::new();
-        for line in received {
+        let mut watch_request = None;
+        for line in received.by_ref() {
             let reply = match line {
                 Line::Complete(line) => {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    handle(&registry, &line, peer.ip())
+                    match parse(&line, peer.ip()) {
+                        Ok((_, Request::Watch(request))) => {
+                            watch_request = Some(request);
+                            break;
+                        }
+                        Ok((seq, request)) => reply_to(&registry, seq, request),
+                        Err((seq, e)) => Reply::error(seq, e).to_json(),
+                    }
                 }
                 Line::TooLong => too_large(None, max_message_bytes),
             };
@@ -158,15 +186,34 @@ async fn serve_connection(
                 return;
             }
         }
+        if let Some(request) = watch_request {
+            if n == 0 {
+                return;
+            }
+            // Pushes are single writes that should leave at once, not wait for an ACK.
+            if let Err(error) = write.as_ref().set_nodelay(true) {
+                tracing::debug!(%error, %peer, "cannot set TCP_NODELAY on a watcher");
+            }
+            let watching = Watching {
+                request,
+                peer,
+                registry,
+                cache,
+                write_timeout: options.watch_write_timeout,
+                shutdown,
+            };
+            drop(chunk);
+            watch::serve(watching, read, write, lines, received.collect()).await;
+            return;
+        }
         if n == 0 {
             return;
         }
     }
 }
 
-/// One line read from a connection.
 #[derive(Debug, PartialEq)]
-enum Line {
+pub(super) enum Line {
     /// A whole line, without its `\n`.
     Complete(Vec<u8>),
     /// A line longer than the limit; its bytes were dropped.
@@ -175,7 +222,7 @@ enum Line {
 
 /// Splits a byte stream into lines of bounded length. A line over the limit is reported once
 /// and skipped up to its newline, so one bad request does not cost the connection.
-struct LineBuffer {
+pub(super) struct LineBuffer {
     pending: Vec<u8>,
     max: usize,
     discarding: bool,
@@ -200,7 +247,7 @@ impl LineBuffer {
         }
     }
 
-    fn push(&mut self, mut bytes: &[u8]) -> Vec<Line> {
+    pub(super) fn push(&mut self, mut bytes: &[u8]) -> Vec<Line> {
         let mut out = Vec::new();
         while !bytes.is_empty() {
             match bytes.iter().position(|b| *b == b'\n') {

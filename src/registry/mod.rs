@@ -185,7 +185,7 @@ pub struct Registry {
 struct Shared {
     state: Mutex<State>,
     /// Published snapshots. Written only while `state` is held, read without it.
-    views: RwLock<HashMap<Arc<str>, Arc<ServiceView>>>,
+    views: RwLock<Views>,
     /// The global version, for watchers; also the SOA serial.
     version: watch::Sender<u64>,
     /// Wakes the expiry task when a deadline earlier than the one it sleeps towards appears.
@@ -193,6 +193,35 @@ struct Shared {
     /// Origin of the registry clock: deadlines are milliseconds since this instant.
     epoch: Instant,
     limits: Limits,
+}
+
+/// Published snapshots, and when the services that emptied did so.
+#[derive(Default)]
+struct Views {
+    live: HashMap<Arc<str>, Arc<ServiceView>>,
+    /// Services whose last instance left, with the version at which it did. Bounded by
+    /// [`MAX_GONE`]: the oldest are forgotten and raise `forgotten_below` instead.
+    gone: HashMap<Arc<str>, u64>,
+    /// Any service neither live nor in `gone` may have changed at or below this version.
+    forgotten_below: u64,
+}
+
+/// Removed services remembered for watchers; beyond this a watcher of a long-gone service
+/// may be sent an (empty, unchanged) live set once more, never miss a change.
+const MAX_GONE: usize = 10_000;
+
+impl Views {
+    fn forget(&mut self, name: Arc<str>, version: u64) {
+        self.gone.insert(name, version);
+        if self.gone.len() > MAX_GONE {
+            // Forget the older half at once, so the O(n) pass runs once per MAX_GONE/2 removals.
+            let mut versions: Vec<u64> = self.gone.values().copied().collect();
+            let (_, median, _) = versions.select_nth_unstable(MAX_GONE / 2);
+            let cutoff = *median;
+            self.gone.retain(|_, v| *v > cutoff);
+            self.forgotten_below = self.forgotten_below.max(cutoff);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -217,7 +246,7 @@ impl Registry {
         Registry {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                views: RwLock::new(HashMap::new()),
+                views: RwLock::new(Views::default()),
                 version,
                 expiry_wakeup: Notify::new(),
                 epoch: Instant::now(),
@@ -248,14 +277,34 @@ impl Registry {
 
     /// The published snapshot of a service (lower-case name), if it has instances.
     pub fn service(&self, name: &str) -> Option<Arc<ServiceView>> {
-        self.read_views().get(name).cloned()
+        self.read_views().live.get(name).cloned()
     }
 
     /// Snapshots of every service, sorted by name.
     pub fn services(&self) -> Vec<Arc<ServiceView>> {
-        let mut all: Vec<_> = self.read_views().values().cloned().collect();
+        let mut all: Vec<_> = self.read_views().live.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// The global version at the last change to any of `names` (an instance added, changed or
+    /// removed), for watchers: a watcher that saw version `v` has missed a change exactly when
+    /// this is greater than `v`. A service never seen counts as changed at the version below
+    /// which the registry stopped remembering removed services (0 at first).
+    pub fn last_change<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> u64 {
+        let views = self.read_views();
+        names
+            .into_iter()
+            .map(|name| match views.live.get(name) {
+                Some(view) => view.version,
+                None => views
+                    .gone
+                    .get(name)
+                    .copied()
+                    .unwrap_or(views.forgotten_below),
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Registers or renews an instance: an idempotent upsert. A registration identical to the
@@ -403,7 +452,7 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_views(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<ServiceView>>> {
+    fn read_views(&self) -> std::sync::RwLockReadGuard<'_, Views> {
         self.shared
             .views
             .read()
@@ -435,9 +484,15 @@ impl Registry {
                 .unwrap_or_else(PoisonError::into_inner);
             for (name, view) in fresh {
                 match view {
-                    Some(view) => views.insert(name, view),
-                    None => views.remove(&name),
-                };
+                    Some(view) => {
+                        views.gone.remove(&name);
+                        views.live.insert(name, view);
+                    }
+                    None => {
+                        views.live.remove(&name);
+                        views.forget(name, state.version);
+                    }
+                }
             }
         }
         self.shared.version.send_replace(state.version);
@@ -541,6 +596,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn last_change_remembers_services_that_emptied() {
+        let r = registry();
+        assert_eq!(r.last_change(["web"]), 0);
+        r.register(reg("web", "a", 10_000)).unwrap();
+        r.register(reg("db", "a", 10_000)).unwrap();
+        assert_eq!(r.last_change(["web"]), 1);
+        assert_eq!(r.last_change(["web", "db"]), 2);
+        r.heartbeat("web", "a").unwrap();
+        assert_eq!(r.last_change(["web"]), 1, "a renewal is no change");
+        r.deregister("web", "a").unwrap();
+        assert_eq!(
+            r.last_change(["web"]),
+            3,
+            "the removal of the last instance is a change"
+        );
+        assert_eq!(r.last_change(["db"]), 2);
+        r.register(reg("web", "b", 10_000)).unwrap();
+        assert_eq!(r.last_change(["web"]), 4);
+    }
+
+    #[test]
+    fn forgotten_services_count_as_changed_below_the_floor() {
+        let mut views = Views::default();
+        for n in 0..=MAX_GONE as u64 {
+            views.forget(format!("s{n}").into(), n + 1);
+        }
+        assert!(views.gone.len() <= MAX_GONE / 2 + 1);
+        assert!(views.forgotten_below > 0);
+        // Every forgotten service's removal is at or below the floor; remembered ones above.
+        assert!(views.gone.values().all(|v| *v > views.forgotten_below));
+    }
+
+    #[tokio::test]
     async fn versions_count_changes_not_renewals() {
         let r = registry();
         assert_eq!(r.version(), 0);

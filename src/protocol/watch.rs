@@ -1,0 +1,301 @@
+//! Push watches: a TCP connection that sent `watch` receives the full live set of the services
+//! it watches, with the version it reflects, at once if it changed since the version the
+//! watcher last saw, and again after every change.
+//!
+//! Each watcher is one task waiting on the registry's version channel. Changes coalesce: a
+//! watcher is always sent the latest state, never a queue of past ones, so a slow reader costs
+//! at most one message in flight; one that takes nothing for `registry.watch_write_timeout` is
+//! dropped. The JSON of a service's instances is built once per version of that service and
+//! shared by every watcher of it ([`WatchCache`]), so a change to a service watched by ten
+//! thousand connections is serialised once, not ten thousand times.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::sync::CancellationToken;
+
+use super::server::{Line, LineBuffer};
+use super::{bad, InstanceInfo, Reply, WatchRequest, VERSION};
+use crate::registry::{Registry, ServiceView};
+
+/// The JSON objects of one service's live instances, separated by commas.
+type Fragment = Arc<Vec<u8>>;
+
+/// Each service's [`Fragment`], with the service version it was built at.
+#[derive(Default)]
+pub struct WatchCache {
+    fragments: Mutex<HashMap<Arc<str>, (u64, Fragment)>>,
+}
+
+impl WatchCache {
+    /// The instances of `view` live at `now_ms` as JSON objects separated by commas.
+    fn fragment(&self, view: &ServiceView, now_ms: u64) -> Fragment {
+        // A view can hold an instance whose lease ran out a moment ago and that the expiry task
+        // has not removed yet; such a view is serialised for this push only, never cached, so
+        // no push names an expired instance.
+        if view.instances.values().any(|i| !i.is_live(now_ms)) {
+            return Arc::new(serialise(view, now_ms));
+        }
+        let mut fragments = self
+            .fragments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((version, bytes)) = fragments.get(&*view.name) {
+            if *version == view.version {
+                return bytes.clone();
+            }
+        }
+        let bytes = Arc::new(serialise(view, now_ms));
+        fragments.insert(view.name.clone(), (view.version, bytes.clone()));
+        bytes
+    }
+
+    fn forget(&self, name: &str) {
+        self.fragments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+}
+
+fn serialise(view: &ServiceView, now_ms: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, instance) in view.live(now_ms).enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let info = InstanceInfo {
+            expires_in_ms: None,
+            ..InstanceInfo::new(instance, now_ms)
+        };
+        // Plain strings, numbers and a string map: serialising cannot fail.
+        if serde_json::to_writer(&mut out, &info).is_err() {
+            out.clear();
+        }
+    }
+    out
+}
+
+/// One push: `{"v":1,"ok":true,"op":"watch","version":N,"instances":[...]}` and a newline,
+/// exactly what serialising a [`Reply`] with those fields gives (a unit test holds them equal).
+fn push_line(version: u64, fragments: &[Fragment]) -> Vec<u8> {
+    let size: usize = fragments.iter().map(|f| f.len() + 1).sum();
+    let mut line = Vec::with_capacity(64 + size);
+    line.extend_from_slice(
+        format!(r#"{{"v":{VERSION},"ok":true,"op":"watch","version":{version},"instances":["#)
+            .as_bytes(),
+    );
+    let mut first = true;
+    for fragment in fragments.iter().filter(|f| !f.is_empty()) {
+        if !first {
+            line.push(b',');
+        }
+        first = false;
+        line.extend_from_slice(fragment);
+    }
+    line.extend_from_slice(b"]}\n");
+    line
+}
+
+/// The live set of `services` (every service when empty) as one push line, and its version.
+fn snapshot(registry: &Registry, cache: &WatchCache, services: &[String]) -> (u64, Vec<u8>) {
+    // The version is read before the views: views published after it only make the push newer
+    // than it says, and the change that published them wakes the watcher again.
+    let version = registry.version();
+    let now = registry.now_ms();
+    let views: Vec<Arc<ServiceView>> = if services.is_empty() {
+        registry.services()
+    } else {
+        services
+            .iter()
+            .filter_map(|name| match registry.service(name) {
+                Some(view) => Some(view),
+                None => {
+                    cache.forget(name);
+                    None
+                }
+            })
+            .collect()
+    };
+    let fragments: Vec<Fragment> = views.iter().map(|v| cache.fragment(v, now)).collect();
+    (version, push_line(version, &fragments))
+}
+
+/// Where a watching connection stands.
+pub(super) struct Watching {
+    pub request: WatchRequest,
+    pub peer: SocketAddr,
+    pub registry: Registry,
+    pub cache: Arc<WatchCache>,
+    pub write_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// Serves a connection that sent `watch` until the peer leaves, is too slow, or shutdown.
+/// `lines` holds what the peer sent after the watch request; anything it sends while watching
+/// is refused with an error line, and the watch goes on.
+pub(super) async fn serve(
+    watching: Watching,
+    mut read: OwnedReadHalf,
+    mut write: OwnedWriteHalf,
+    mut lines: LineBuffer,
+    mut pending: Vec<Line>,
+) {
+    let Watching {
+        request,
+        peer,
+        registry,
+        cache,
+        write_timeout,
+        shutdown,
+    } = watching;
+    let mut changes = registry.subscribe();
+    let mut seen = request.version;
+    let mut chunk = vec![0u8; 1024];
+    tracing::debug!(%peer, services = ?request.services, ?seen, "watch started");
+    loop {
+        changes.borrow_and_update();
+        let current = registry.version();
+        let due = match seen {
+            None => true,
+            // A version from the future comes from before a registry restart that reset the
+            // count: the watcher's state cannot be trusted, so it gets the current one.
+            Some(seen) if seen > current => true,
+            Some(seen) => {
+                let last = if request.services.is_empty() {
+                    current
+                } else {
+                    registry.last_change(request.services.iter().map(String::as_str))
+                };
+                last > seen
+            }
+        };
+        let mut out = Vec::new();
+        if due {
+            let (version, line) = snapshot(&registry, &cache, &request.services);
+            out = line;
+            seen = Some(version);
+        }
+        for line in pending.drain(..) {
+            if let Line::Complete(line) = &line {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+            }
+            let refusal = Reply::error(
+                None,
+                bad("this connection is watching: it takes no further requests; open another"),
+            );
+            out.extend_from_slice(&refusal.to_json());
+            out.push(b'\n');
+        }
+        if !out.is_empty() {
+            let written = tokio::select! {
+                written = tokio::time::timeout(write_timeout, write.write_all(&out)) => written,
+                _ = shutdown.cancelled() => return,
+            };
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        %peer,
+                        bytes = out.len(),
+                        "dropping a slow watcher: it took no push for {} (registry.watch_write_timeout)",
+                        humantime::format_duration(write_timeout)
+                    );
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            n = read.read(&mut chunk) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending = lines.push(&chunk[..n]),
+            },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Limits, RegistrationRequest};
+
+    #[test]
+    fn a_push_is_a_reply_with_instances() {
+        let registry = Registry::new(Limits::from(&crate::config::RegistryConfig::default()));
+        for (service, port) in [("web", 80), ("web", 81), ("db", 5432)] {
+            let request = RegistrationRequest {
+                service: service.into(),
+                id: None,
+                address: Some("10.0.0.1".parse().unwrap()),
+                port,
+                weight: None,
+                tags: vec!["blue".into()],
+                meta: vec![("k".into(), "v\"".into())],
+                ttl: None,
+            };
+            registry
+                .register(request.validate(registry.limits()).unwrap())
+                .unwrap();
+        }
+        let cache = WatchCache::default();
+        for services in [
+            vec![],
+            vec!["web".to_string()],
+            vec!["db".into(), "gone".into()],
+        ] {
+            let (version, line) = snapshot(&registry, &cache, &services);
+            let now = registry.now_ms();
+            let views: Vec<_> = if services.is_empty() {
+                registry.services()
+            } else {
+                services
+                    .iter()
+                    .filter_map(|s| registry.service(s))
+                    .collect()
+            };
+            let expected = Reply {
+                v: VERSION,
+                ok: true,
+                op: Some("watch".into()),
+                version: Some(version),
+                instances: Some(
+                    views
+                        .iter()
+                        .flat_map(|v| v.live(now))
+                        .map(|i| InstanceInfo {
+                            expires_in_ms: None,
+                            ..InstanceInfo::new(i, now)
+                        })
+                        .collect(),
+                ),
+                ..Reply::default()
+            };
+            let mut expected = expected.to_json();
+            expected.push(b'\n');
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        let (version, line) = snapshot(&registry, &cache, &["nothing".to_string()]);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            format!(
+                "{{\"v\":1,\"ok\":true,\"op\":\"watch\",\"version\":{version},\"instances\":[]}}\n"
+            )
+        );
+    }
+}
