@@ -190,10 +190,12 @@ async fn serve_connection(
             if n == 0 {
                 return;
             }
-            // Pushes are single writes that should leave at once, not wait for an ACK.
+            // Pushes are single writes that should leave at once, not wait for an ACK; and a
+            // watcher may stay silent for hours, so only keepalives can tell it is gone.
             if let Err(error) = write.as_ref().set_nodelay(true) {
                 tracing::debug!(%error, %peer, "cannot set TCP_NODELAY on a watcher");
             }
+            crate::net::enable_keepalive(write.as_ref());
             let watching = Watching {
                 request,
                 peer,

@@ -1,6 +1,16 @@
-//! A client of the registration protocol, used by the `announce`, `register`, `deregister` and
-//! `list` commands. Small requests go over UDP with retries (every operation is idempotent, so a
-//! retry after a lost reply is harmless); `list` goes over TCP, where any reply size fits.
+//! The client library: what a provider or a consumer links to speak to beacon, and what the
+//! command line's client commands are built on.
+//!
+//! - [`Client`]: one request to one registry. Small requests go over UDP with retries (every
+//!   operation is idempotent, so a retry after a lost reply is harmless); `list` goes over TCP,
+//!   where any reply size fits.
+//! - [`Provider`] (built by [`ProviderBuilder`]): a registration kept alive in the background,
+//!   with heartbeats, re-registration and failover across several registries.
+//! - [`Watcher`]: the live set of some services, pushed at every change, across reconnects.
+//! - [`check`]: the health checks of the `announce` sidecar.
+//!
+//! Registry addresses are `host:port`; where several are accepted they are written as a
+//! comma-separated list (`--registry`, `BEACON_REGISTRY`), tried in order.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +20,66 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::protocol::{ErrorCode, Reply, WireRequest};
 
+pub mod check;
+mod provider;
+mod watch;
+
+pub use provider::{Provider, ProviderBuilder, Status};
+pub use watch::{Update, WatchEvent, Watcher};
+
+/// Splits a comma-separated list of registry addresses (`--registry`, `BEACON_REGISTRY`).
+pub fn parse_registries(list: &str) -> Result<Vec<String>, ClientError> {
+    let registries: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if registries.is_empty() {
+        return Err(ClientError::NoRegistry {
+            given: list.to_string(),
+        });
+    }
+    Ok(registries)
+}
+
+/// Sends `request` to each registry in turn until one answers: the first answer (accepted or
+/// refused) is returned, or the last transient error if none answered. Over TCP when `tcp`.
+pub async fn send_to_any(
+    registries: &[String],
+    request: &WireRequest,
+    tcp: bool,
+) -> Result<Reply, ClientError> {
+    let mut last = ClientError::NoRegistry {
+        given: String::new(),
+    };
+    for registry in registries {
+        let client = Client::new(registry.as_str());
+        let result = if tcp {
+            client.send_tcp(request).await
+        } else {
+            client.send(request).await
+        };
+        match result {
+            Err(e) if e.is_unreachable() => last = e,
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
 /// How a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The provider or watcher was stopped before the awaited event.
+    #[error("stopped")]
+    Stopped,
+    /// An empty list of registry addresses.
+    #[error("no registry address in {given:?}: give host:port, or several separated by commas")]
+    NoRegistry {
+        /// As given.
+        given: String,
+    },
     /// The registry address could not be resolved.
     #[error("cannot resolve registry address {addr:?}: {reason}")]
     Resolve {
@@ -54,13 +121,26 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the registry could not be reached or understood, so another registry should be
+    /// tried; a refusal is an answer, not this.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Resolve { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Io { .. }
+                | ClientError::BadReply { .. }
+        )
+    }
+
     /// Whether trying again later may succeed (the registry was unreachable), as opposed to a
     /// refusal that will repeat.
     pub fn is_transient(&self) -> bool {
         match self {
             // A full registry may have room again once other instances expire.
             ClientError::Refused { code, .. } => *code == ErrorCode::Full,
-            ClientError::Resolve { .. } => false,
+            ClientError::Resolve { .. } | ClientError::NoRegistry { .. } => false,
+            ClientError::Stopped => false,
             _ => true,
         }
     }
@@ -92,7 +172,7 @@ impl Client {
         self
     }
 
-    async fn resolve(&self) -> Result<SocketAddr, ClientError> {
+    pub(crate) async fn resolve(&self) -> Result<SocketAddr, ClientError> {
         let resolve_error = |reason: String| ClientError::Resolve {
             addr: self.target.clone(),
             reason,

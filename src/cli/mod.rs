@@ -1,5 +1,10 @@
 //! The command line: flag definitions and the commands behind them. `main.rs` only calls
 //! [`main`]; every error ends here as one line on standard error and a non-zero exit.
+//! The client commands are thin layers over [`crate::client`]; `announce` (the sidecar) and
+//! `watch` have modules of their own.
+
+mod announce;
+mod watch;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -7,14 +12,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use rand::Rng;
 use serde_json::Value;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientError};
+use crate::client::send_to_any;
 use crate::config::Config;
-use crate::protocol::{ErrorCode, InstanceInfo, WireRequest};
+use crate::protocol::{InstanceInfo, WireRequest};
 use crate::serve::{self, Sockets};
 
 /// Default registry address of the client commands, the same as `registry.listen`'s default.
@@ -36,14 +40,17 @@ enum Command {
     /// Run the registry and its DNS interface.
     Serve(ServeArgs),
     /// Register a provider and keep it registered with heartbeats until stopped; deregisters on
-    /// SIGINT or SIGTERM.
-    Announce(RegistrationArgs),
+    /// SIGINT or SIGTERM. With checks, registered only while they pass; with `-- COMMAND`, runs
+    /// the provider as a child and exits with its status.
+    Announce(announce::AnnounceArgs),
     /// Register (or renew) an instance once.
     Register(RegistrationArgs),
     /// Remove an instance now.
     Deregister(DeregisterArgs),
     /// Show the live instances, with their time to expiry.
     List(ListArgs),
+    /// Print the live set of services at every change, as it happens (push, not polling).
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,9 +87,16 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct RegistryArg {
-    /// Registry address.
-    #[arg(long, env = "BEACON_REGISTRY", default_value = DEFAULT_REGISTRY, value_name = "HOST:PORT")]
+    /// Registry address; several separated by commas are tried in order, the next one taking
+    /// over when one stops answering.
+    #[arg(long, env = "BEACON_REGISTRY", default_value = DEFAULT_REGISTRY, value_name = "HOST:PORT[,...]")]
     registry: String,
+}
+
+impl RegistryArg {
+    fn list(&self) -> anyhow::Result<Vec<String>> {
+        Ok(crate::client::parse_registries(&self.registry)?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +168,7 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve_command(args),
+        Command::Serve(args) => serve_command(args).map(|()| 0),
         other => {
             init_logging("warn");
             match tokio::runtime::Builder::new_current_thread()
@@ -167,7 +181,7 @@ pub fn main() -> i32 {
         }
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("beacon: {e:#}");
             1
@@ -292,11 +306,11 @@ impl StopSignals {
         })
     }
 
-    /// Completes on the next SIGINT or SIGTERM.
-    async fn recv(&mut self) {
+    /// Completes on the next SIGINT or SIGTERM; returns which.
+    async fn recv(&mut self) -> libc::c_int {
         tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.interrupt.recv() => libc::SIGINT,
         }
     }
 
@@ -307,12 +321,13 @@ impl StopSignals {
     }
 }
 
-async fn client_command(command: Command) -> anyhow::Result<()> {
+/// Runs a client command; returns the exit code.
+async fn client_command(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Serve(_) => unreachable_serve(),
         Command::Register(args) => {
-            let client = Client::new(&args.registry.registry);
-            let reply = client.send(&register_request(&args)).await?;
+            let reply =
+                send_to_any(&args.registry.list()?, &register_request(&args), false).await?;
             if let Some(instance) = reply.instance {
                 println!(
                     "registered {}/{} at {} for {}",
@@ -322,42 +337,39 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
                     humantime::format_duration(Duration::from_millis(instance.ttl_ms))
                 );
             }
-            Ok(())
+            Ok(0)
         }
         Command::Deregister(args) => {
-            let client = Client::new(&args.registry.registry);
-            client
-                .send(&WireRequest {
-                    op: "deregister".into(),
-                    service: Some(args.service.clone()),
-                    id: Some(args.id.clone()),
-                    ..WireRequest::default()
-                })
-                .await?;
+            let request = WireRequest {
+                op: "deregister".into(),
+                service: Some(args.service.clone()),
+                id: Some(args.id.clone()),
+                ..WireRequest::default()
+            };
+            send_to_any(&args.registry.list()?, &request, false).await?;
             println!("deregistered {}/{}", args.service, args.id);
-            Ok(())
+            Ok(0)
         }
         Command::List(args) => {
-            let client = Client::new(&args.registry.registry);
-            let reply = client
-                .send_tcp(&WireRequest {
-                    op: "list".into(),
-                    service: args.service.clone(),
-                    ..WireRequest::default()
-                })
-                .await?;
+            let request = WireRequest {
+                op: "list".into(),
+                service: args.service.clone(),
+                ..WireRequest::default()
+            };
+            let reply = send_to_any(&args.registry.list()?, &request, true).await?;
             if args.json {
                 println!("{}", String::from_utf8_lossy(&reply.to_json()));
             } else {
                 print!("{}", table(reply.instances.as_deref().unwrap_or_default()));
             }
-            Ok(())
+            Ok(0)
         }
-        Command::Announce(args) => announce(args).await,
+        Command::Announce(args) => announce::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
     }
 }
 
-fn unreachable_serve() -> anyhow::Result<()> {
+fn unreachable_serve() -> anyhow::Result<i32> {
     bail!("serve runs on its own runtime")
 }
 
@@ -436,105 +448,6 @@ fn table(instances: &[InstanceInfo]) -> String {
     out
 }
 
-/// `beacon announce`: register, heartbeat about every TTL/3 with jitter, re-register whenever
-/// the registry has forgotten the instance (expiry, restart), keep retrying while it is
-/// unreachable, and deregister on SIGINT/SIGTERM.
-async fn announce(args: RegistrationArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.registry.registry);
-    let request = register_request(&args);
-    let stop = CancellationToken::new();
-    tokio::spawn(StopSignals::install()?.cancel(stop.clone()));
-
-    // The first registration decides whether the request is acceptable at all: a refusal
-    // (bad name, TTL out of range) is final, while an unreachable registry is retried.
-    let mut registered: Option<InstanceInfo> = None;
-    let mut ttl = args.ttl.unwrap_or(Duration::from_secs(10));
-    let mut warned_unreachable = false;
-    loop {
-        let outcome = match &registered {
-            None => client.send(&request).await.map(|reply| reply.instance),
-            Some(instance) => client
-                .send(&WireRequest {
-                    op: "heartbeat".into(),
-                    service: Some(instance.service.clone()),
-                    id: Some(instance.id.clone()),
-                    ..WireRequest::default()
-                })
-                .await
-                .map(|_| Some(instance.clone())),
-        };
-        match outcome {
-            Ok(Some(instance)) => {
-                if registered.is_none() || warned_unreachable {
-                    eprintln!(
-                        "beacon: announced {}/{} at {} (ttl {})",
-                        instance.service,
-                        instance.id,
-                        SocketAddr::new(instance.address, instance.port),
-                        humantime::format_duration(Duration::from_millis(instance.ttl_ms))
-                    );
-                }
-                ttl = Duration::from_millis(instance.ttl_ms);
-                registered = Some(instance);
-                warned_unreachable = false;
-            }
-            Ok(None) => bail!("the registry accepted the registration but did not describe it"),
-            Err(ClientError::Refused {
-                code: ErrorCode::UnknownInstance,
-                ..
-            }) => {
-                // Expired or the registry restarted: register again at once.
-                registered = None;
-                continue;
-            }
-            Err(e) if e.is_transient() => {
-                if !warned_unreachable {
-                    eprintln!("beacon: {e}; retrying");
-                    warned_unreachable = true;
-                }
-            }
-            Err(e) => return Err(e).context("the registry refused the registration"),
-        }
-        let pause = heartbeat_interval(ttl, registered.is_some());
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.cancelled() => break,
-        }
-    }
-    if let Some(instance) = registered {
-        let result = client
-            .send(&WireRequest {
-                op: "deregister".into(),
-                service: Some(instance.service.clone()),
-                id: Some(instance.id.clone()),
-                ..WireRequest::default()
-            })
-            .await;
-        match result {
-            Ok(_) => eprintln!("beacon: deregistered {}/{}", instance.service, instance.id),
-            Err(e) => eprintln!(
-                "beacon: could not deregister {}/{}: {e}",
-                instance.service, instance.id
-            ),
-        }
-    }
-    Ok(())
-}
-
-/// About a third of the TTL, give or take 10%, so a fleet started together does not heartbeat
-/// in lock-step and two heartbeats may be lost before the lease runs out. While unregistered,
-/// retry at least every second.
-fn heartbeat_interval(ttl: Duration, registered: bool) -> Duration {
-    let third = ttl / 3;
-    let base = if registered {
-        third
-    } else {
-        third.min(Duration::from_secs(1))
-    };
-    let jitter = rand::rng().random_range(0.9..1.1);
-    base.mul_f64(jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,17 +457,6 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn heartbeats_come_about_every_third_of_the_ttl() {
-        for _ in 0..100 {
-            let d = heartbeat_interval(Duration::from_secs(3), true);
-            assert!(
-                d >= Duration::from_millis(900) && d <= Duration::from_millis(1100),
-                "{d:?}"
-            );
-        }
     }
 
     #[test]
