@@ -7,5 +7,7 @@ mod dns;
 mod lifecycle;
 mod protocol;
 mod resolver;
+mod sidecar;
 mod support;
 mod system_resolver;
+mod watch;
