@@ -71,6 +71,9 @@ pub async fn send_to_any(
 /// How a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// [`ProviderBuilder::spawn`] was called outside a tokio runtime.
+    #[error("the provider needs a tokio runtime: call spawn() from within one")]
+    NoRuntime,
     /// The provider or watcher was stopped before the awaited event.
     #[error("stopped")]
     Stopped,
@@ -140,7 +143,7 @@ impl ClientError {
             // A full registry may have room again once other instances expire.
             ClientError::Refused { code, .. } => *code == ErrorCode::Full,
             ClientError::Resolve { .. } | ClientError::NoRegistry { .. } => false,
-            ClientError::Stopped => false,
+            ClientError::Stopped | ClientError::NoRuntime => false,
             _ => true,
         }
     }

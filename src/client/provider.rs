@@ -137,11 +137,13 @@ impl ProviderBuilder {
     }
 
     /// Starts keeping the registration alive on the current tokio runtime and returns its
-    /// handle at once; [`Provider::registered`] waits for the first registration.
+    /// handle at once; [`Provider::registered`] waits for the first registration. Fails
+    /// (rather than panicking) when called outside a tokio runtime.
     pub fn spawn(self) -> Result<Provider, ClientError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
         let (status_tx, status) = watch::channel(Status::Pending);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(keep_registered(self, status_tx, stop.clone()));
+        let task = runtime.spawn(keep_registered(self, status_tx, stop.clone()));
         Ok(Provider {
             status,
             stop,

@@ -25,7 +25,7 @@ use crate::registry::{Registry, ServiceView};
 /// The JSON objects of one service's live instances, separated by commas.
 type Fragment = Arc<Vec<u8>>;
 
-/// Each service's [`Fragment`], with the service version it was built at.
+/// Each service's instances as JSON, with the service version it was built at, shared by watchers.
 #[derive(Default)]
 pub struct WatchCache {
     fragments: Mutex<HashMap<Arc<str>, (u64, Fragment)>>,
