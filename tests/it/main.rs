@@ -4,6 +4,7 @@
 
 mod cli;
 mod dns;
+mod examples;
 mod lifecycle;
 mod protocol;
 mod resolver;

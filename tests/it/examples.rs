@@ -1,0 +1,224 @@
+//! The provider examples in `examples/` (Python and bash, speaking the raw UDP protocol) run
+//! against a live registry: they register, keep their instance alive with heartbeats, register
+//! again after a registry restart, and deregister on SIGTERM. Checked through DNS.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use crate::support::{eventually, query, Server};
+
+/// The lease the scripts ask for; they heartbeat every third of it.
+const TTL_MS: u64 = 1500;
+
+#[derive(Clone, Copy)]
+enum Script {
+    Python,
+    Shell,
+}
+
+impl Script {
+    fn path(self) -> String {
+        let file = match self {
+            Script::Python => "provider.py",
+            Script::Shell => "provider.sh",
+        };
+        format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Fails (never skips) when the interpreter is missing.
+    fn require_interpreter(self) {
+        let (program, hint) = match self {
+            Script::Python => (
+                "python3",
+                "install python3 (Debian: apt-get install python3; .ci/run does)",
+            ),
+            Script::Shell => ("bash", "install bash"),
+        };
+        let found = Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "{program} is not installed; the example provider tests need it: {hint}"
+        );
+    }
+}
+
+/// A running example script, in its own process group; the whole group is killed when dropped,
+/// so a failed test leaves no stray interpreter, `sleep` or `dd` behind.
+struct Provider {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Provider {
+    /// Runs `script SERVICE PORT TTL_MS` with `BEACON_REGISTRY=registry`.
+    fn start(script: Script, registry: SocketAddr, service: &str, port: u16) -> Provider {
+        script.require_interpreter();
+        let log = tempfile::NamedTempFile::new().expect("temporary file for stderr");
+        let child = Command::new(script.path())
+            .args([service, &port.to_string(), &TTL_MS.to_string()])
+            .env("BEACON_REGISTRY", registry.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("reopen the stderr file"))
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.path()));
+        Provider { child, log }
+    }
+
+    fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid has no memory-safety requirements.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "send SIGTERM");
+    }
+
+    /// Waits up to `within` for the script to exit.
+    fn exit_status(&mut self, within: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the script wrote to standard error, for failure messages.
+    fn stderr(&self) -> String {
+        let mut text = String::new();
+        let _ = File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut text));
+        text
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let group = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: as above; the negative pid names the process group the child leads.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether DNS answers `service` with exactly the registry-seen address 127.0.0.1 (A) and
+/// exactly `port` (SRV).
+async fn answered(dns: SocketAddr, service: &str, port: u16) -> bool {
+    let name = format!("{service}.service.local.");
+    query(dns, &name, RecordType::A).await.addresses() == ["127.0.0.1"]
+        && query(dns, &name, RecordType::SRV)
+            .await
+            .srv()
+            .iter()
+            .map(|(p, _, _)| *p)
+            .eq([port])
+}
+
+async fn gone(dns: SocketAddr, service: &str) -> bool {
+    let name = format!("{service}.service.local.");
+    query(dns, &name, RecordType::A).await.rcode == ResponseCode::NXDomain
+}
+
+/// Registers, stays past two leases through heartbeats alone, and on SIGTERM deregisters (the
+/// name leaves well before the lease could run out) and exits 0.
+async fn heartbeats_then_deregisters_on_sigterm(script: Script, service: &str) {
+    let server = Server::start(&[]);
+    let port = 8080;
+    let mut provider = Provider::start(script, server.registry, service, port);
+    let up = eventually(Duration::from_secs(5), || {
+        answered(server.dns, service, port)
+    })
+    .await;
+    assert!(up, "never registered; stderr: {}", provider.stderr());
+
+    tokio::time::sleep(Duration::from_millis(2 * TTL_MS + 300)).await;
+    assert!(
+        answered(server.dns, service, port).await,
+        "heartbeats must keep the instance past 2 x TTL; stderr: {}",
+        provider.stderr()
+    );
+
+    provider.sigterm();
+    let sent = Instant::now();
+    let left = eventually(Duration::from_secs(3), || gone(server.dns, service)).await;
+    let after = sent.elapsed();
+    assert!(
+        left,
+        "never left the answers; stderr: {}",
+        provider.stderr()
+    );
+    // The last heartbeat was at most TTL/3 ago, so expiry alone takes at least 2/3 TTL (1 s).
+    assert!(
+        after < Duration::from_millis(TTL_MS / 2),
+        "left after {after:?}: that is expiry, not a deregister; stderr: {}",
+        provider.stderr()
+    );
+    let status = provider.exit_status(Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the script must exit 0 on SIGTERM, got {status:?}; stderr: {}",
+        provider.stderr()
+    );
+}
+
+/// The registry is killed (SIGKILL) and restarted empty on the same ports: the script's next
+/// heartbeat is answered `unknown_instance` and it registers again.
+async fn registers_again_after_a_registry_restart(script: Script, service: &str) {
+    let mut server = Server::start(&[]);
+    let (dns, registry) = (server.dns, server.registry);
+    let port = 9090;
+    let provider = Provider::start(script, registry, service, port);
+    let up = eventually(Duration::from_secs(5), || answered(dns, service, port)).await;
+    assert!(up, "never registered; stderr: {}", provider.stderr());
+
+    server.kill();
+    let server = Server::start_on(&dns.to_string(), &registry.to_string(), &[]);
+    assert_eq!((server.dns, server.registry), (dns, registry));
+    let restarted = Instant::now();
+    let back = eventually(Duration::from_secs(5), || answered(dns, service, port)).await;
+    assert!(
+        back,
+        "must register again after the restart; stderr: {}",
+        provider.stderr()
+    );
+    // One heartbeat interval (TTL/3) plus the round trips, not a lease or more.
+    assert!(
+        restarted.elapsed() < Duration::from_millis(TTL_MS),
+        "came back only after {:?}",
+        restarted.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn python_provider_heartbeats_and_deregisters_on_sigterm() {
+    heartbeats_then_deregisters_on_sigterm(Script::Python, "py-beat").await;
+}
+
+#[tokio::test]
+async fn shell_provider_heartbeats_and_deregisters_on_sigterm() {
+    heartbeats_then_deregisters_on_sigterm(Script::Shell, "sh-beat").await;
+}
+
+#[tokio::test]
+async fn python_provider_registers_again_after_a_registry_restart() {
+    registers_again_after_a_registry_restart(Script::Python, "py-phoenix").await;
+}
+
+#[tokio::test]
+async fn shell_provider_registers_again_after_a_registry_restart() {
+    registers_again_after_a_registry_restart(Script::Shell, "sh-phoenix").await;
+}
