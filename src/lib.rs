@@ -10,7 +10,8 @@
 //! - [`protocol`]: the registration protocol's messages and its UDP/TCP listeners.
 //! - [`dns`]: DNS answers from registry snapshots, and the DNS UDP/TCP listeners.
 //! - [`net`]: datagram and connection loops shared by both listeners.
-//! - [`client`]: a registration-protocol client for the command line.
+//! - [`client`]: the client library: one-off requests, providers kept registered with
+//!   failover, watchers, and the sidecar's health checks.
 //! - [`serve`]: wires the registry and both interfaces into one server.
 //! - [`cli`]: the command line.
 

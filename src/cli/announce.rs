@@ -32,8 +32,8 @@ pub(super) struct AnnounceArgs {
     /// A check that takes longer fails.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     check_timeout: Duration,
-    /// Consecutive passes before a failing instance is registered again (the first check
-    /// decides at once).
+    /// Consecutive passes before a deregistered instance is registered again (the first pass
+    /// registers at once).
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     check_passes: u32,
     /// Consecutive failures before a registered instance is deregistered.

@@ -21,8 +21,7 @@ use crate::config::Config;
 use crate::protocol::{InstanceInfo, WireRequest};
 use crate::serve::{self, Sockets};
 
-/// Default registry address of the client commands, the same as `registry.listen`'s default.
-pub const DEFAULT_REGISTRY: &str = "127.0.0.1:8601";
+pub use crate::client::DEFAULT_REGISTRY;
 
 /// beacon: service discovery with a DNS interface.
 ///
@@ -195,6 +194,8 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a journal or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -29,6 +29,10 @@ pub(super) struct WatchArgs {
     /// Resume from this version: nothing happens until the live set differs from it.
     #[arg(long, value_name = "VERSION")]
     since: Option<u64>,
+    /// The registry run --since was seen under (the `run` of the JSON lines): if the registry
+    /// has restarted since, the current set is printed at once.
+    #[arg(long, value_name = "RUN", requires = "since")]
+    run: Option<u64>,
     #[command(flatten)]
     registry: RegistryArg,
 }
@@ -37,7 +41,7 @@ pub(super) struct WatchArgs {
 pub(super) async fn run(args: WatchArgs) -> anyhow::Result<i32> {
     let mut watcher = Watcher::new(&args.registry.registry, args.services.iter().cloned())?;
     if let Some(version) = args.since {
-        watcher = watcher.since(version);
+        watcher = watcher.since(version, args.run);
     }
     let mut signals = StopSignals::install()?;
     let (latest, mut updates) = watch::channel::<Option<Update>>(None);

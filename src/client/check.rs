@@ -206,8 +206,9 @@ pub enum Health {
 }
 
 /// Flap damping: the decision changes only after `passes` consecutive passes (to come back) or
-/// `failures` consecutive failures (to leave). The very first result decides at once, so a
-/// healthy provider is registered on its first check.
+/// `failures` consecutive failures (to leave). Until the first pass there is no decision to
+/// change, so the first pass registers at once: a provider that needs a moment to start (a
+/// child just spawned) is registered on its first passing check, not after a streak.
 #[derive(Debug, Clone)]
 pub struct Damping {
     passes: u32,
@@ -235,11 +236,13 @@ impl Damping {
             Health::Failing
         };
         match self.state {
-            None => {
-                self.state = Some(observed);
+            None if passed => {
+                self.state = Some(Health::Passing);
                 self.streak = 0;
-                Some(observed)
+                Some(Health::Passing)
             }
+            // Never registered: nothing to take back.
+            None => None,
             Some(state) if state == observed => {
                 self.streak = 0;
                 None
@@ -266,10 +269,11 @@ mod tests {
     #[test]
     fn damping_needs_a_streak_to_change() {
         let mut d = Damping::new(2, 3);
+        assert_eq!(d.record(false), None, "not passed yet: nothing to change");
         assert_eq!(
             d.record(true),
             Some(Health::Passing),
-            "the first result decides"
+            "the first pass decides"
         );
         assert_eq!(d.record(false), None);
         assert_eq!(d.record(false), None);
@@ -279,9 +283,10 @@ mod tests {
         assert_eq!(d.record(false), Some(Health::Failing));
         assert_eq!(d.record(true), None);
         assert_eq!(d.record(true), Some(Health::Passing));
-        let mut first_fails = Damping::new(1, 1);
-        assert_eq!(first_fails.record(false), Some(Health::Failing));
-        assert_eq!(first_fails.record(true), Some(Health::Passing));
+        let mut slow_start = Damping::new(3, 1);
+        assert_eq!(slow_start.record(false), None);
+        assert_eq!(slow_start.record(false), None);
+        assert_eq!(slow_start.record(true), Some(Health::Passing));
     }
 
     #[test]

@@ -27,6 +27,9 @@ mod watch;
 pub use provider::{Provider, ProviderBuilder, Status};
 pub use watch::{Update, WatchEvent, Watcher};
 
+/// The registry address used when none is given: `registry.listen`'s default.
+pub const DEFAULT_REGISTRY: &str = "127.0.0.1:8601";
+
 /// Splits a comma-separated list of registry addresses (`--registry`, `BEACON_REGISTRY`).
 pub fn parse_registries(list: &str) -> Result<Vec<String>, ClientError> {
     let registries: Vec<String> = list

@@ -61,7 +61,7 @@ impl ProviderBuilder {
                 ..WireRequest::default()
             },
             ttl: None,
-            registries: vec![crate::cli::DEFAULT_REGISTRY.to_string()],
+            registries: vec![super::DEFAULT_REGISTRY.to_string()],
             attempt_timeout: None,
             attempts: 3,
         }

@@ -19,6 +19,8 @@ const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
 pub struct Update {
     /// The registry's global version this set reflects.
     pub version: u64,
+    /// The run of the registry that version counts in; versions restart with each run.
+    pub run: Option<u64>,
     /// The live instances, sorted by service and id.
     pub instances: Vec<InstanceInfo>,
 }
@@ -59,6 +61,7 @@ pub struct Watcher {
     registries: Vec<String>,
     services: Vec<String>,
     version: Option<u64>,
+    run: Option<u64>,
     current: usize,
     failures: u32,
     /// The write half is kept, unused, because dropping it would close the sending side, which
@@ -77,16 +80,19 @@ impl Watcher {
             registries: parse_registries(registries)?,
             services: services.into_iter().map(Into::into).collect(),
             version: None,
+            run: None,
             current: 0,
             failures: 0,
             connection: None,
         })
     }
 
-    /// Resumes from `version`: the first update comes only once the live set differs from
-    /// what it was at that version (at once if it already does).
-    pub fn since(mut self, version: u64) -> Watcher {
+    /// Resumes from `version` seen under registry run `run` (both from an earlier
+    /// [`Update`]): the first update comes only once the live set differs from what it was at
+    /// that version (at once if it already does, or if the registry has restarted since).
+    pub fn since(mut self, version: u64, run: Option<u64>) -> Watcher {
         self.version = Some(version);
+        self.run = run;
         self
     }
 
@@ -104,6 +110,7 @@ impl Watcher {
             Ok(update) => {
                 self.failures = 0;
                 self.version = Some(update.version);
+                self.run = update.run;
                 Ok(WatchEvent::Update(update))
             }
             Err(e @ ClientError::Refused { .. }) => Err(e),
@@ -152,6 +159,7 @@ impl Watcher {
                 addr,
                 reason: "a watch push without a version".into(),
             })?,
+            run: reply.run,
             instances: reply.instances.unwrap_or_default(),
         })
     }
@@ -173,6 +181,7 @@ impl Watcher {
             op: "watch".into(),
             services: (!self.services.is_empty()).then(|| self.services.clone().into()),
             version: self.version.map(Into::into),
+            run: self.run.map(Into::into),
             ..WireRequest::default()
         };
         let mut line = serde_json::to_vec(&request).map_err(|e| ClientError::BadReply {

@@ -178,6 +178,9 @@ pub struct WireRequest {
     /// nothing it watches has changed since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<Value>,
+    /// watch: the registry run (`run` of the pushes) `version` was seen under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Value>,
 }
 
 /// A parsed, type-checked request. Names are validated when applied.
@@ -215,6 +218,8 @@ pub struct WatchRequest {
     pub services: Vec<String>,
     /// The last version the watcher saw, if it saw one.
     pub version: Option<u64>,
+    /// The registry run that version was seen under, if the watcher knows it.
+    pub run: Option<u64>,
 }
 
 impl Request {
@@ -292,6 +297,9 @@ pub struct Reply {
     /// The global version after the operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// watch: the run of the registry `version` counts in (see [`Registry::run_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<u64>,
     /// register: whether the live set changed (false for a pure renewal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
@@ -444,6 +452,7 @@ impl WireRequest {
             ("ttl_ms", self.ttl_ms.is_some()),
             ("services", self.services.is_some()),
             ("version", self.version.is_some()),
+            ("run", self.run.is_some()),
         ];
         match present
             .iter()
@@ -463,7 +472,7 @@ impl WireRequest {
     }
 
     fn into_watch(self) -> Result<Request, ProtocolError> {
-        self.only_fields(&["services", "version"])?;
+        self.only_fields(&["services", "version", "run"])?;
         let mut services = match self.services {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items
@@ -491,7 +500,18 @@ impl WireRequest {
                     .ok_or_else(|| bad(format!("version {v} is not a non-negative integer")))?,
             ),
         };
-        Ok(Request::Watch(WatchRequest { services, version }))
+        let run = match self.run {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| bad(format!("run {v} is not a non-negative integer")))?,
+            ),
+        };
+        Ok(Request::Watch(WatchRequest {
+            services,
+            version,
+            run,
+        }))
     }
 
     fn into_register(self, sender: IpAddr) -> Result<Request, ProtocolError> {

@@ -80,13 +80,14 @@ fn serialise(view: &ServiceView, now_ms: u64) -> Vec<u8> {
     out
 }
 
-/// One push: `{"v":1,"ok":true,"op":"watch","version":N,"instances":[...]}` and a newline,
-/// exactly what serialising a [`Reply`] with those fields gives (a unit test holds them equal).
-fn push_line(version: u64, fragments: &[Fragment]) -> Vec<u8> {
+/// One push: `{"v":1,"ok":true,"op":"watch","version":N,"run":R,"instances":[...]}` and a
+/// newline, exactly what serialising a [`Reply`] with those fields gives (a unit test holds
+/// them equal).
+fn push_line(version: u64, run: u64, fragments: &[Fragment]) -> Vec<u8> {
     let size: usize = fragments.iter().map(|f| f.len() + 1).sum();
     let mut line = Vec::with_capacity(64 + size);
     line.extend_from_slice(
-        format!(r#"{{"v":{VERSION},"ok":true,"op":"watch","version":{version},"instances":["#)
+        format!(r#"{{"v":{VERSION},"ok":true,"op":"watch","version":{version},"run":{run},"instances":["#)
             .as_bytes(),
     );
     let mut first = true;
@@ -122,7 +123,7 @@ fn snapshot(registry: &Registry, cache: &WatchCache, services: &[String]) -> (u6
             .collect()
     };
     let fragments: Vec<Fragment> = views.iter().map(|v| cache.fragment(v, now)).collect();
-    (version, push_line(version, &fragments))
+    (version, push_line(version, registry.run_id(), &fragments))
 }
 
 /// Where a watching connection stands.
@@ -146,7 +147,7 @@ pub(super) async fn serve(
     mut pending: Vec<Line>,
 ) {
     let Watching {
-        request,
+        mut request,
         peer,
         registry,
         cache,
@@ -162,6 +163,9 @@ pub(super) async fn serve(
         let current = registry.version();
         let due = match seen {
             None => true,
+            // Seen under another run of the registry (before a restart, or at another
+            // registry): versions count from elsewhere, so the watcher gets the current state.
+            Some(_) if request.run.is_some_and(|run| run != registry.run_id()) => true,
             // A version from the future comes from before a registry restart that reset the
             // count: the watcher's state cannot be trusted, so it gets the current one.
             Some(seen) if seen > current => true,
@@ -179,6 +183,7 @@ pub(super) async fn serve(
             let (version, line) = snapshot(&registry, &cache, &request.services);
             out = line;
             seen = Some(version);
+            request.run = Some(registry.run_id());
         }
         for line in pending.drain(..) {
             if let Line::Complete(line) = &line {
@@ -271,6 +276,7 @@ mod tests {
                 ok: true,
                 op: Some("watch".into()),
                 version: Some(version),
+                run: Some(registry.run_id()),
                 instances: Some(
                     views
                         .iter()
@@ -294,7 +300,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(line).unwrap(),
             format!(
-                "{{\"v\":1,\"ok\":true,\"op\":\"watch\",\"version\":{version},\"instances\":[]}}\n"
+                "{{\"v\":1,\"ok\":true,\"op\":\"watch\",\"version\":{version},\"run\":{},\"instances\":[]}}\n",
+                registry.run_id()
             )
         );
     }

@@ -192,6 +192,8 @@ struct Shared {
     expiry_wakeup: Notify,
     /// Origin of the registry clock: deadlines are milliseconds since this instant.
     epoch: Instant,
+    /// Names this run of the registry: versions count changes within one run only.
+    run_id: u64,
     limits: Limits,
 }
 
@@ -250,6 +252,8 @@ impl Registry {
                 version,
                 expiry_wakeup: Notify::new(),
                 epoch: Instant::now(),
+                // Below 2^53, so JavaScript clients read it exactly.
+                run_id: rand::random::<u64>() >> 11,
                 limits,
             }),
         }
@@ -263,6 +267,13 @@ impl Registry {
     /// Milliseconds on the registry clock (tokio's clock, so tests can pause it).
     pub fn now_ms(&self) -> u64 {
         self.shared.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A random number naming this run of the registry. Versions restart with each run, so a
+    /// version is only meaningful with the run id it was seen under: a watcher resuming with
+    /// another run's id is sent the current state at once.
+    pub fn run_id(&self) -> u64 {
+        self.shared.run_id
     }
 
     /// The global version: grows by one with every change to the live set.
