@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
@@ -80,12 +81,32 @@ pub struct Server {
     _stdout: BufReader<ChildStdout>,
     /// Kept until the server is gone (SIGHUP would read it again).
     _config: Option<tempfile::NamedTempFile>,
+    /// What the server wrote on stderr, when started by [`Server::start_logged`].
+    stderr_lines: Option<Arc<Mutex<Vec<String>>>>,
     pub at: ServerAt,
 }
 
 impl Server {
     /// Starts `beacon serve` on ephemeral loopback ports, with `config` (TOML) when given.
     pub fn start(config: Option<&str>) -> Server {
+        Server::start_with(config, false)
+    }
+
+    /// As [`Server::start`], but the server's stderr is also kept, line by line, for
+    /// [`Server::logged`] (and still copied to this process's stderr).
+    pub fn start_logged(config: Option<&str>) -> Server {
+        Server::start_with(config, true)
+    }
+
+    /// The first line the server wrote on stderr that contains `needle` (only for a server
+    /// started by [`Server::start_logged`]).
+    pub fn logged(&self, needle: &str) -> Option<String> {
+        let lines = self.stderr_lines.as_ref()?;
+        let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().find(|l| l.contains(needle)).cloned()
+    }
+
+    fn start_with(config: Option<&str>, keep_stderr: bool) -> Server {
         let mut command = Command::new(BEACON);
         command.arg("serve");
         let file = config.map(|config| {
@@ -105,8 +126,24 @@ impl Server {
                 .args(SERVE_ARGS)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit()),
+                .stderr(if keep_stderr {
+                    Stdio::piped()
+                } else {
+                    Stdio::inherit()
+                }),
         );
+        let stderr_lines = process.child.stderr.take().map(|stderr| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let kept = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+            lines
+        });
         let mut stdout = BufReader::new(process.child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout
@@ -137,6 +174,7 @@ impl Server {
             process,
             _stdout: stdout,
             _config: file,
+            stderr_lines,
             at,
         }
     }
