@@ -12,6 +12,8 @@
 //! - [`net`]: datagram and connection loops shared by both listeners.
 //! - [`client`]: the client library: one-off requests, providers kept registered with
 //!   failover, watchers, and the sidecar's health checks.
+//! - [`store`]: durable registrations in redb with a group-commit journal (issue 6; not yet
+//!   wired into `serve`).
 //! - [`serve`]: wires the registry and both interfaces into one server.
 //! - [`cli`]: the command line.
 
@@ -24,3 +26,4 @@ pub mod net;
 pub mod protocol;
 pub mod registry;
 pub mod serve;
+pub mod store;

@@ -1,0 +1,442 @@
+//! Durable storage of the registrations (`--data-dir`), in redb: an embedded, crash-safe
+//! (copy-on-write, checksummed) key-value file, rather than a file format of our own.
+//!
+//! What is stored is what a restart needs to answer the same live set: every instance's
+//! registration (not its deadline: a restored instance gets a fresh lease of one TTL, so it
+//! either renews or expires) and the global version. Renewals are never written.
+//!
+//! Writes go through a [`Journal`]: one thread that takes every change queued since its last
+//! commit and commits them in one durable transaction (group commit), so an fsync is shared by
+//! all the requests that arrived meanwhile. A caller that must not acknowledge before its change
+//! is on disk waits for its [`Ticket`].
+//!
+//! Boundary: this module is complete and tested on its own, but not yet wired into the
+//! registry and `serve` (issue 6, step 2).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Registrations by `service \0 id`, as JSON [`Record`]s.
+const INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("instances");
+/// `version`: the global version after the last change written.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The store's file inside the data directory.
+pub const FILE_NAME: &str = "beacon.redb";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory cannot be created or used.
+    #[error("data directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// redb refused: a corrupt file, a full disk, another process holding the file.
+    #[error("store {path}: {source}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        source: Box<redb::Error>,
+    },
+    /// A stored record cannot be read back.
+    #[error("store {path}: unreadable record {key:?}: {reason}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// Its key, lossily as text.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// One registration as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// SRV weight.
+    pub weight: u16,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Metadata, in registration order.
+    pub meta: Vec<(String, String)>,
+    /// Lease in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// A change to the stored set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Insert or replace a registration.
+    Put(Record),
+    /// Remove a registration (absent is fine).
+    Delete {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+}
+
+fn key(service: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(service.len() + id.len() + 1);
+    key.extend_from_slice(service.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// What a previous run left.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The global version after the last change written.
+    pub version: u64,
+    /// Every stored registration.
+    pub records: Vec<Record>,
+}
+
+/// The store file.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| StoreError::Database {
+            path: path.clone(),
+            source: Box::new(e.into()),
+        })?;
+        Ok(Store { db, path })
+    }
+
+    fn error(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    /// Everything stored.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.error(e))?;
+        let mut loaded = Loaded::default();
+        match read.open_table(META) {
+            Ok(meta) => {
+                if let Some(version) = meta.get("version").map_err(|e| self.error(e))? {
+                    loaded.version = version.value();
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(loaded),
+            Err(e) => return Err(self.error(e)),
+        }
+        let instances = match read.open_table(INSTANCES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(loaded),
+            Err(e) => return Err(self.error(e)),
+        };
+        for entry in instances.iter().map_err(|e| self.error(e))? {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            let record: Record =
+                serde_json::from_slice(value.value()).map_err(|e| StoreError::Record {
+                    path: self.path.clone(),
+                    key: String::from_utf8_lossy(key.value()).replace('\0', "/"),
+                    reason: e.to_string(),
+                })?;
+            loaded.records.push(record);
+        }
+        Ok(loaded)
+    }
+
+    /// Writes `changes` and `version` in one durable transaction.
+    pub fn apply(&self, changes: &[Change], version: u64) -> Result<(), StoreError> {
+        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut instances = write.open_table(INSTANCES).map_err(|e| self.error(e))?;
+            for change in changes {
+                match change {
+                    Change::Put(record) => {
+                        // Plain strings and numbers: serialising cannot fail.
+                        let value = serde_json::to_vec(record).unwrap_or_default();
+                        instances
+                            .insert(
+                                key(&record.service, &record.id).as_slice(),
+                                value.as_slice(),
+                            )
+                            .map_err(|e| self.error(e))?;
+                    }
+                    Change::Delete { service, id } => {
+                        instances
+                            .remove(key(service, id).as_slice())
+                            .map_err(|e| self.error(e))?;
+                    }
+                }
+            }
+            let mut meta = write.open_table(META).map_err(|e| self.error(e))?;
+            meta.insert("version", version).map_err(|e| self.error(e))?;
+        }
+        write.commit().map_err(|e| self.error(e))
+    }
+}
+
+/// A place in the journal: durable once [`Journal::wait`] returns for it.
+pub type Ticket = u64;
+
+#[derive(Default)]
+struct Queue {
+    /// Changes not yet handed to the writer, with the version after the last of them.
+    pending: Vec<Change>,
+    version: u64,
+    /// Tickets issued and made durable so far.
+    issued: Ticket,
+    durable: Ticket,
+    stopping: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer (changes queued) and the waiters (a commit done).
+    changed: Condvar,
+}
+
+/// The group-commit writer in front of a [`Store`].
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+impl Journal {
+    /// Starts the writer thread.
+    pub fn start(store: Store) -> Journal {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            changed: Condvar::new(),
+        });
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("beacon-store".into())
+            .spawn(move || write_loop(store, writer))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(%e, "cannot start the store writer"));
+        Journal { shared }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `change`, after which the global version is `version`. Cheap: callable under the
+    /// registry's lock, which keeps the journal in the registry's order.
+    pub fn submit(&self, change: Change, version: u64) -> Ticket {
+        let mut queue = self.lock();
+        queue.pending.push(change);
+        queue.version = version;
+        queue.issued += 1;
+        let ticket = queue.issued;
+        drop(queue);
+        self.shared.changed.notify_all();
+        ticket
+    }
+
+    /// The last ticket issued.
+    pub fn issued(&self) -> Ticket {
+        self.lock().issued
+    }
+
+    /// Blocks until every change up to `ticket` is on disk.
+    pub fn wait(&self, ticket: Ticket) {
+        let mut queue = self.lock();
+        while queue.durable < ticket && !queue.stopping {
+            queue = self
+                .shared
+                .changed
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Writes what is queued and stops the writer.
+    pub fn stop(&self) {
+        let issued = self.issued();
+        self.wait(issued);
+        self.lock().stopping = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+fn write_loop(store: Store, shared: Arc<Shared>) {
+    loop {
+        let (changes, version, upto) = {
+            let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            while queue.pending.is_empty() && !queue.stopping {
+                queue = shared
+                    .changed
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if queue.pending.is_empty() {
+                return;
+            }
+            (
+                std::mem::take(&mut queue.pending),
+                queue.version,
+                queue.issued,
+            )
+        };
+        // Nothing acknowledged may be lost, so a failed commit is retried, not dropped: the
+        // requests waiting on it stay unanswered (clients retry) until the disk recovers.
+        let mut pause = Duration::from_millis(10);
+        while let Err(error) = store.apply(&changes, version) {
+            tracing::error!(%error, "cannot write the registry to disk; retrying");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+        let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.durable = upto;
+        drop(queue);
+        shared.changed.notify_all();
+    }
+}
+
+/// Collapses records by (service, id), the last one winning; for tests and tools.
+pub fn by_key(records: &[Record]) -> BTreeMap<(String, String), Record> {
+    records
+        .iter()
+        .map(|r| ((r.service.clone(), r.id.clone()), r.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(service: &str, id: &str, port: u16) -> Record {
+        Record {
+            service: service.into(),
+            id: id.into(),
+            address: "10.0.0.1".parse().unwrap(),
+            port,
+            weight: 1,
+            tags: vec!["blue".into()],
+            meta: vec![("k".into(), "v".into())],
+            ttl_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn an_empty_store_loads_empty_and_changes_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), Loaded::default());
+        store
+            .apply(
+                &[
+                    Change::Put(record("web", "a", 80)),
+                    Change::Put(record("web", "b", 81)),
+                    Change::Put(record("db", "a", 5432)),
+                ],
+                3,
+            )
+            .unwrap();
+        store
+            .apply(
+                &[
+                    Change::Delete {
+                        service: "web".into(),
+                        id: "a".into(),
+                    },
+                    Change::Put(record("web", "b", 82)),
+                    Change::Delete {
+                        service: "nothing".into(),
+                        id: "x".into(),
+                    },
+                ],
+                5,
+            )
+            .unwrap();
+        drop(store);
+        let loaded = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded.version, 5);
+        let by = by_key(&loaded.records);
+        assert_eq!(by.len(), 2);
+        assert_eq!(by[&("web".into(), "b".into())].port, 82);
+        assert_eq!(by[&("db".into(), "a".into())], record("db", "a", 5432));
+    }
+
+    #[test]
+    fn the_journal_commits_in_groups_and_tickets_wait_for_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::start(Store::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u16 {
+                        let ticket = journal
+                            .submit(Change::Put(record("svc", &format!("t{t}-{i}"), i + 1)), 0);
+                        journal.wait(ticket);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let last = journal.submit(
+            Change::Delete {
+                service: "svc".into(),
+                id: "t0-0".into(),
+            },
+            201,
+        );
+        journal.wait(last);
+        journal.stop();
+        // The writer thread holds the file until it exits; wait for it to let go.
+        let mut store = Store::open(dir.path());
+        for _ in 0..100 {
+            if store.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            store = Store::open(dir.path());
+        }
+        let loaded = store.unwrap().load().unwrap();
+        assert_eq!(loaded.version, 201);
+        assert_eq!(loaded.records.len(), 199);
+    }
+
+    #[test]
+    fn a_store_in_use_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let second = Store::open(dir.path()).err().expect("the file is locked");
+        assert!(second.to_string().contains(FILE_NAME), "{second}");
+    }
+}
