@@ -18,6 +18,9 @@ pub struct Config {
     pub log_level: String,
     /// Worker threads of the server; `0` means one per core.
     pub threads: usize,
+    /// Directory of the durable store (`--data-dir`): registrations survive restarts and
+    /// crashes. None: the registry lives in memory only.
+    pub data_dir: Option<PathBuf>,
     /// The registration protocol.
     pub registry: RegistryConfig,
     /// The DNS interface.
@@ -144,6 +147,7 @@ impl Default for Config {
         Config {
             log_level: "info".to_string(),
             threads: 0,
+            data_dir: None,
             registry: RegistryConfig::default(),
             dns: DnsConfig::default(),
         }

@@ -12,8 +12,7 @@
 //! - [`net`]: datagram and connection loops shared by both listeners.
 //! - [`client`]: the client library: one-off requests, providers kept registered with
 //!   failover, watchers, and the sidecar's health checks.
-//! - [`store`]: durable registrations in redb with a group-commit journal (issue 6; not yet
-//!   wired into `serve`).
+//! - [`store`]: durable registrations (`--data-dir`) in redb, behind a group-commit journal.
 //! - [`serve`]: wires the registry and both interfaces into one server.
 //! - [`cli`]: the command line.
 

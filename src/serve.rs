@@ -55,6 +55,9 @@ pub enum ServeError {
     /// A zone file could not be loaded.
     #[error("config key `dns.zones`: {0}")]
     Zones(#[from] ZoneError),
+    /// The durable store could not be opened or read.
+    #[error("config key `data_dir`: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// Handing a bound socket to the runtime failed.
     #[error("cannot use a bound socket: {0}")]
     Socket(io::Error),
@@ -160,6 +163,22 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Config>,
 ) -> Result<(), ServeError> {
     let registry = Registry::new(Limits::from(&config.registry));
+    let journal = match &config.data_dir {
+        Some(dir) => {
+            let store = crate::store::Store::open(dir)?;
+            let loaded = store.load()?;
+            let stored = loaded.records.len();
+            let restored = registry.restore(loaded.records, loaded.version);
+            tracing::info!(
+                dir = %dir.display(), stored, restored, version = loaded.version,
+                "registrations restored, each with a fresh lease"
+            );
+            let journal = crate::store::Journal::start(store);
+            registry.attach_journal(journal.clone());
+            Some(journal)
+        }
+        None => None,
+    };
     match crate::net::raise_open_file_limit() {
         Some(files) if (files as usize) < config.registry.max_tcp_connections => tracing::warn!(
             files,
@@ -261,5 +280,9 @@ pub async fn run(
     }
     tracker.close();
     tracker.wait().await;
+    if let Some(journal) = journal {
+        // What expiry removed lately is written too, so a restart does not bring it back.
+        let _ = tokio::task::spawn_blocking(move || journal.stop()).await;
+    }
     Ok(())
 }

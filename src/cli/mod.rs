@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Worker threads, 0 for one per core [config: threads].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Keep registrations on disk in DIR, so a restart or crash loses none [config: data_dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Log filter such as info or debug [config: log_level; env RUST_LOG wins].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -214,6 +217,9 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(domain) = &args.domain {
         config.dns.domain = domain.clone();
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
     }
     if let Some(threads) = args.threads {
         config.threads = threads;

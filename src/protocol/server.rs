@@ -40,6 +40,7 @@ pub fn serve_udp_blocking(
     let mut replies = SendBatch::default();
     while !shutdown.is_cancelled() {
         let count = received.recv_or_idle(&socket, "registration");
+        let mark = registry.durable_mark();
         for i in 0..count {
             let Some((request, peer)) = received.get(i) else {
                 continue;
@@ -56,7 +57,24 @@ pub fn serve_udp_blocking(
             };
             replies.push(reply, peer);
         }
+        // Nothing is acknowledged before it is on disk: the batch's changes share one commit.
+        wait_durable(&registry, mark);
         replies.flush(&socket);
+    }
+}
+
+/// Whether changes were journalled since `mark` (from [`Registry::durable_mark`]).
+fn changed_since(registry: &Registry, mark: Option<u64>) -> bool {
+    matches!((mark, registry.durable_mark()), (Some(before), Some(after)) if after > before)
+}
+
+/// Waits until the changes journalled since `mark` are on disk, if there were any. It may also
+/// wait for other threads' changes made meanwhile: a little latency, never a lost ack.
+fn wait_durable(registry: &Registry, mark: Option<u64>) {
+    if let (Some(before), Some(after)) = (mark, registry.durable_mark()) {
+        if after > before {
+            registry.wait_durable(after);
+        }
     }
 }
 
@@ -155,6 +173,7 @@ async fn serve_connection(
         .into_iter();
         let mut replies = Vec::new();
         let mut watch_request = None;
+        let mark = registry.durable_mark();
         for line in received.by_ref() {
             let reply = match line {
                 Line::Complete(line) => {
@@ -174,6 +193,10 @@ async fn serve_connection(
             };
             replies.extend_from_slice(&reply);
             replies.push(b'\n');
+        }
+        if changed_since(&registry, mark) {
+            let registry = registry.clone();
+            let _ = tokio::task::spawn_blocking(move || wait_durable(&registry, mark)).await;
         }
         // Replies to everything that arrived together go out in one write.
         if !replies.is_empty() {

@@ -29,6 +29,7 @@ pub use instance::{
 };
 
 use crate::name::LabelError;
+use crate::store::{Change, Journal, Record, Ticket};
 
 /// Why the registry refused a request. Each variant maps to one protocol error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -194,6 +195,8 @@ struct Shared {
     epoch: Instant,
     /// Names this run of the registry: versions count changes within one run only.
     run_id: u64,
+    /// The durable journal every change goes to, with `--data-dir`.
+    journal: std::sync::OnceLock<Journal>,
     limits: Limits,
 }
 
@@ -238,6 +241,8 @@ struct State {
     next_seq: u64,
     /// Services changed since the views were last published.
     dirty: BTreeSet<Arc<str>>,
+    /// Where every insertion and removal is also written, with `--data-dir`.
+    journal: Option<Journal>,
 }
 
 impl Registry {
@@ -254,6 +259,7 @@ impl Registry {
                 epoch: Instant::now(),
                 // Below 2^53, so JavaScript clients read it exactly.
                 run_id: rand::random::<u64>() >> 11,
+                journal: std::sync::OnceLock::new(),
                 limits,
             }),
         }
@@ -296,6 +302,75 @@ impl Registry {
         let mut all: Vec<_> = self.read_views().live.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// Loads registrations kept by a previous run (before [`Registry::attach_journal`]): each
+    /// gets a fresh lease of one TTL, so it renews or expires; the global version continues
+    /// from `version`. A record the current limits refuse is skipped with a warning. Returns
+    /// how many were restored.
+    pub fn restore(&self, records: Vec<Record>, version: u64) -> usize {
+        let now = self.now_ms();
+        let mut state = self.lock_state();
+        let mut restored = 0;
+        for record in records {
+            let (service, id) = (record.service.clone(), record.id.clone());
+            let request = RegistrationRequest {
+                service: record.service,
+                id: Some(record.id),
+                address: Some(record.address),
+                port: record.port,
+                weight: Some(record.weight),
+                tags: record.tags,
+                meta: record.meta,
+                ttl: Some(Duration::from_millis(record.ttl_ms)),
+            };
+            let reg = match request.validate(&self.shared.limits) {
+                Ok(reg) => reg,
+                Err(error) => {
+                    tracing::warn!(%service, %id, %error, "stored registration skipped");
+                    continue;
+                }
+            };
+            if state.instance_count >= self.shared.limits.max_instances {
+                tracing::warn!(%service, %id, "stored registration skipped: registry.max_instances");
+                continue;
+            }
+            let existing = state
+                .services
+                .get(reg.service.as_str())
+                .and_then(|s| s.get(reg.id.as_str()))
+                .cloned();
+            if let Some(old) = existing {
+                state.remove(&old);
+            }
+            state.insert(&reg, now + reg.ttl.as_millis() as u64);
+            restored += 1;
+        }
+        state.version = state.version.max(version);
+        self.publish(&mut state);
+        drop(state);
+        self.shared.expiry_wakeup.notify_one();
+        restored
+    }
+
+    /// From now on every change is also written to `journal`.
+    pub fn attach_journal(&self, journal: Journal) {
+        let mut state = self.lock_state();
+        state.journal = Some(journal.clone());
+        let _ = self.shared.journal.set(journal);
+    }
+
+    /// The journal's last ticket, if there is a journal: a request handler notes it before
+    /// and after its work, and if it moved, waits for it before acknowledging.
+    pub fn durable_mark(&self) -> Option<Ticket> {
+        self.shared.journal.get().map(Journal::issued)
+    }
+
+    /// Blocks until every change up to `ticket` is on disk (at once without a journal).
+    pub fn wait_durable(&self, ticket: Ticket) {
+        if let Some(journal) = self.shared.journal.get() {
+            journal.wait(ticket);
+        }
     }
 
     /// The global version at the last change to any of `names` (an instance added, changed or
@@ -510,6 +585,23 @@ impl Registry {
     }
 }
 
+fn record_of(instance: &Instance) -> Record {
+    Record {
+        service: instance.service.to_string(),
+        id: instance.id.to_string(),
+        address: instance.address,
+        port: instance.port,
+        weight: instance.weight,
+        tags: instance.tags.iter().map(|t| t.to_string()).collect(),
+        meta: instance
+            .meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ttl_ms: instance.ttl.as_millis() as u64,
+    }
+}
+
 impl State {
     fn insert(&mut self, reg: &Registration, deadline: u64) -> Arc<Instance> {
         let service: Arc<str> = match self.services.get_key_value(reg.service.as_str()) {
@@ -533,6 +625,10 @@ impl State {
             .insert(id, instance.clone());
         self.instance_count += 1;
         self.dirty.insert(service);
+        if let Some(journal) = &self.journal {
+            // Every insertion is followed by exactly one bump: the version after it.
+            journal.submit(Change::Put(record_of(&instance)), self.version + 1);
+        }
         instance
     }
 
@@ -548,6 +644,15 @@ impl State {
             }
         }
         self.dirty.insert(instance.service.clone());
+        if let Some(journal) = &self.journal {
+            journal.submit(
+                Change::Delete {
+                    service: instance.service.to_string(),
+                    id: instance.id.to_string(),
+                },
+                self.version + 1,
+            );
+        }
     }
 
     fn move_deadline(&mut self, instance: &Instance, deadline: u64) {

@@ -10,8 +10,9 @@
 //! all the requests that arrived meanwhile. A caller that must not acknowledge before its change
 //! is on disk waits for its [`Ticket`].
 //!
-//! Boundary: this module is complete and tested on its own, but not yet wired into the
-//! registry and `serve` (issue 6, step 2).
+//! The registry submits every insertion and removal under its lock (so the journal has the
+//! registry's order); the protocol loops note [`Journal::issued`] before a batch of requests
+//! and wait for it after, before any reply leaves; `serve` loads the store at start.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -4,6 +4,7 @@
 
 mod cli;
 mod dns;
+mod durability;
 mod examples;
 mod lifecycle;
 mod protocol;
