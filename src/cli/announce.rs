@@ -60,37 +60,12 @@ impl AnnounceArgs {
         }
         Ok(checks)
     }
-
-    fn builder(&self) -> anyhow::Result<ProviderBuilder> {
-        let r = &self.registration;
-        let mut builder =
-            ProviderBuilder::new(&r.service, r.port).registries(&r.registry.registry)?;
-        if let Some(address) = r.address {
-            builder = builder.address(address);
-        }
-        if let Some(id) = &r.id {
-            builder = builder.id(id);
-        }
-        for tag in &r.tags {
-            builder = builder.tag(tag);
-        }
-        for (key, value) in &r.meta {
-            builder = builder.meta(key, value);
-        }
-        if let Some(weight) = r.weight {
-            builder = builder.weight(weight);
-        }
-        if let Some(ttl) = r.ttl {
-            builder = builder.ttl(ttl);
-        }
-        Ok(builder)
-    }
 }
 
 /// Runs the sidecar until a stop signal, the child's exit, or a final refusal; returns the exit
 /// code (the child's, when there is one).
 pub(super) async fn run(args: AnnounceArgs) -> anyhow::Result<i32> {
-    let builder = args.builder()?;
+    let builder = args.registration.provider_builder()?;
     let checks = args.checks()?;
     let mut signals = StopSignals::install()?;
     let mut child = match args.command.split_first() {

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use serde_json::Value;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::send_to_any;
+use crate::client::{send_to_any, ProviderBuilder};
 use crate::config::Config;
 use crate::protocol::{InstanceInfo, WireRequest};
 use crate::serve::{self, Sockets};
@@ -333,8 +332,12 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Serve(_) => unreachable_serve(),
         Command::Register(args) => {
-            let reply =
-                send_to_any(&args.registry.list()?, &register_request(&args), false).await?;
+            let reply = send_to_any(
+                &args.registry.list()?,
+                args.provider_builder()?.request(),
+                false,
+            )
+            .await?;
             if let Some(instance) = reply.instance {
                 println!(
                     "registered {}/{} at {} for {}",
@@ -380,23 +383,30 @@ fn unreachable_serve() -> anyhow::Result<i32> {
     bail!("serve runs on its own runtime")
 }
 
-fn register_request(args: &RegistrationArgs) -> WireRequest {
-    let meta: serde_json::Map<String, Value> = args
-        .meta
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    WireRequest {
-        op: "register".into(),
-        service: Some(args.service.clone()),
-        id: args.id.clone(),
-        address: args.address.map(|a| a.to_string()),
-        port: Some(args.port.into()),
-        weight: args.weight.map(Value::from),
-        tags: (!args.tags.is_empty()).then(|| Value::from(args.tags.clone())),
-        meta: (!meta.is_empty()).then_some(Value::Object(meta)),
-        ttl_ms: args.ttl.map(|t| Value::from(t.as_millis() as u64)),
-        ..WireRequest::default()
+impl RegistrationArgs {
+    /// The provider these flags describe: `announce` spawns it, `register` sends its request.
+    fn provider_builder(&self) -> anyhow::Result<ProviderBuilder> {
+        let mut builder =
+            ProviderBuilder::new(&self.service, self.port).registries(&self.registry.registry)?;
+        if let Some(address) = self.address {
+            builder = builder.address(address);
+        }
+        if let Some(id) = &self.id {
+            builder = builder.id(id);
+        }
+        for tag in &self.tags {
+            builder = builder.tag(tag);
+        }
+        for (key, value) in &self.meta {
+            builder = builder.meta(key, value);
+        }
+        if let Some(weight) = self.weight {
+            builder = builder.weight(weight);
+        }
+        if let Some(ttl) = self.ttl {
+            builder = builder.ttl(ttl);
+        }
+        Ok(builder)
     }
 }
 

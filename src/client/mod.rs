@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::protocol::{ErrorCode, Reply, WireRequest};
+use crate::protocol::{ErrorCode, InstanceInfo, Reply, WireRequest};
 
 pub mod check;
 mod provider;
@@ -194,6 +194,20 @@ impl Client {
     /// Sends `request` over UDP, retrying on silence, and returns the `ok` reply.
     pub async fn send(&self, request: &WireRequest) -> Result<Reply, ClientError> {
         let addr = self.resolve().await?;
+        self.send_to(addr, request).await
+    }
+
+    /// Sends a register request over UDP and returns the instance as the registry accepted it.
+    pub async fn register(&self, request: &WireRequest) -> Result<InstanceInfo, ClientError> {
+        let addr = self.resolve().await?;
+        let reply = self.send_to(addr, request).await?;
+        reply.instance.ok_or(ClientError::BadReply {
+            addr,
+            reason: "a register reply without the instance".into(),
+        })
+    }
+
+    async fn send_to(&self, addr: SocketAddr, request: &WireRequest) -> Result<Reply, ClientError> {
         let io = |source| ClientError::Io { addr, source };
         let local: SocketAddr = if addr.is_ipv4() {
             ([0, 0, 0, 0], 0).into()

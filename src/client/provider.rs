@@ -274,19 +274,9 @@ async fn keep_registered(
     loop {
         let client = &clients[current];
         let outcome = match &registered {
-            None => client.send(&builder.request).await.and_then(|reply| {
-                reply.instance.ok_or(ClientError::BadReply {
-                    addr: ([0, 0, 0, 0], 0).into(),
-                    reason: "a register reply without the instance".into(),
-                })
-            }),
+            None => client.register(&builder.request).await,
             Some(instance) => client
-                .send(&WireRequest {
-                    op: "heartbeat".into(),
-                    service: Some(instance.service.clone()),
-                    id: Some(instance.id.clone()),
-                    ..WireRequest::default()
-                })
+                .send(&WireRequest::for_instance("heartbeat", instance))
                 .await
                 .map(|_| instance.clone()),
         };
@@ -359,12 +349,7 @@ async fn keep_registered(
     }
     let result = match registered {
         Some(instance) => clients[current]
-            .send(&WireRequest {
-                op: "deregister".into(),
-                service: Some(instance.service.clone()),
-                id: Some(instance.id.clone()),
-                ..WireRequest::default()
-            })
+            .send(&WireRequest::for_instance("deregister", &instance))
             .await
             .map(|_| ())
             .or_else(|e| match e {

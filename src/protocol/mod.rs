@@ -183,6 +183,18 @@ pub struct WireRequest {
     pub run: Option<Value>,
 }
 
+impl WireRequest {
+    /// A `heartbeat` or `deregister` (`op`) of `instance`.
+    pub fn for_instance(op: &str, instance: &InstanceInfo) -> WireRequest {
+        WireRequest {
+            op: op.into(),
+            service: Some(instance.service.clone()),
+            id: Some(instance.id.clone()),
+            ..WireRequest::default()
+        }
+    }
+}
+
 /// A parsed, type-checked request. Names are validated when applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -493,24 +505,17 @@ impl WireRequest {
         };
         services.sort();
         services.dedup();
-        let version = match self.version {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .ok_or_else(|| bad(format!("version {v} is not a non-negative integer")))?,
-            ),
-        };
-        let run = match self.run {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .ok_or_else(|| bad(format!("run {v} is not a non-negative integer")))?,
-            ),
+        let optional_u64 = |field: &str, value: Option<Value>| match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad(format!("{field} {v} is not a non-negative integer"))),
         };
         Ok(Request::Watch(WatchRequest {
             services,
-            version,
-            run,
+            version: optional_u64("version", self.version)?,
+            run: optional_u64("run", self.run)?,
         }))
     }
 
@@ -682,21 +687,45 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
     }
 }
 
-/// Parses, applies and encodes: one request's bytes in, one reply line out (no newline).
-pub fn handle(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Vec<u8> {
-    match parse(bytes, sender) {
-        Ok((seq, request)) => reply_to(registry, seq, request),
-        Err((seq, e)) => Reply::error(seq, e).to_json(),
+/// A request carried out: its reply, and whether the reply acknowledges a change of the live
+/// set, which must be on disk (with `--data-dir`) before the reply leaves.
+pub struct Handled {
+    /// The reply line, without the newline.
+    pub reply: Vec<u8>,
+    /// A register that inserted or replaced an instance, or a deregister, succeeded.
+    pub changed: bool,
+}
+
+impl Handled {
+    /// A refusal, which changes nothing.
+    pub fn refused(seq: Option<Value>, error: ProtocolError) -> Handled {
+        Handled {
+            reply: Reply::error(seq, error).to_json(),
+            changed: false,
+        }
     }
 }
 
-/// Applies a parsed request and encodes the reply (no newline).
-pub fn reply_to(registry: &Registry, seq: Option<Value>, request: Request) -> Vec<u8> {
+/// Parses, applies and encodes: one request's bytes in, one reply line out.
+pub fn handle(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Handled {
+    match parse(bytes, sender) {
+        Ok((seq, request)) => reply_to(registry, seq, request),
+        Err((seq, e)) => Handled::refused(seq, e),
+    }
+}
+
+/// Applies a parsed request and encodes the reply.
+pub fn reply_to(registry: &Registry, seq: Option<Value>, request: Request) -> Handled {
+    let writes = matches!(request, Request::Register(_) | Request::Deregister { .. });
     let reply = match apply(registry, request) {
         Ok(reply) => Reply { seq, ..reply },
         Err(e) => Reply::error(seq, e),
     };
-    reply.to_json()
+    Handled {
+        // A register that only renewed says `changed: false`; a deregister always changes.
+        changed: writes && reply.ok && reply.changed != Some(false),
+        reply: reply.to_json(),
+    }
 }
 
 #[cfg(test)]
@@ -770,7 +799,8 @@ mod tests {
             &registry,
             br#"{"op":"fly","seq":7}"#,
             "127.0.0.1".parse().unwrap(),
-        );
+        )
+        .reply;
         let reply: Reply = serde_json::from_slice(&reply).unwrap();
         assert_eq!(reply.seq, Some(Value::from(7)));
         assert_eq!(reply.error, Some(ErrorCode::UnknownOp));

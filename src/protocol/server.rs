@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::watch::{self, WatchCache, Watching};
-use super::{handle, parse, reply_to, ErrorCode, ProtocolError, Reply, Request};
+use super::{handle, parse, reply_to, ErrorCode, Handled, ProtocolError, Reply, Request};
 use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
 use crate::net::{accept_connections, SHUTDOWN_POLL};
 use crate::registry::Registry;
@@ -40,7 +40,7 @@ pub fn serve_udp_blocking(
     let mut replies = SendBatch::default();
     while !shutdown.is_cancelled() {
         let count = received.recv_or_idle(&socket, "registration");
-        let mark = registry.durable_mark();
+        let mut changed = false;
         for i in 0..count {
             let Some((request, peer)) = received.get(i) else {
                 continue;
@@ -48,33 +48,22 @@ pub fn serve_udp_blocking(
             let reply = if request.len() > max_message_bytes {
                 too_large(Some(request.len()), max_message_bytes)
             } else {
-                let reply = handle(&registry, request, peer.ip());
-                if reply.len() > MAX_UDP_REPLY {
-                    reply_too_large(request, reply.len())
+                let handled = handle(&registry, request, peer.ip());
+                changed |= handled.changed;
+                if handled.reply.len() > MAX_UDP_REPLY {
+                    reply_too_large(request, handled.reply.len())
                 } else {
-                    reply
+                    handled.reply
                 }
             };
             replies.push(reply, peer);
         }
-        // Nothing is acknowledged before it is on disk: the batch's changes share one commit.
-        wait_durable(&registry, mark);
-        replies.flush(&socket);
-    }
-}
-
-/// Whether changes were journalled since `mark` (from [`Registry::durable_mark`]).
-fn changed_since(registry: &Registry, mark: Option<u64>) -> bool {
-    matches!((mark, registry.durable_mark()), (Some(before), Some(after)) if after > before)
-}
-
-/// Waits until the changes journalled since `mark` are on disk, if there were any. It may also
-/// wait for other threads' changes made meanwhile: a little latency, never a lost ack.
-fn wait_durable(registry: &Registry, mark: Option<u64>) {
-    if let (Some(before), Some(after)) = (mark, registry.durable_mark()) {
-        if after > before {
-            registry.wait_durable(after);
+        // Nothing is acknowledged before it is on disk: the batch's changes share one commit,
+        // and a batch of renewals only waits for nothing.
+        if changed {
+            registry.wait_durable();
         }
+        replies.flush(&socket);
     }
 }
 
@@ -173,9 +162,9 @@ async fn serve_connection(
         .into_iter();
         let mut replies = Vec::new();
         let mut watch_request = None;
-        let mark = registry.durable_mark();
+        let mut changed = false;
         for line in received.by_ref() {
-            let reply = match line {
+            let handled = match line {
                 Line::Complete(line) => {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
@@ -186,17 +175,21 @@ async fn serve_connection(
                             break;
                         }
                         Ok((seq, request)) => reply_to(&registry, seq, request),
-                        Err((seq, e)) => Reply::error(seq, e).to_json(),
+                        Err((seq, e)) => Handled::refused(seq, e),
                     }
                 }
-                Line::TooLong => too_large(None, max_message_bytes),
+                Line::TooLong => Handled {
+                    reply: too_large(None, max_message_bytes),
+                    changed: false,
+                },
             };
-            replies.extend_from_slice(&reply);
+            changed |= handled.changed;
+            replies.extend_from_slice(&handled.reply);
             replies.push(b'\n');
         }
-        if changed_since(&registry, mark) {
+        if changed && registry.is_durable() {
             let registry = registry.clone();
-            let _ = tokio::task::spawn_blocking(move || wait_durable(&registry, mark)).await;
+            let _ = tokio::task::spawn_blocking(move || registry.wait_durable()).await;
         }
         // Replies to everything that arrived together go out in one write.
         if !replies.is_empty() {

@@ -154,7 +154,8 @@ impl From<&crate::config::RegistryConfig> for Limits {
 }
 
 /// A registration that passed validation: every name is a lower-case label, every value in range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Also the form kept by the durable store (`--data-dir`), as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registration {
     /// Service name.
     pub service: String,
@@ -171,7 +172,25 @@ pub struct Registration {
     /// Metadata sorted by key.
     pub meta: Vec<(String, String)>,
     /// Lease.
+    #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+}
+
+impl From<Registration> for RegistrationRequest {
+    /// The request that validates to this registration, to check a stored one against the
+    /// limits in force now.
+    fn from(reg: Registration) -> Self {
+        RegistrationRequest {
+            service: reg.service,
+            id: Some(reg.id),
+            address: Some(reg.address),
+            port: reg.port,
+            weight: Some(reg.weight),
+            tags: reg.tags,
+            meta: reg.meta,
+            ttl: Some(reg.ttl),
+        }
+    }
 }
 
 /// Longest `key=value` string, the limit of one TXT character-string (RFC 1035 §3.3).

@@ -29,7 +29,7 @@ pub use instance::{
 };
 
 use crate::name::LabelError;
-use crate::store::{Change, Journal, Record, Ticket};
+use crate::store::{Change, Journal};
 
 /// Why the registry refused a request. Each variant maps to one protocol error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -304,43 +304,36 @@ impl Registry {
         all
     }
 
-    /// Loads registrations kept by a previous run (before [`Registry::attach_journal`]): each
-    /// gets a fresh lease of one TTL, so it renews or expires; the global version continues
-    /// from `version`. A record the current limits refuse is skipped with a warning. Returns
-    /// how many were restored.
-    pub fn restore(&self, records: Vec<Record>, version: u64) -> usize {
+    /// Loads registrations kept by a previous run (`records` as [`State::insert`] encoded them,
+    /// before [`Registry::attach_journal`]): each gets a fresh lease of one TTL, so it renews or
+    /// expires; the global version continues from `version`. A record that does not decode, or
+    /// that the limits in force now refuse, is skipped with a warning. Returns how many were
+    /// restored.
+    pub fn restore(&self, records: Vec<Vec<u8>>, version: u64) -> usize {
         let now = self.now_ms();
         let mut state = self.lock_state();
         let mut restored = 0;
         for record in records {
-            let (service, id) = (record.service.clone(), record.id.clone());
-            let request = RegistrationRequest {
-                service: record.service,
-                id: Some(record.id),
-                address: Some(record.address),
-                port: record.port,
-                weight: Some(record.weight),
-                tags: record.tags,
-                meta: record.meta,
-                ttl: Some(Duration::from_millis(record.ttl_ms)),
-            };
-            let reg = match request.validate(&self.shared.limits) {
-                Ok(reg) => reg,
+            let reg = serde_json::from_slice::<Registration>(&record)
+                .map_err(|e| e.to_string())
+                .and_then(|stored| {
+                    RegistrationRequest::from(stored)
+                        .validate(&self.shared.limits)
+                        .map_err(|e| e.to_string())
+                });
+            let reg = match reg {
+                Ok(reg) if state.instance_count < self.shared.limits.max_instances => reg,
+                Ok(reg) => {
+                    tracing::warn!(service = %reg.service, id = %reg.id, "stored registration skipped: registry.max_instances");
+                    continue;
+                }
                 Err(error) => {
-                    tracing::warn!(%service, %id, %error, "stored registration skipped");
+                    tracing::warn!(%error, "stored registration skipped");
                     continue;
                 }
             };
-            if state.instance_count >= self.shared.limits.max_instances {
-                tracing::warn!(%service, %id, "stored registration skipped: registry.max_instances");
-                continue;
-            }
-            let existing = state
-                .services
-                .get(reg.service.as_str())
-                .and_then(|s| s.get(reg.id.as_str()))
-                .cloned();
-            if let Some(old) = existing {
+            // Keys are unique in the store; this only guards a hand-edited file.
+            if let Some(old) = state.find(&reg.service, &reg.id) {
                 state.remove(&old);
             }
             state.insert(&reg, now + reg.ttl.as_millis() as u64);
@@ -360,16 +353,16 @@ impl Registry {
         let _ = self.shared.journal.set(journal);
     }
 
-    /// The journal's last ticket, if there is a journal: a request handler notes it before
-    /// and after its work, and if it moved, waits for it before acknowledging.
-    pub fn durable_mark(&self) -> Option<Ticket> {
-        self.shared.journal.get().map(Journal::issued)
+    /// Whether changes are written to disk (`--data-dir`).
+    pub fn is_durable(&self) -> bool {
+        self.shared.journal.get().is_some()
     }
 
-    /// Blocks until every change up to `ticket` is on disk (at once without a journal).
-    pub fn wait_durable(&self, ticket: Ticket) {
+    /// Blocks until every change made so far is on disk; returns at once without a journal.
+    /// A request handler calls it after changes it made, before acknowledging them.
+    pub fn wait_durable(&self) {
         if let Some(journal) = self.shared.journal.get() {
-            journal.wait(ticket);
+            journal.wait(journal.issued());
         }
     }
 
@@ -401,12 +394,7 @@ impl Registry {
         let mut state = self.lock_state();
         state.expire_due(now);
         let deadline = now + reg.ttl.as_millis() as u64;
-        let existing = state
-            .services
-            .get(reg.service.as_str())
-            .and_then(|s| s.get(reg.id.as_str()))
-            .cloned();
-        let (instance, changed) = match existing {
+        let (instance, changed) = match state.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(&reg) => {
                 state.move_deadline(&old, deadline);
                 (old, false)
@@ -448,8 +436,7 @@ impl Registry {
         let now = self.now_ms();
         let mut state = self.lock_state();
         state.expire_due(now);
-        let found = state.services.get(service).and_then(|s| s.get(id)).cloned();
-        let result = match found {
+        let result = match state.find(service, id) {
             Some(instance) => {
                 state.move_deadline(&instance, now + instance.ttl.as_millis() as u64);
                 Ok(Renewed {
@@ -471,8 +458,7 @@ impl Registry {
         let now = self.now_ms();
         let mut state = self.lock_state();
         state.expire_due(now);
-        let found = state.services.get(service).and_then(|s| s.get(id)).cloned();
-        let result = match found {
+        let result = match state.find(service, id) {
             Some(instance) => {
                 state.remove(&instance);
                 state.bump();
@@ -585,24 +571,12 @@ impl Registry {
     }
 }
 
-fn record_of(instance: &Instance) -> Record {
-    Record {
-        service: instance.service.to_string(),
-        id: instance.id.to_string(),
-        address: instance.address,
-        port: instance.port,
-        weight: instance.weight,
-        tags: instance.tags.iter().map(|t| t.to_string()).collect(),
-        meta: instance
-            .meta
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ttl_ms: instance.ttl.as_millis() as u64,
-    }
-}
-
 impl State {
+    /// The live (or due, not yet removed) instance `service`/`id`.
+    fn find(&self, service: &str, id: &str) -> Option<Arc<Instance>> {
+        self.services.get(service).and_then(|s| s.get(id)).cloned()
+    }
+
     fn insert(&mut self, reg: &Registration, deadline: u64) -> Arc<Instance> {
         let service: Arc<str> = match self.services.get_key_value(reg.service.as_str()) {
             Some((name, _)) => name.clone(),
@@ -626,8 +600,15 @@ impl State {
         self.instance_count += 1;
         self.dirty.insert(service);
         if let Some(journal) = &self.journal {
+            // Plain strings, numbers and a duration: encoding cannot fail.
+            let value = serde_json::to_vec(reg).unwrap_or_default();
+            let put = Change::Put {
+                service: reg.service.clone(),
+                id: reg.id.clone(),
+                value,
+            };
             // Every insertion is followed by exactly one bump: the version after it.
-            journal.submit(Change::Put(record_of(&instance)), self.version + 1);
+            journal.submit(put, self.version + 1);
         }
         instance
     }

@@ -2,8 +2,9 @@
 //! (copy-on-write, checksummed) key-value file, rather than a file format of our own.
 //!
 //! What is stored is what a restart needs to answer the same live set: every instance's
-//! registration (not its deadline: a restored instance gets a fresh lease of one TTL, so it
-//! either renews or expires) and the global version. Renewals are never written.
+//! registration, by service and id, as bytes the registry chose (not its deadline: a restored
+//! instance gets a fresh lease of one TTL, so it either renews or expires), and the global
+//! version. Renewals are never written.
 //!
 //! Writes go through a [`Journal`]: one thread that takes every change queued since its last
 //! commit and commits them in one durable transaction (group commit), so an fsync is shared by
@@ -14,16 +15,13 @@
 //! registry's order); the protocol loops note [`Journal::issued`] before a batch of requests
 //! and wait for it after, before any reply leaves; `serve` loads the store at start.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 
-/// Registrations by `service \0 id`, as JSON [`Record`]s.
+/// Registrations by `service \0 id`, in the registry's encoding.
 const INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("instances");
 /// `version`: the global version after the last change written.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -50,44 +48,20 @@ pub enum StoreError {
         /// What redb said.
         source: Box<redb::Error>,
     },
-    /// A stored record cannot be read back.
-    #[error("store {path}: unreadable record {key:?}: {reason}")]
-    Record {
-        /// The file.
-        path: PathBuf,
-        /// Its key, lossily as text.
-        key: String,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-/// One registration as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// Service name.
-    pub service: String,
-    /// Instance id.
-    pub id: String,
-    /// Address.
-    pub address: IpAddr,
-    /// Port.
-    pub port: u16,
-    /// SRV weight.
-    pub weight: u16,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Metadata, in registration order.
-    pub meta: Vec<(String, String)>,
-    /// Lease in milliseconds.
-    pub ttl_ms: u64,
 }
 
 /// A change to the stored set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Insert or replace a registration.
-    Put(Record),
+    Put {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// The registration, encoded by the registry.
+        value: Vec<u8>,
+    },
     /// Remove a registration (absent is fine).
     Delete {
         /// Service name.
@@ -110,8 +84,8 @@ fn key(service: &str, id: &str) -> Vec<u8> {
 pub struct Loaded {
     /// The global version after the last change written.
     pub version: u64,
-    /// Every stored registration.
-    pub records: Vec<Record>,
+    /// Every stored registration, as the registry encoded it.
+    pub records: Vec<Vec<u8>>,
 }
 
 /// The store file.
@@ -161,14 +135,8 @@ impl Store {
             Err(e) => return Err(self.error(e)),
         };
         for entry in instances.iter().map_err(|e| self.error(e))? {
-            let (key, value) = entry.map_err(|e| self.error(e))?;
-            let record: Record =
-                serde_json::from_slice(value.value()).map_err(|e| StoreError::Record {
-                    path: self.path.clone(),
-                    key: String::from_utf8_lossy(key.value()).replace('\0', "/"),
-                    reason: e.to_string(),
-                })?;
-            loaded.records.push(record);
+            let (_, value) = entry.map_err(|e| self.error(e))?;
+            loaded.records.push(value.value().to_vec());
         }
         Ok(loaded)
     }
@@ -180,14 +148,9 @@ impl Store {
             let mut instances = write.open_table(INSTANCES).map_err(|e| self.error(e))?;
             for change in changes {
                 match change {
-                    Change::Put(record) => {
-                        // Plain strings and numbers: serialising cannot fail.
-                        let value = serde_json::to_vec(record).unwrap_or_default();
+                    Change::Put { service, id, value } => {
                         instances
-                            .insert(
-                                key(&record.service, &record.id).as_slice(),
-                                value.as_slice(),
-                            )
+                            .insert(key(service, id).as_slice(), value.as_slice())
                             .map_err(|e| self.error(e))?;
                     }
                     Change::Delete { service, id } => {
@@ -266,7 +229,7 @@ impl Journal {
         ticket
     }
 
-    /// The last ticket issued.
+    /// The last ticket issued: waiting for it waits for every change submitted so far.
     pub fn issued(&self) -> Ticket {
         self.lock().issued
     }
@@ -326,28 +289,16 @@ fn write_loop(store: Store, shared: Arc<Shared>) {
     }
 }
 
-/// Collapses records by (service, id), the last one winning; for tests and tools.
-pub fn by_key(records: &[Record]) -> BTreeMap<(String, String), Record> {
-    records
-        .iter()
-        .map(|r| ((r.service.clone(), r.id.clone()), r.clone()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(service: &str, id: &str, port: u16) -> Record {
-        Record {
+    /// A registration whose stored value names its key and port.
+    fn put(service: &str, id: &str, port: u16) -> Change {
+        Change::Put {
             service: service.into(),
             id: id.into(),
-            address: "10.0.0.1".parse().unwrap(),
-            port,
-            weight: 1,
-            tags: vec!["blue".into()],
-            meta: vec![("k".into(), "v".into())],
-            ttl_ms: 10_000,
+            value: format!("{service}/{id}:{port}").into_bytes(),
         }
     }
 
@@ -359,9 +310,9 @@ mod tests {
         store
             .apply(
                 &[
-                    Change::Put(record("web", "a", 80)),
-                    Change::Put(record("web", "b", 81)),
-                    Change::Put(record("db", "a", 5432)),
+                    put("web", "a", 80),
+                    put("web", "b", 81),
+                    put("db", "a", 5432),
                 ],
                 3,
             )
@@ -373,7 +324,7 @@ mod tests {
                         service: "web".into(),
                         id: "a".into(),
                     },
-                    Change::Put(record("web", "b", 82)),
+                    put("web", "b", 82),
                     Change::Delete {
                         service: "nothing".into(),
                         id: "x".into(),
@@ -385,10 +336,13 @@ mod tests {
         drop(store);
         let loaded = Store::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(loaded.version, 5);
-        let by = by_key(&loaded.records);
-        assert_eq!(by.len(), 2);
-        assert_eq!(by[&("web".into(), "b".into())].port, 82);
-        assert_eq!(by[&("db".into(), "a".into())], record("db", "a", 5432));
+        let mut stored: Vec<String> = loaded
+            .records
+            .iter()
+            .map(|v| String::from_utf8(v.clone()).unwrap())
+            .collect();
+        stored.sort();
+        assert_eq!(stored, ["db/a:5432", "web/b:82"]);
     }
 
     #[test]
@@ -400,8 +354,7 @@ mod tests {
                 let journal = journal.clone();
                 std::thread::spawn(move || {
                     for i in 0..50u16 {
-                        let ticket = journal
-                            .submit(Change::Put(record("svc", &format!("t{t}-{i}"), i + 1)), 0);
+                        let ticket = journal.submit(put("svc", &format!("t{t}-{i}"), i + 1), 0);
                         journal.wait(ticket);
                     }
                 })
