@@ -111,7 +111,11 @@ fn push32(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_be_bytes());
 }
 
+/// The largest offset a compression pointer can hold: 14 bits (RFC 1035 §4.1.4).
+const MAX_POINTER_OFFSET: usize = 0x3fff;
+
 fn pointer(offset: usize) -> u16 {
+    debug_assert!(offset <= MAX_POINTER_OFFSET);
     0xc000 | offset as u16
 }
 
@@ -209,7 +213,11 @@ impl Responder {
             let ttl = self.ttl_for(set.iter().copied(), now);
             answers = set.len() as u16;
             if parsed.qtype == TYPE_SRV {
-                let mut targets = Vec::with_capacity(set.len());
+                // Each SRV record is the name pointer, type, class, TTL and length (12 bytes),
+                // priority, weight and port (6), then its target, whose offset the additional
+                // section points back to.
+                let first_target = out.len() + 12 + 6;
+                let mut last_target = first_target;
                 for instance in &set {
                     push16(&mut out, pointer(12));
                     push16(&mut out, TYPE_SRV);
@@ -222,15 +230,23 @@ impl Responder {
                     push16(&mut out, SRV_PRIORITY);
                     push16(&mut out, instance.weight);
                     push16(&mut out, instance.port);
-                    targets.push(out.len());
+                    last_target = out.len();
                     out.push(instance.id.len() as u8);
                     out.extend_from_slice(instance.id.as_bytes());
                     out.push(service.len() as u8);
                     out.extend_from_slice(service.as_bytes());
                     push16(&mut out, pointer(apex_offset));
                 }
-                for (instance, target) in set.iter().zip(targets) {
+                if last_target > MAX_POINTER_OFFSET {
+                    // A target past 16 KiB cannot be pointed at (only on TCP, hundreds of
+                    // instances): the general path writes those names out.
+                    self.rotation.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+                let mut target = first_target;
+                for instance in &set {
                     push_address(&mut out, pointer(target), ttl, instance.address);
+                    target += 12 + 6 + 1 + instance.id.len() + 1 + service.len() + 2;
                 }
                 additionals = set.len() as u16;
             } else {

@@ -6,7 +6,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use serde_json::json;
 
-use crate::support::{dig, query, query_bytes, raw_query, tcp_query, Server};
+use crate::support::{dig, query, query_bytes, raw_query, tcp_query, tcp_requests, Server};
 
 fn web(server: &Server) {
     server.register(json!({"service": "web", "id": "web-1", "address": "10.0.0.1", "port": 8080, "weight": 10, "tags": ["primary"], "meta": {"version": "1.2", "zone": "a"}}));
@@ -238,6 +238,39 @@ fn big_answers_are_cut_with_tc_over_udp_and_whole_over_tcp() {
     assert!(!tcp.metadata.truncation);
     assert_eq!(tcp.answers.len(), 60);
     assert_eq!(tcp.additionals.len(), 60);
+}
+
+/// A TCP answer longer than 16 KiB: a compression pointer reaches only the first 16 KiB, so
+/// every additional record must still name its SRV target correctly.
+#[test]
+fn answers_past_16_kib_keep_their_names_whole() {
+    let server = Server::start(&[]);
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        let request = json!({"op": "register", "service": "huge", "id": format!("instance-{i}"),
+            "address": format!("10.0.{}.{}", i / 250, i % 250 + 1), "port": 80});
+        batch.extend_from_slice(format!("{request}\n").as_bytes());
+    }
+    assert!(tcp_requests(server.registry, &batch, 500)
+        .iter()
+        .all(|r| r["ok"] == true));
+    let tcp = tcp_query(
+        server.dns,
+        &query_bytes("huge.service.local.", RecordType::SRV),
+    );
+    assert_eq!(tcp.answers.len(), 500);
+    let targets: std::collections::HashSet<String> = tcp
+        .answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::SRV(srv) => srv.target.to_string(),
+            other => panic!("not an SRV: {other:?}"),
+        })
+        .collect();
+    let named: std::collections::HashSet<String> =
+        tcp.additionals.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(targets.len(), 500);
+    assert_eq!(named, targets, "every additional names an SRV target");
 }
 
 #[test]
