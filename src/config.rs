@@ -124,7 +124,7 @@ impl DnsConfig {
 }
 
 /// `IP` (port 53) or `IP:PORT` (`[v6]:PORT` for IPv6).
-pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }

@@ -171,12 +171,6 @@ impl Responder {
             rotation: AtomicUsize::new(0),
         })
     }
-
-    /// The zone served from the registry.
-    pub fn zone(&self) -> &Zone {
-        &self.zone
-    }
-
     /// The static zones.
     pub fn statics(&self) -> &StaticZones {
         &self.statics
@@ -660,16 +654,14 @@ impl Responder {
         };
         let now = self.registry.now_ms();
         let qname = response.queries[0].name().clone();
-        let (answers, additionals) =
-            self.set_records(&qname, &service, kind, &rotated(set.clone()), now);
+        // Ranking for the client does not depend on the order it is given, so the rotated set
+        // serves both.
+        let set = rotated(set);
+        let (answers, additionals) = self.set_records(&qname, &service, kind, &set, now);
         response.answers = answers;
         response.answers.extend_from_slice(&extra);
         response.additionals = additionals;
-        if let Some(bytes) = fits(&response, limit) {
-            return bytes;
-        }
-        response.additionals.clear();
-        if let Some(bytes) = fits(&response, limit) {
+        if let Some(bytes) = fits_whole(&mut response, limit) {
             return bytes;
         }
         response.metadata.truncation = true;
@@ -844,12 +836,18 @@ fn encode_or_servfail(response: &Message) -> Vec<u8> {
 
 /// Encodes `response` within `limit` bytes: first without the additional section, then with
 /// as many answers as fit and TC set, so a client never mistakes a cut answer for the whole.
-fn encode_records(mut response: Message, limit: usize) -> Vec<u8> {
-    if let Some(bytes) = fits(&response, limit) {
-        return bytes;
+/// The response whole, or without its additional section (which RFC 2181 §9 lets a server
+/// drop without TC), if either fits.
+fn fits_whole(response: &mut Message, limit: usize) -> Option<Vec<u8>> {
+    if let Some(bytes) = fits(response, limit) {
+        return Some(bytes);
     }
     response.additionals.clear();
-    if let Some(bytes) = fits(&response, limit) {
+    fits(response, limit)
+}
+
+fn encode_records(mut response: Message, limit: usize) -> Vec<u8> {
+    if let Some(bytes) = fits_whole(&mut response, limit) {
         return bytes;
     }
     response.metadata.truncation = true;

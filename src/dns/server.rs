@@ -75,7 +75,7 @@ pub fn serve_udp_blocking(
             };
             replies.push(response, peer);
         }
-        replies.flush(&socket);
+        replies.flush(&socket, "DNS");
     }
 }
 

@@ -149,11 +149,6 @@ impl StaticZone {
         StaticLookup::NoData
     }
 
-    /// Whether `name` exists in this zone (with records or as an empty non-terminal).
-    pub fn contains(&self, name: &LowerName) -> bool {
-        self.names.contains(name)
-    }
-
     /// Number of record sets, for logs.
     pub fn len(&self) -> usize {
         self.records.values().map(|t| t.len()).sum()

@@ -52,25 +52,26 @@ impl RecvBatch {
     /// Waits for at least one datagram (or the socket's read timeout) and takes up to
     /// [`BATCH`] that are already queued. Returns how many.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: mmsghdr is plain old data; the fields that matter are set below.
-        let mut headers: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
-        for ((header, iovec), addr) in headers
+        // SAFETY: iovec and mmsghdr are plain old data; all zeroes is a valid (empty) value,
+        // and the fields that matter are set below. On the stack: no allocation per call.
+        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for (((header, iovec), buffer), addr) in headers
             .iter_mut()
             .zip(iovecs.iter_mut())
+            .zip(self.buffers.iter_mut())
             .zip(self.addrs.iter_mut())
         {
-            header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
+            *iovec = libc::iovec {
+                iov_base: buffer.as_mut_ptr().cast(),
+                iov_len: buffer.len(),
+            };
+            point(
+                header,
+                addr,
+                size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+                iovec,
+            );
         }
         // SAFETY: every header points into `iovecs`, `self.buffers` and `self.addrs`, which
         // live, unmoved, until the call returns; the lengths given are theirs.
@@ -142,37 +143,32 @@ impl SendBatch {
     }
 
     /// Sends everything queued; a reply the kernel refuses is dropped (UDP promises no more).
-    pub fn flush(&mut self, socket: &UdpSocket) {
+    pub fn flush(&mut self, socket: &UdpSocket, what: &str) {
         let mut sent = 0;
         while sent < self.replies.len() {
-            let pending = &mut self.replies[sent..];
-            let mut iovecs: Vec<libc::iovec> = pending
-                .iter_mut()
-                .map(|(bytes, _, _)| libc::iovec {
-                    iov_base: bytes.as_mut_ptr().cast(),
-                    iov_len: bytes.len(),
-                })
-                .collect();
-            // SAFETY: plain old data, filled in below.
-            let mut headers: Vec<libc::mmsghdr> =
-                (0..pending.len()).map(|_| unsafe { zeroed() }).collect();
-            for ((header, iovec), (_, addr, len)) in headers
+            let end = self.replies.len().min(sent + BATCH);
+            let pending = &mut self.replies[sent..end];
+            // SAFETY: plain old data, filled in below; on the stack, as in `recv`.
+            let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+            let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+            for ((header, iovec), (bytes, addr, len)) in headers
                 .iter_mut()
                 .zip(iovecs.iter_mut())
                 .zip(pending.iter_mut())
             {
-                header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                header.msg_hdr.msg_namelen = *len;
-                header.msg_hdr.msg_iov = iovec;
-                header.msg_hdr.msg_iovlen = 1;
+                *iovec = libc::iovec {
+                    iov_base: bytes.as_mut_ptr().cast(),
+                    iov_len: bytes.len(),
+                };
+                point(header, addr, *len, iovec);
             }
-            // SAFETY: the headers point into `iovecs` and `pending`, alive and unmoved during
-            // the call, with their true lengths.
+            // SAFETY: the first `pending.len()` headers point into `iovecs` and `pending`,
+            // alive and unmoved during the call, with their true lengths.
             let result = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
                     headers.as_mut_ptr(),
-                    headers.len() as libc::c_uint,
+                    pending.len() as libc::c_uint,
                     0,
                 )
             };
@@ -181,7 +177,7 @@ impl SendBatch {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                tracing::debug!(%error, "DNS UDP send failed; dropping one reply");
+                tracing::debug!(%error, "{what} UDP send failed; dropping one reply");
                 sent += 1;
             } else {
                 sent += result as usize;
@@ -189,6 +185,19 @@ impl SendBatch {
         }
         self.replies.clear();
     }
+}
+
+/// Points `header` at one address and one buffer.
+fn point(
+    header: &mut libc::mmsghdr,
+    addr: &mut libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+    iovec: &mut libc::iovec,
+) {
+    header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+    header.msg_hdr.msg_namelen = addr_len;
+    header.msg_hdr.msg_iov = iovec;
+    header.msg_hdr.msg_iovlen = 1;
 }
 
 fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -310,13 +319,15 @@ mod tests {
             seen[5], None,
             "a datagram longer than MAX_QUERY is dropped, not cut"
         );
+        // More than one system call's worth: sent in BATCH-sized calls, in order.
+        let count = (BATCH * 2 + 3) as u8;
         let mut replies = SendBatch::default();
-        for i in 0..3u8 {
+        for i in 0..count {
             replies.push(vec![i; 2], client.local_addr().unwrap());
         }
-        replies.flush(&server);
+        replies.flush(&server, "test");
         let mut buf = [0u8; 16];
-        for i in 0..3u8 {
+        for i in 0..count {
             let (n, _) = client.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], &[i, i]);
         }

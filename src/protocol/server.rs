@@ -63,7 +63,7 @@ pub fn serve_udp_blocking(
         if changed {
             registry.wait_durable();
         }
-        replies.flush(&socket);
+        replies.flush(&socket, "registration");
     }
 }
 
