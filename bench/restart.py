@@ -43,22 +43,30 @@ def dns_answers(dns, name):
 
 def main():
     print(f"machine: nproc={os.cpu_count()}; N={N}; 1000 services; registers pipelined over one TCP connection")
-    p, reg, dns, _ = start(["--dns", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-    mem = register_all(reg, N); p.kill(); p.wait()
-    print(f"in memory:   {N} registrations in {mem:.2f} s = {N / mem:.0f}/s")
-    with tempfile.TemporaryDirectory() as d:
-        p, reg, dns, f = start(["--dns", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--data-dir", d])
-        dur = register_all(reg, N)
-        print(f"--data-dir:  {N} registrations in {dur:.2f} s = {N / dur:.0f}/s (each acknowledged only once on disk)")
-        p.send_signal(signal.SIGKILL); p.wait()
-        size = os.path.getsize(os.path.join(d, "beacon.redb"))
-        t = time.monotonic()
-        p, reg, dns, _ = start(["--dns", f["dns"], "--listen", f["registry"], "--data-dir", d])
-        name = f"s{(N - 1) % 1000}.service.local"
-        while not dns_answers(dns, name):
-            pass
-        took = time.monotonic() - t
-        print(f"kill -9 → restart → {name} answered: {took * 1000:.0f} ms with {N} instances on disk ({size / N:.0f} B/instance in beacon.redb)")
-        p.kill(); p.wait()
+    servers = []  # killed on every exit path, so a failure leaves nothing running
+    def serve(args, dns="127.0.0.1:0", listen="127.0.0.1:0"):
+        p, reg, dns, fields = start(["--dns", dns, "--listen", listen] + args)
+        servers.append(p)
+        return p, reg, dns, fields
+    try:
+        p, reg, _, _ = serve([])
+        mem = register_all(reg, N); p.kill(); p.wait()
+        print(f"in memory:   {N} registrations in {mem:.2f} s = {N / mem:.0f}/s")
+        with tempfile.TemporaryDirectory() as d:
+            p, reg, _, fields = serve(["--data-dir", d])
+            dur = register_all(reg, N)
+            print(f"--data-dir:  {N} registrations in {dur:.2f} s = {N / dur:.0f}/s (each acknowledged only once on disk)")
+            p.send_signal(signal.SIGKILL); p.wait()
+            size = os.path.getsize(os.path.join(d, "beacon.redb"))
+            t = time.monotonic()
+            _, _, dns, _ = serve(["--data-dir", d], dns=fields["dns"], listen=fields["registry"])
+            name = f"s{(N - 1) % 1000}.service.local"
+            while not dns_answers(dns, name):
+                assert time.monotonic() - t < 60, f"{name} not answered 60 s after the restart"
+            took = time.monotonic() - t
+            print(f"kill -9 → restart → {name} answered: {took * 1000:.0f} ms with {N} instances on disk ({size / N:.0f} B/instance in beacon.redb)")
+    finally:
+        for p in servers:
+            p.kill(); p.wait()
 
 main()

@@ -75,13 +75,7 @@ async fn removals_stay_removed_and_restored_leases_start_afresh() {
 
     let server = Server::start_on(&dns, &registry, &["--data-dir", &data]);
     assert_eq!(listed(&server, "mix"), ["kept"]);
-    let left = eventually(Duration::from_secs(5), || async {
-        query(server.dns, "mix.service.local.", RecordType::A)
-            .await
-            .rcode
-            == ResponseCode::NXDomain
-    })
-    .await;
+    let left = eventually(Duration::from_secs(5), || gone(server.dns, "mix")).await;
     assert!(
         left,
         "a restored instance without heartbeats expires after one TTL"

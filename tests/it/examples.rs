@@ -5,14 +5,12 @@
 use std::fs::File;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use crate::support::{eventually, query, Server};
+use crate::support::{eventually, gone, query, Running, Server};
 
 /// The lease the scripts ask for; they heartbeat every third of it.
 const TTL_MS: u64 = 1500;
@@ -57,7 +55,7 @@ impl Script {
 /// A running example script, in its own process group; the whole group is killed when dropped,
 /// so a failed test leaves no stray interpreter, `sleep` or `dd` behind.
 struct Provider {
-    child: Child,
+    child: Running,
     log: tempfile::NamedTempFile,
 }
 
@@ -66,36 +64,24 @@ impl Provider {
     fn start(script: Script, registry: SocketAddr, service: &str, port: u16) -> Provider {
         script.require_interpreter();
         let log = tempfile::NamedTempFile::new().expect("temporary file for stderr");
-        let child = Command::new(script.path())
-            .args([service, &port.to_string(), &TTL_MS.to_string()])
-            .env("BEACON_REGISTRY", registry.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.reopen().expect("reopen the stderr file"))
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("run {}: {e}", script.path()));
+        let child = Running::spawn(
+            Command::new(script.path())
+                .args([service, &port.to_string(), &TTL_MS.to_string()])
+                .env("BEACON_REGISTRY", registry.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log.reopen().expect("reopen the stderr file")),
+        );
         Provider { child, log }
     }
 
     fn sigterm(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: kill(2) on our own child's pid has no memory-safety requirements.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "send SIGTERM");
+        self.child.signal(libc::SIGTERM);
     }
 
     /// Waits up to `within` for the script to exit.
     fn exit_status(&mut self, within: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if start.elapsed() > within {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.child.exit_status(within)
     }
 
     /// What the script wrote to standard error, for failure messages.
@@ -103,15 +89,6 @@ impl Provider {
         let mut text = String::new();
         let _ = File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut text));
         text
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let group = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: as above; the negative pid names the process group the child leads.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = self.child.wait();
     }
 }
 
@@ -126,11 +103,6 @@ async fn answered(dns: SocketAddr, service: &str, port: u16) -> bool {
             .iter()
             .map(|(p, _, _)| *p)
             .eq([port])
-}
-
-async fn gone(dns: SocketAddr, service: &str) -> bool {
-    let name = format!("{service}.service.local.");
-    query(dns, &name, RecordType::A).await.rcode == ResponseCode::NXDomain
 }
 
 /// Registers, stays past two leases through heartbeats alone, and on SIGTERM deregisters (the

@@ -1,14 +1,13 @@
 //! Instances over time: expiry when heartbeats stop, deregistration, a killed provider, and
 //! providers re-appearing through their heartbeats after a registry restart.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde_json::json;
 
-use crate::support::{beacon_bin, eventually, query, Server};
+use crate::support::{announce, eventually, gone, query, Running, Server};
 
 #[tokio::test]
 async fn an_instance_without_heartbeats_leaves_the_answers_at_its_deadline() {
@@ -79,21 +78,13 @@ async fn deregistered_instances_leave_at_once_and_the_last_one_takes_the_name() 
 #[tokio::test]
 async fn a_killed_provider_leaves_within_its_ttl() {
     let server = Server::start(&[]);
-    let mut provider = Command::new(beacon_bin())
-        .args(["announce", "--registry", &server.registry.to_string()])
-        .args([
-            "--service",
-            "victim",
-            "--port",
-            "80",
-            "--address",
-            "10.9.0.1",
-            "--ttl",
-            "1s",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut provider = Running::spawn(&mut announce(
+        server.registry,
+        "victim",
+        "10.9.0.1",
+        80,
+        &["--ttl", "1s"],
+    ));
     let up = eventually(Duration::from_secs(5), || async {
         !query(server.dns, "victim.service.local.", RecordType::A)
             .await
@@ -110,16 +101,9 @@ async fn a_killed_provider_leaves_within_its_ttl() {
         ["10.9.0.1"],
         "heartbeats keep it past one TTL"
     );
-    provider.kill().unwrap();
-    provider.wait().unwrap();
+    provider.kill();
     let killed = Instant::now();
-    let gone = eventually(Duration::from_secs(3), || async {
-        query(server.dns, "victim.service.local.", RecordType::A)
-            .await
-            .rcode
-            == ResponseCode::NXDomain
-    })
-    .await;
+    let gone = eventually(Duration::from_secs(3), || gone(server.dns, "victim")).await;
     assert!(gone, "a killed provider must leave");
     assert!(
         killed.elapsed() < Duration::from_millis(1500),
@@ -134,23 +118,15 @@ async fn a_killed_provider_leaves_within_its_ttl() {
 async fn providers_reappear_after_a_registry_restart() {
     let mut server = Server::start(&[]);
     let (dns, registry) = (server.dns, server.registry);
-    let mut providers: Vec<_> = (1..=3)
+    let providers: Vec<_> = (1..=3)
         .map(|i| {
-            Command::new(beacon_bin())
-                .args(["announce", "--registry", &registry.to_string()])
-                .args([
-                    "--service",
-                    "phoenix",
-                    "--port",
-                    "80",
-                    "--address",
-                    &format!("10.8.0.{i}"),
-                    "--ttl",
-                    "1s",
-                ])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            Running::spawn(&mut announce(
+                registry,
+                "phoenix",
+                &format!("10.8.0.{i}"),
+                80,
+                &["--ttl", "1s"],
+            ))
         })
         .collect();
     let all = || async {
@@ -169,10 +145,7 @@ async fn providers_reappear_after_a_registry_restart() {
     let mut server = Server::start_on(&dns.to_string(), &registry.to_string(), &[]);
     assert_eq!(server.dns, dns);
     let back = eventually(Duration::from_secs(5), all).await;
-    for p in &mut providers {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
+    drop(providers);
     server.kill();
     assert!(
         back,
@@ -184,21 +157,13 @@ async fn providers_reappear_after_a_registry_restart() {
 #[tokio::test]
 async fn announce_deregisters_on_sigterm() {
     let server = Server::start(&[]);
-    let provider = Command::new(beacon_bin())
-        .args(["announce", "--registry", &server.registry.to_string()])
-        .args([
-            "--service",
-            "polite",
-            "--port",
-            "80",
-            "--address",
-            "10.7.0.1",
-            "--ttl",
-            "1m",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut provider = Running::spawn(&mut announce(
+        server.registry,
+        "polite",
+        "10.7.0.1",
+        80,
+        &["--ttl", "1m"],
+    ));
     let up = eventually(Duration::from_secs(5), || async {
         !query(server.dns, "polite.service.local.", RecordType::A)
             .await
@@ -207,23 +172,13 @@ async fn announce_deregisters_on_sigterm() {
     })
     .await;
     assert!(up);
-    let status = Command::new("kill")
-        .args(["-TERM", &provider.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let gone = eventually(Duration::from_secs(2), || async {
-        query(server.dns, "polite.service.local.", RecordType::A)
-            .await
-            .rcode
-            == ResponseCode::NXDomain
-    })
-    .await;
+    provider.signal(libc::SIGTERM);
+    let gone = eventually(Duration::from_secs(2), || gone(server.dns, "polite")).await;
     assert!(gone, "SIGTERM must deregister, long before the 1 m TTL");
-    let output = provider.wait_with_output().unwrap();
+    let status = provider.exit_status(Duration::from_secs(5));
     assert!(
-        output.status.success(),
-        "announce exits 0 after deregistering"
+        status.is_some_and(|s| s.success()),
+        "announce exits 0 after deregistering: {status:?}"
     );
 }
 
@@ -233,21 +188,13 @@ async fn announce_waits_for_an_unreachable_registry() {
     let probe = Server::start(&[]);
     let (dns, registry) = (probe.dns, probe.registry);
     drop(probe);
-    let mut provider = Command::new(beacon_bin())
-        .args(["announce", "--registry", &registry.to_string()])
-        .args([
-            "--service",
-            "patient",
-            "--port",
-            "80",
-            "--address",
-            "10.6.0.1",
-            "--ttl",
-            "2s",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let provider = Running::spawn(&mut announce(
+        registry,
+        "patient",
+        "10.6.0.1",
+        80,
+        &["--ttl", "2s"],
+    ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _server = Server::start_on(&dns.to_string(), &registry.to_string(), &[]);
     let up = eventually(Duration::from_secs(6), || async {
@@ -257,7 +204,6 @@ async fn announce_waits_for_an_unreachable_registry() {
             == ["10.6.0.1"]
     })
     .await;
-    let _ = provider.kill();
-    let _ = provider.wait();
+    drop(provider);
     assert!(up, "announce must register once the registry is reachable");
 }

@@ -3,74 +3,22 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-/// A child process killed when dropped, so a failed assertion leaves nothing running.
-struct Running(Child);
+/// The address every announce of this file registers.
+const ADDRESS: &str = "10.1.2.3";
 
-impl Running {
-    fn spawn(command: &mut Command) -> Running {
-        Running(command.spawn().expect("spawn"))
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill() takes plain integers.
-        unsafe {
-            libc::kill(self.0.id() as i32, signal);
-        }
-    }
-
-    /// Waits up to `within` for the exit code.
-    fn exit_code(&mut self, within: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn announce(registry: &str, service: &str, extra: &[&str]) -> Command {
-    let mut command = Command::new(beacon_bin());
-    command
-        .args(["announce", "--registry", registry, "--service", service])
-        .args(["--port", "8080", "--address", "10.1.2.3"])
-        .args(extra)
-        .env_remove("BEACON_REGISTRY")
-        .stderr(Stdio::null());
-    command
-}
-
-async fn addresses(dns: SocketAddr, service: &str) -> Vec<String> {
-    query(dns, &format!("{service}.service.local."), RecordType::A)
-        .await
-        .addresses()
-}
-
-async fn gone(dns: SocketAddr, service: &str) -> bool {
-    query(dns, &format!("{service}.service.local."), RecordType::A)
-        .await
-        .rcode
-        == ResponseCode::NXDomain
+/// Whether `service` is answered with [`ADDRESS`], as the announces here register it.
+async fn up(dns: SocketAddr, service: &str) -> bool {
+    addresses(dns, service).await == [ADDRESS]
 }
 
 fn example(name: &str) -> PathBuf {
@@ -121,9 +69,19 @@ async fn the_library_fails_over_to_the_next_registry() {
     })
     .await;
     assert!(on_second, "the provider never moved to the second registry");
-    let srv = query(second.dns, "fo.service.local.", RecordType::SRV).await;
-    assert_eq!(srv.srv().len(), 1);
-    assert_ne!(srv.srv()[0].1, 0, "the port the example listens on");
+    let srv = query(second.dns, "fo.service.local.", RecordType::SRV)
+        .await
+        .srv();
+    assert_eq!(srv.len(), 1);
+    // The SRV port is the one the example listens on: it greets whoever connects there.
+    let mut greeting = String::new();
+    std::net::TcpStream::connect(("127.0.0.1", srv[0].0))
+        .and_then(|mut s| std::io::Read::read_to_string(&mut s, &mut greeting))
+        .expect("connect to the port the SRV record names");
+    assert!(
+        greeting.starts_with("hello from a beacon provider"),
+        "{greeting:?}"
+    );
 
     provider.signal(libc::SIGTERM);
     assert_eq!(provider.exit_code(Duration::from_secs(5)), Some(0));
@@ -138,8 +96,10 @@ async fn a_failing_tcp_check_deregisters_at_once() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap();
     let _announce = Running::spawn(&mut announce(
-        &server.registry.to_string(),
+        server.registry,
         "tcpcheck",
+        ADDRESS,
+        8080,
         &[
             "--ttl",
             "60s",
@@ -154,10 +114,7 @@ async fn a_failing_tcp_check_deregisters_at_once() {
         ],
     ));
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            addresses(server.dns, "tcpcheck").await == ["10.1.2.3"]
-        })
-        .await,
+        eventually(Duration::from_secs(5), || up(server.dns, "tcpcheck")).await,
         "never registered while the check passed"
     );
     drop(listener);
@@ -172,10 +129,7 @@ async fn a_failing_tcp_check_deregisters_at_once() {
     );
     let _listener = std::net::TcpListener::bind(target).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            addresses(server.dns, "tcpcheck").await == ["10.1.2.3"]
-        })
-        .await,
+        eventually(Duration::from_secs(5), || up(server.dns, "tcpcheck")).await,
         "never registered again once the check passed"
     );
 }
@@ -205,8 +159,10 @@ async fn an_http_check_follows_the_status_code() {
         }
     });
     let _announce = Running::spawn(&mut announce(
-        &server.registry.to_string(),
+        server.registry,
         "httpcheck",
+        ADDRESS,
+        8080,
         &[
             "--ttl",
             "60s",
@@ -216,9 +172,9 @@ async fn an_http_check_follows_the_status_code() {
             "100ms",
         ],
     ));
-    let up = || async { addresses(server.dns, "httpcheck").await == ["10.1.2.3"] };
+    let registered = || up(server.dns, "httpcheck");
     assert!(
-        eventually(Duration::from_secs(5), up).await,
+        eventually(Duration::from_secs(5), registered).await,
         "200 must register"
     );
     healthy.store(false, Ordering::SeqCst);
@@ -228,7 +184,7 @@ async fn an_http_check_follows_the_status_code() {
     );
     healthy.store(true, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(5), up).await,
+        eventually(Duration::from_secs(5), registered).await,
         "200 again must register"
     );
 }
@@ -241,8 +197,10 @@ async fn a_command_check_is_an_exit_status() {
     let flag = dir.path().join("healthy");
     std::fs::write(&flag, "").unwrap();
     let _announce = Running::spawn(&mut announce(
-        &server.registry.to_string(),
+        server.registry,
         "cmdcheck",
+        ADDRESS,
+        8080,
         &[
             "--ttl",
             "60s",
@@ -254,12 +212,7 @@ async fn a_command_check_is_an_exit_status() {
             "1",
         ],
     ));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            addresses(server.dns, "cmdcheck").await == ["10.1.2.3"]
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || up(server.dns, "cmdcheck")).await);
     std::fs::remove_file(&flag).unwrap();
     assert!(eventually(Duration::from_secs(5), || gone(server.dns, "cmdcheck")).await);
 }
@@ -276,15 +229,14 @@ async fn announce_wraps_a_child_and_exits_with_its_status() {
         release.display()
     );
     let mut wrapper = Running::spawn(&mut announce(
-        &server.registry.to_string(),
+        server.registry,
         "child",
+        ADDRESS,
+        8080,
         &["--ttl", "60s", "--", "sh", "-c", &script],
     ));
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            addresses(server.dns, "child").await == ["10.1.2.3"]
-        })
-        .await,
+        eventually(Duration::from_secs(5), || up(server.dns, "child")).await,
         "the wrapped provider must be registered while it runs"
     );
     std::fs::write(&release, "").unwrap();
@@ -305,8 +257,10 @@ async fn announce_wraps_a_child_and_exits_with_its_status() {
 async fn announce_passes_sigterm_to_the_child() {
     let server = Server::start(&[]);
     let mut wrapper = Running::spawn(&mut announce(
-        &server.registry.to_string(),
+        server.registry,
         "graceful",
+        ADDRESS,
+        8080,
         &[
             "--ttl",
             "60s",
@@ -316,12 +270,7 @@ async fn announce_passes_sigterm_to_the_child() {
             "trap 'exit 7' TERM; while :; do sleep 0.05; done",
         ],
     ));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            addresses(server.dns, "graceful").await == ["10.1.2.3"]
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || up(server.dns, "graceful")).await);
     wrapper.signal(libc::SIGTERM);
     assert_eq!(
         wrapper.exit_code(Duration::from_secs(5)),

@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -315,4 +316,96 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A child process in a process group of its own, killed with its whole group when dropped, so
+/// a failed assertion leaves nothing running (a wrapped `sh -c` included).
+pub struct Running(Child);
+
+impl Running {
+    /// Spawns `command` as the leader of a new process group.
+    pub fn spawn(command: &mut Command) -> Running {
+        Running(command.process_group(0).spawn().expect("spawn"))
+    }
+
+    /// Sends `signal` to the process (not its group).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill() takes plain integers; the child is not reaped while we hold it.
+        unsafe {
+            libc::kill(self.0.id() as i32, signal);
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Its standard output, when spawned with `Stdio::piped()`.
+    pub fn stdout(&mut self) -> ChildStdout {
+        self.0.stdout.take().expect("stdout is piped")
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub fn exit_status(&mut self, within: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Waits up to `within` for the exit code (`None` if it did not exit or a signal killed it).
+    pub fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        self.exit_status(within).and_then(|status| status.code())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: as in `signal`; the negative pid names the group the child leads.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// `beacon announce` of `service` at `address:port` to `registry`, stderr silenced; `extra`
+/// adds flags.
+pub fn announce(
+    registry: SocketAddr,
+    service: &str,
+    address: &str,
+    port: u16,
+    extra: &[&str],
+) -> Command {
+    let mut command = Command::new(beacon_bin());
+    command
+        .args(["announce", "--registry", &registry.to_string()])
+        .args(["--service", service, "--port", &port.to_string()])
+        .args(["--address", address])
+        .args(extra)
+        .env_remove("BEACON_REGISTRY")
+        .stderr(Stdio::null());
+    command
+}
+
+/// The addresses DNS answers for `<service>.service.local` A.
+pub async fn addresses(dns: SocketAddr, service: &str) -> Vec<String> {
+    query(dns, &format!("{service}.service.local."), RecordType::A)
+        .await
+        .addresses()
+}
+
+/// Whether `<service>.service.local` is NXDOMAIN.
+pub async fn gone(dns: SocketAddr, service: &str) -> bool {
+    query(dns, &format!("{service}.service.local."), RecordType::A)
+        .await
+        .rcode
+        == ResponseCode::NXDomain
 }

@@ -5,12 +5,12 @@
 //! why it is skipped.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{beacon_bin, Server};
+use crate::support::{announce, Running, Server};
 
 /// Runs `getent DATABASE NAME` with /etc/resolv.conf naming only `nameserver` and
 /// /etc/nsswitch.conf resolving hosts with `files dns`: (exit code, output).
@@ -77,21 +77,13 @@ fn getent_resolves_services_and_upstream_names_through_beacon() {
         &["--upstream", &upstream.dns.to_string()],
     );
 
-    let mut provider = Command::new(beacon_bin())
-        .args(["announce", "--registry", &front.registry.to_string()])
-        .args([
-            "--service",
-            "web",
-            "--port",
-            "8080",
-            "--address",
-            "10.30.0.1",
-            "--ttl",
-            "2s",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut provider = Running::spawn(&mut announce(
+        front.registry,
+        "web",
+        "10.30.0.1",
+        8080,
+        &["--ttl", "2s"],
+    ));
     let start = Instant::now();
     let mut resolved = (0, String::new());
     while start.elapsed() < Duration::from_secs(5) {
@@ -117,8 +109,7 @@ fn getent_resolves_services_and_upstream_names_through_beacon() {
     let (code, _) = getent("127.0.0.77", "hosts", "missing.example.test");
     assert_eq!(code, 2, "an NXDOMAIN upstream is 'not found'");
 
-    provider.kill().unwrap();
-    provider.wait().unwrap();
+    provider.kill();
     let killed = Instant::now();
     let mut gone_after = None;
     while killed.elapsed() < Duration::from_secs(6) {

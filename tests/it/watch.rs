@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -204,32 +204,33 @@ fn bad_watch_requests_are_refused() {
     assert_eq!(ids(&watch.next()), ["web/a"]);
 }
 
-/// A child `beacon` process killed when dropped.
-struct Cli(Child);
-
-impl Drop for Cli {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `beacon watch --json` prints a line per change, and survives a registry restart: it
 /// reconnects and, its version being from before the restart, gets the new state at once.
 #[test]
 fn the_watch_command_prints_json_lines_and_reconnects() {
     let mut server = Server::start(&[]);
     let (dns, registry) = (server.dns.to_string(), server.registry.to_string());
-    let mut cli = Cli(Command::new(beacon_bin())
-        .args(["watch", "web", "--json", "--registry", &registry])
-        .env_remove("BEACON_REGISTRY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    let mut lines = BufReader::new(cli.0.stdout.take().unwrap()).lines();
-    let mut next = || -> Value {
-        let line = lines.next().expect("a line").expect("readable");
+    let mut cli = Running::spawn(
+        Command::new(beacon_bin())
+            .args(["watch", "web", "--json", "--registry", &registry])
+            .env_remove("BEACON_REGISTRY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    // Lines come through a thread, so a line that never comes fails the test, not hangs it.
+    let (sender, lines) = std::sync::mpsc::channel();
+    let stdout = cli.stdout();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line from beacon watch");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
     };
     assert_eq!(ids(&next()), Vec::<String>::new());
@@ -260,14 +261,14 @@ fn the_watch_command_runs_a_command_at_every_change() {
         "echo \"$BEACON_VERSION $BEACON_ADDRESSES\" >> '{0}'; cat >> '{0}'",
         out.display()
     );
-    let _cli = Cli(Command::new(beacon_bin())
-        .args(["watch", "api", "--exec", &command])
-        .args(["--registry", &server.registry.to_string()])
-        .env_remove("BEACON_REGISTRY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _cli = Running::spawn(
+        Command::new(beacon_bin())
+            .args(["watch", "api", "--exec", &command])
+            .args(["--registry", &server.registry.to_string()])
+            .env_remove("BEACON_REGISTRY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let v = register(&server, "api", "one");
     let expected = format!("{v} 10.0.0.1:80");
     let start = Instant::now();
