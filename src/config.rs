@@ -100,18 +100,12 @@ pub struct DnsConfig {
 }
 
 impl DnsConfig {
-    /// The upstreams to forward to: `upstreams` if given, else `resolv_conf`'s nameservers, in
-    /// both cases without beacon's own DNS address.
-    pub fn upstream_addrs(&self) -> Vec<SocketAddr> {
-        let listed: Vec<SocketAddr> = if self.upstreams.is_empty() {
-            crate::dns::forward::resolv_conf_nameservers(&self.resolv_conf)
-        } else {
-            self.upstreams
-                .iter()
-                .filter_map(|u| parse_upstream(u).ok())
-                .collect()
-        };
-        crate::dns::forward::without_self(listed, self.listen)
+    /// `upstreams` parsed (each was checked by [`Config::validate`]).
+    pub fn upstream_socket_addrs(&self) -> Vec<SocketAddr> {
+        self.upstreams
+            .iter()
+            .filter_map(|u| parse_upstream(u).ok())
+            .collect()
     }
 
     /// `recursion_allow` parsed.

@@ -116,17 +116,10 @@ pub fn build_responder(
         Some(dir) => StaticZones::load_dir(dir)?,
         None => StaticZones::empty(),
     };
-    let mut dns_config = config.dns.clone();
-    // With port 0 the bound port is only known now; it is what "beacon itself" means.
-    dns_config.listen = dns_addr;
-    let forwarder = Forwarder::new(
-        dns_config.upstream_addrs(),
-        dns_config.recursion_networks(),
-        dns_config.upstream_timeout,
-    );
+    let forwarder = Forwarder::from_config(&config.dns, dns_addr);
     Responder::new(
         registry.clone(),
-        &dns_config,
+        &config.dns,
         vec![dns_addr.ip()],
         statics,
         forwarder,

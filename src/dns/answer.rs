@@ -81,9 +81,10 @@ pub struct Responder {
     pub(super) max_udp_payload: u16,
     /// The apex's labels, lower case, for the fast path's name matching.
     pub(super) apex_labels: Vec<Vec<u8>>,
-    /// Static records inside the service domain must be merged with the registry's, which only
-    /// the general path does.
-    pub(super) fast_path_off: bool,
+    /// A static zone overlaps the service domain: its records are merged with the registry's,
+    /// which only the general path does (so the fast path is off), and only then is there
+    /// anything to merge.
+    pub(super) statics_overlap: bool,
     apex_addresses: Vec<IpAddr>,
     statics: StaticZones,
     forwarder: Forwarder,
@@ -148,14 +149,14 @@ impl Responder {
             .and_then(|n| n.append_domain(&zone.apex))
             .map_err(|e| e.to_string())?;
         let apex_labels = zone.apex.iter().map(|l| l.to_ascii_lowercase()).collect();
-        let fast_path_off = statics
+        let statics_overlap = statics
             .zones()
             .iter()
             .any(|z| zone.lower.zone_of(&z.apex) || z.apex.zone_of(&zone.lower));
         Ok(Responder {
             registry,
             apex_labels,
-            fast_path_off,
+            statics_overlap,
             apex_text: zone.apex.to_ascii(),
             zone,
             hostmaster,
@@ -350,6 +351,9 @@ impl Responder {
 
     /// Static records inside the service domain are answered together with the registry's.
     fn merge_static(&self, found: Found, name: &LowerName, qtype: RecordType) -> Found {
+        if !self.statics_overlap {
+            return found;
+        }
         let Some(zone) = self.statics.find(name) else {
             return found;
         };
@@ -396,9 +400,7 @@ impl Responder {
 
     fn any_service_live(&self, now: u64) -> bool {
         self.registry
-            .services()
-            .iter()
-            .any(|view| view.live(now).next().is_some())
+            .any_service(|view| view.live(now).next().is_some())
     }
 
     /// The live instances of `service` (with `tag`, when given), sorted by id; `None` when there

@@ -122,7 +122,7 @@ fn pointer(offset: usize) -> u16 {
 impl Responder {
     /// Answers `query` on the fast path, or `None` when it is not one of its shapes.
     pub(super) fn fast_answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        if self.fast_path_off {
+        if self.statics_overlap {
             return None;
         }
         let parsed = parse(query)?;

@@ -22,6 +22,7 @@ use hickory_proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, Query, Res
 use ipnet::IpNet;
 
 use super::answer::Transport;
+use crate::config::DnsConfig;
 
 /// Where and for whom names are forwarded.
 #[derive(Debug, Clone)]
@@ -33,6 +34,22 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Forwards to `upstreams` (tried in order) for clients inside `allow`.
+    /// The forwarder `dns.*` describes: `upstreams` if given, else `resolv_conf`'s
+    /// nameservers, in both cases without `own`, the address beacon's DNS is bound to (known
+    /// only once bound, with port 0).
+    pub fn from_config(config: &DnsConfig, own: SocketAddr) -> Forwarder {
+        let listed = if config.upstreams.is_empty() {
+            resolv_conf_nameservers(&config.resolv_conf)
+        } else {
+            config.upstream_socket_addrs()
+        };
+        Forwarder::new(
+            without_self(listed, own),
+            config.recursion_networks(),
+            config.upstream_timeout,
+        )
+    }
+
     pub fn new(upstreams: Vec<SocketAddr>, allow: Vec<IpNet>, timeout: Duration) -> Forwarder {
         Forwarder {
             upstreams,
@@ -62,16 +79,16 @@ impl Forwarder {
         checking_disabled: bool,
         transport: Transport,
     ) -> Option<Message> {
+        let mut message = Message::query();
+        message.add_query(query.clone());
+        message.metadata.recursion_desired = true;
+        message.metadata.checking_disabled = checking_disabled;
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        edns.set_dnssec_ok(dnssec_ok);
+        message.set_edns(edns);
         for upstream in &self.upstreams {
-            let mut message = Message::query();
-            message.add_query(query.clone());
-            message.metadata.recursion_desired = true;
-            message.metadata.checking_disabled = checking_disabled;
-            let mut edns = Edns::new();
-            edns.set_max_payload(1232);
-            edns.set_dnssec_ok(dnssec_ok);
-            message.set_edns(edns);
-            let request = DnsRequest::new(message, DnsRequestOptions::default());
+            let request = DnsRequest::new(message.clone(), DnsRequestOptions::default());
             let answer = match transport {
                 Transport::Udp => self.over_udp(*upstream, request).await,
                 Transport::Tcp => self.over_tcp(*upstream, request).await,

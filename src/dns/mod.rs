@@ -3,8 +3,10 @@
 //!
 //! - [`answer`] turns one query (bytes) into one response (bytes): names, records, TTLs, negative
 //!   answers, truncation. It reads the registry and never writes to it.
+//! - `fast` answers the common shapes (A/AAAA/SRV of a service) by appending bytes, and hands
+//!   everything else to `answer`.
 //! - [`statics`] loads zone files; [`forward`] asks upstream resolvers for everything else.
-//! - [`server`] runs the UDP and TCP loops around it.
+//! - [`server`] runs the UDP and TCP loops around it; [`Dns`] lets SIGHUP swap the responder.
 //!
 //! Names served under the domain (default `service.local.`):
 //!

@@ -1,5 +1,6 @@
 //! Socket plumbing shared by the registration and DNS listeners: batched datagrams, receive
-//! buffers, and accepting a bounded number of connections, all until shutdown.
+//! buffers, accepting a bounded number of connections until shutdown, the open-file limit and
+//! TCP keepalives.
 
 pub mod batch;
 

@@ -304,7 +304,13 @@ impl Registry {
         all
     }
 
-    /// Loads registrations kept by a previous run (`records` as [`State::insert`] encoded them,
+    /// Whether any service's snapshot satisfies `test`; unlike [`Registry::services`], neither
+    /// copies nor sorts them.
+    pub fn any_service(&self, test: impl Fn(&ServiceView) -> bool) -> bool {
+        self.read_views().live.values().any(|view| test(view))
+    }
+
+    /// Loads registrations kept by a previous run (`records`: each a [`Registration`] as JSON,
     /// before [`Registry::attach_journal`]): each gets a fresh lease of one TTL, so it renews or
     /// expires; the global version continues from `version`. A record that does not decode, or
     /// that the limits in force now refuse, is skipped with a warning. Returns how many were
