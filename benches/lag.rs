@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, RecordType};
 use rand::Rng;
@@ -406,58 +406,32 @@ struct Answer {
 
 /// Asks one name's A records over UDP, one query at a time.
 struct DnsProbe {
-    socket: UdpSocket,
+    client: DnsClient,
     query: Vec<u8>,
-    id: u16,
-    buf: Vec<u8>,
 }
 
 impl DnsProbe {
     fn new(server: SocketAddr, name: &Name) -> DnsProbe {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.connect(server).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("set_read_timeout");
-        let mut message = Message::query();
-        message.metadata.recursion_desired = false;
-        message.add_query(Query::query(name.clone(), RecordType::A));
         DnsProbe {
-            socket,
-            query: message.to_vec().expect("cannot encode a query"),
-            id: rand::random(),
-            buf: vec![0u8; 4096],
+            client: DnsClient::new(server, 20),
+            query: query_bytes(name, RecordType::A, false),
         }
     }
 
     fn ask(&mut self, address: Ipv4Addr) -> Answer {
-        self.id = self.id.wrapping_add(1);
-        self.query[..2].copy_from_slice(&self.id.to_be_bytes());
-        for _attempt in 0..20 {
-            self.socket.send(&self.query).expect("cannot send a query");
-            loop {
-                let len = match self.socket.recv(&mut self.buf) {
-                    Ok(len) => len,
-                    Err(e) if is_timeout(&e) => break,
-                    Err(e) => panic!("DNS receive failed: {e}"),
-                };
-                let at = Instant::now();
-                let response = Message::from_vec(&self.buf[..len]).expect("unreadable response");
-                if response.metadata.id != self.id {
-                    continue; // a late reply to an earlier, retried query
-                }
-                let record = response
-                    .answers
-                    .iter()
-                    .find(|r| matches!(r.data, RData::A(A(a)) if a == address));
-                return Answer {
-                    holds: record.is_some(),
-                    ttl: record.map(|r| r.ttl),
-                    rcode: response.metadata.response_code,
-                    at,
-                };
-            }
+        let (response, _, at) = self
+            .client
+            .ask(&mut self.query)
+            .expect("no DNS response after 20 attempts");
+        let record = response
+            .answers
+            .iter()
+            .find(|r| matches!(r.data, RData::A(A(a)) if a == address));
+        Answer {
+            holds: record.is_some(),
+            ttl: record.map(|r| r.ttl),
+            rcode: response.metadata.response_code,
+            at,
         }
-        panic!("no DNS response after 20 attempts");
     }
 }

@@ -39,9 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, Message, Query, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
 use serde_json::Value;
 
 /// Lease of the bulk registrations (parts 1 and 2, 3a): nothing expires during the run.
@@ -167,10 +166,6 @@ fn main() {
 /// Instance `n` (parts 1, 2 and 3a): id `i<n>` in service `svc<n mod services>`.
 fn service_of(n: usize, services: usize) -> usize {
     n % services
-}
-
-fn address_of(n: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
 }
 
 fn port_of(n: usize) -> u16 {
@@ -896,7 +891,7 @@ fn dns_checker(at: &ServerAt, knobs: &Knobs, stop: &AtomicBool) -> DnsChecks {
         .iter()
         .map(|&k| service_addresses(k, count, knobs.services))
         .collect();
-    let mut client = DnsClient::new(at.dns);
+    let mut client = DnsClient::new(at.dns, 3);
     let mut result = DnsChecks::default();
     let mut round = 0usize;
     let mut next = Instant::now();
@@ -911,7 +906,7 @@ fn dns_checker(at: &ServerAt, knobs: &Knobs, stop: &AtomicBool) -> DnsChecks {
         let name = dns_name(&format!("i{n}.svc{k}.{}", at.domain));
         let problem = match client.ask(&mut query_bytes(&name, RecordType::A, false)) {
             None => Some("no response after 3 tries".to_string()),
-            Some((response, rtt)) => {
+            Some((response, rtt, _)) => {
                 result.latency_us.push(us(rtt));
                 let addresses = a_records(&response);
                 if response.metadata.response_code != ResponseCode::NoError
@@ -935,7 +930,7 @@ fn dns_checker(at: &ServerAt, knobs: &Knobs, stop: &AtomicBool) -> DnsChecks {
         let name = dns_name(&format!("svc{k}.{}", at.domain));
         let problem = match client.ask(&mut query_bytes(&name, RecordType::A, true)) {
             None => Some("no response after 3 tries".to_string()),
-            Some((response, rtt)) => {
+            Some((response, rtt, _)) => {
                 result.latency_us.push(us(rtt));
                 let addresses = a_records(&response);
                 let distinct: HashSet<Ipv4Addr> = addresses.iter().copied().collect();
@@ -1079,7 +1074,7 @@ fn register_to_answerable(
         .set_read_timeout(Some(Duration::from_millis(500)))
         .expect("set_read_timeout");
     let mut buf = vec![0u8; 65_536];
-    let mut client = DnsClient::new(at.dns);
+    let mut client = DnsClient::new(at.dns, 3);
     let mut send_to_answer = Vec::with_capacity(samples);
     let mut reply_to_answer = Vec::with_capacity(samples);
     let mut send_to_reply = Vec::with_capacity(samples);
@@ -1122,7 +1117,7 @@ fn register_to_answerable(
             }
         };
         let answered = loop {
-            if let Some((response, _)) = client.ask(&mut query) {
+            if let Some((response, ..)) = client.ask(&mut query) {
                 if a_records(&response).contains(&address_of(n)) {
                     break Instant::now();
                 }
@@ -1250,7 +1245,7 @@ fn expiry_lag(at: &ServerAt, count: usize, base: usize) -> Expiry {
         EXPIRY_LEAD.as_millis()
     );
 
-    let mut client = DnsClient::new(at.dns);
+    let mut client = DnsClient::new(at.dns, 3);
     let mut soa = query_bytes(&dns_name(&at.domain), RecordType::SOA, false);
     let serial0 = soa_serial(&mut client, &mut soa).expect("no SOA serial");
     // removed_at[m]: when the serial first showed m + 1 removals.
@@ -1280,7 +1275,7 @@ fn expiry_lag(at: &ServerAt, count: usize, base: usize) -> Expiry {
         }
         active.retain(|&i| {
             let p = &mut probes[i];
-            let Some((response, _)) = client.ask(&mut p.query) else {
+            let Some((response, ..)) = client.ask(&mut p.query) else {
                 return true;
             };
             let answered = Instant::now();
@@ -1345,7 +1340,7 @@ fn expiry_lag(at: &ServerAt, count: usize, base: usize) -> Expiry {
 }
 
 fn soa_serial(client: &mut DnsClient, query: &mut [u8]) -> Option<u32> {
-    let (response, _) = client.ask(query)?;
+    let (response, ..) = client.ask(query)?;
     response.answers.iter().find_map(|r| match &r.data {
         RData::SOA(soa) => Some(soa.serial),
         _ => None,
@@ -1465,73 +1460,3 @@ fn summary(knobs: &Knobs, hb: &HeartbeatResults, mem: &MemoryResults, large: &La
 
 // ---------------------------------------------------------------------------------------------
 // DNS
-
-/// A UDP DNS client asking one question at a time.
-struct DnsClient {
-    socket: UdpSocket,
-    id: u16,
-    buf: Vec<u8>,
-}
-
-impl DnsClient {
-    fn new(server: SocketAddr) -> DnsClient {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.connect(server).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("set_read_timeout");
-        DnsClient {
-            socket,
-            id: rand::random(),
-            buf: vec![0u8; 65_536],
-        }
-    }
-
-    /// Sends `query` (its id rewritten) and returns the response and round trip; `None` after
-    /// three tries without a response.
-    fn ask(&mut self, query: &mut [u8]) -> Option<(Message, Duration)> {
-        self.id = self.id.wrapping_add(1);
-        query[..2].copy_from_slice(&self.id.to_be_bytes());
-        for _attempt in 0..3 {
-            let sent = Instant::now();
-            self.socket.send(query).expect("cannot send a query");
-            loop {
-                let len = match self.socket.recv(&mut self.buf) {
-                    Ok(len) => len,
-                    Err(e) if is_timeout(&e) => break,
-                    Err(e) => panic!("DNS receive failed: {e}"),
-                };
-                let rtt = sent.elapsed();
-                let response = Message::from_vec(&self.buf[..len]).expect("unreadable response");
-                if response.metadata.id != self.id {
-                    continue; // a late reply to an earlier, retried query
-                }
-                return Some((response, rtt));
-            }
-        }
-        None
-    }
-}
-
-fn query_bytes(name: &Name, rtype: RecordType, edns: bool) -> Vec<u8> {
-    let mut message = Message::query();
-    message.metadata.recursion_desired = false;
-    message.add_query(Query::query(name.clone(), rtype));
-    if edns {
-        let mut opt = Edns::new();
-        opt.set_max_payload(1232);
-        message.set_edns(opt);
-    }
-    message.to_vec().expect("cannot encode a query")
-}
-
-fn a_records(response: &Message) -> Vec<Ipv4Addr> {
-    response
-        .answers
-        .iter()
-        .filter_map(|r| match r.data {
-            RData::A(A(a)) => Some(a),
-            _ => None,
-        })
-        .collect()
-}

@@ -40,7 +40,7 @@ use common::*;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -189,10 +189,6 @@ fn open_file_limit(watchers: usize) -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 // Requests
-
-fn address_of(n: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
-}
 
 fn register_line(service: &str, id: &str, n: usize) -> String {
     format!(

@@ -4,12 +4,14 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::Name;
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, RecordType};
 
 /// The binary under measurement.
 pub const BEACON: &str = env!("CARGO_BIN_EXE_beacon");
@@ -330,4 +332,84 @@ pub fn dns_name(text: &str) -> Name {
     let mut name = Name::from_ascii(text).expect("bad name");
     name.set_fqdn(true);
     name
+}
+
+/// The address of the n-th registered instance in the benches' data: 10.x.y.z, unique below 2^24.
+pub fn address_of(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
+/// A UDP DNS client asking one question at a time.
+pub struct DnsClient {
+    socket: UdpSocket,
+    id: u16,
+    attempts: usize,
+    buf: Vec<u8>,
+}
+
+impl DnsClient {
+    /// A client of `server` that sends each query up to `attempts` times, 300 ms apart.
+    pub fn new(server: SocketAddr, attempts: usize) -> DnsClient {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.connect(server).expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("set_read_timeout");
+        DnsClient {
+            socket,
+            id: rand::random(),
+            attempts: attempts.max(1),
+            buf: vec![0u8; 65_536],
+        }
+    }
+
+    /// Sends `query` (its id rewritten) and returns the response, the round trip of the
+    /// attempt it answers, and when it arrived; `None` when no attempt got a response.
+    pub fn ask(&mut self, query: &mut [u8]) -> Option<(Message, Duration, Instant)> {
+        self.id = self.id.wrapping_add(1);
+        query[..2].copy_from_slice(&self.id.to_be_bytes());
+        for _attempt in 0..self.attempts {
+            let sent = Instant::now();
+            self.socket.send(query).expect("cannot send a query");
+            loop {
+                let len = match self.socket.recv(&mut self.buf) {
+                    Ok(len) => len,
+                    Err(e) if is_timeout(&e) => break,
+                    Err(e) => panic!("DNS receive failed: {e}"),
+                };
+                let received = Instant::now();
+                let response = Message::from_vec(&self.buf[..len]).expect("unreadable response");
+                if response.metadata.id != self.id {
+                    continue; // a late reply to an earlier, retried query
+                }
+                return Some((response, received - sent, received));
+            }
+        }
+        None
+    }
+}
+
+/// A query for `name`/`rtype` without recursion, with EDNS(0) (1232 bytes) when `edns`.
+pub fn query_bytes(name: &Name, rtype: RecordType, edns: bool) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.recursion_desired = false;
+    message.add_query(Query::query(name.clone(), rtype));
+    if edns {
+        let mut opt = Edns::new();
+        opt.set_max_payload(1232);
+        message.set_edns(opt);
+    }
+    message.to_vec().expect("cannot encode a query")
+}
+
+/// The IPv4 addresses of a response's A records.
+pub fn a_records(response: &Message) -> Vec<Ipv4Addr> {
+    response
+        .answers
+        .iter()
+        .filter_map(|r| match r.data {
+            RData::A(A(a)) => Some(a),
+            _ => None,
+        })
+        .collect()
 }
