@@ -15,7 +15,7 @@ mod common;
 use common::*;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -308,11 +308,7 @@ fn register_to_answerable(at: &ServerAt, samples: usize) {
     );
     println!("   `i<K>.reg.{} A` queried in a tight loop", at.domain);
     let wall = Instant::now();
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.connect(at.registry).expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("set_read_timeout");
+    let socket = udp_connected(at.registry, Duration::from_millis(500));
     let mut buf = vec![0u8; 65_536];
 
     let mut send_to_answer = Vec::with_capacity(samples);

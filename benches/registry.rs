@@ -33,7 +33,7 @@ use common::*;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -642,11 +642,7 @@ fn udp_stream(
     const RING: usize = 1 << 17;
     let window = knobs.udp_window;
     let loss_after = knobs.udp_loss;
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.connect(registry).expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(2)))
-        .expect("set_read_timeout");
+    let socket = udp_connected(registry, Duration::from_millis(2));
     let base = Instant::now();
     // Slot seq % RING: (seq, send time in ns since `base`), or seq u64::MAX when answered.
     let mut ring = vec![(u64::MAX, 0u64); RING];
@@ -1068,11 +1064,7 @@ fn register_to_answerable(
     base: usize,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let samples = knobs.samples;
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.connect(at.registry).expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("set_read_timeout");
+    let socket = udp_connected(at.registry, Duration::from_millis(500));
     let mut buf = vec![0u8; 65_536];
     let mut client = DnsClient::new(at.dns, 3);
     let mut send_to_answer = Vec::with_capacity(samples);

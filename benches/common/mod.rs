@@ -339,6 +339,16 @@ pub fn address_of(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
 }
 
+/// A UDP socket on 127.0.0.1 connected to `to`, whose receives give up after `timeout`.
+pub fn udp_connected(to: SocketAddr, timeout: Duration) -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.connect(to).expect("connect");
+    socket
+        .set_read_timeout(Some(timeout))
+        .expect("set_read_timeout");
+    socket
+}
+
 /// A UDP DNS client asking one question at a time.
 pub struct DnsClient {
     socket: UdpSocket,
@@ -350,11 +360,7 @@ pub struct DnsClient {
 impl DnsClient {
     /// A client of `server` that sends each query up to `attempts` times, 300 ms apart.
     pub fn new(server: SocketAddr, attempts: usize) -> DnsClient {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.connect(server).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("set_read_timeout");
+        let socket = udp_connected(server, Duration::from_millis(300));
         DnsClient {
             socket,
             id: rand::random(),

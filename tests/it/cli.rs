@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::support::{run, Server};
+use crate::support::{run, run_fails, Server};
 
 #[test]
 fn register_list_deregister_from_the_command_line() {
@@ -99,7 +99,7 @@ fn registry_address_comes_from_the_environment() {
 fn refusals_are_one_line_with_the_reason_and_a_failing_exit() {
     let server = Server::start(&[]);
     let registry = server.registry.to_string();
-    let (code, _, err) = run(&[
+    let err = run_fails(&[
         "register",
         "--registry",
         &registry,
@@ -110,7 +110,6 @@ fn refusals_are_one_line_with_the_reason_and_a_failing_exit() {
         "--id",
         "web-10.0.0.2-8080",
     ]);
-    assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("invalid_id") && err.contains("web-10-0-0-2-8080"),
@@ -132,7 +131,7 @@ fn refusals_are_one_line_with_the_reason_and_a_failing_exit() {
     );
     assert!(err.contains("invalid_service"), "{err}");
 
-    let (code, _, err) = run(&[
+    let err = run_fails(&[
         "deregister",
         "--registry",
         &registry,
@@ -141,10 +140,9 @@ fn refusals_are_one_line_with_the_reason_and_a_failing_exit() {
         "--id",
         "nobody",
     ]);
-    assert_ne!(code, 0);
     assert!(err.contains("unknown_instance"), "{err}");
 
-    let (code, _, err) = run(&[
+    let err = run_fails(&[
         "register",
         "--service",
         "web",
@@ -153,7 +151,6 @@ fn refusals_are_one_line_with_the_reason_and_a_failing_exit() {
         "--ttl",
         "soon",
     ]);
-    assert_ne!(code, 0);
     assert!(err.contains("--ttl"), "{err}");
 }
 
@@ -162,8 +159,7 @@ fn unreachable_registry_is_a_clear_error_for_one_shot_commands() {
     let probe = Server::start(&[]);
     let registry = probe.registry.to_string();
     drop(probe);
-    let (code, _, err) = run(&["list", "--registry", &registry]);
-    assert_ne!(code, 0);
+    let err = run_fails(&["list", "--registry", &registry]);
     assert!(
         err.starts_with("beacon: ") && err.contains(&registry),
         "{err}"
@@ -183,7 +179,7 @@ fn every_command_has_help() {
 fn bad_configuration_stops_start_up_naming_the_key() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(file, "[dns]\nttl = \"1500ms\"").unwrap();
-    let (code, _, err) = run(&[
+    let err = run_fails(&[
         "serve",
         "--config",
         file.path().to_str().unwrap(),
@@ -192,31 +188,27 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    assert_ne!(code, 0);
     assert!(err.contains("dns.ttl"), "{err}");
 
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(file, "[registry]\nmax_instance = 5").unwrap();
-    let (code, _, err) = run(&["serve", "--config", file.path().to_str().unwrap()]);
-    assert_ne!(code, 0);
+    let err = run_fails(&["serve", "--config", file.path().to_str().unwrap()]);
     assert!(err.contains("max_instance"), "{err}");
 
-    let (code, _, err) = run(&["serve", "--config", "/nonexistent/beacon.toml"]);
-    assert_ne!(code, 0);
+    let err = run_fails(&["serve", "--config", "/nonexistent/beacon.toml"]);
     assert!(err.contains("/nonexistent/beacon.toml"), "{err}");
 }
 
 #[test]
 fn a_taken_port_is_a_clear_start_up_error() {
     let server = Server::start(&[]);
-    let (code, _, err) = run(&[
+    let err = run_fails(&[
         "serve",
         "--dns",
         &server.dns.to_string(),
         "--listen",
         "127.0.0.1:0",
     ]);
-    assert_ne!(code, 0);
     assert!(
         err.contains("dns.listen") && err.contains(&server.dns.to_string()),
         "{err}"

@@ -304,6 +304,13 @@ where
     }
 }
 
+/// Runs the binary, which must fail (non-zero exit); returns what it said on stderr.
+pub fn run_fails(args: &[&str]) -> String {
+    let (code, _, err) = run(args);
+    assert_ne!(code, 0, "beacon {args:?} must fail: {err}");
+    err
+}
+
 /// Runs the binary with arguments to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(beacon_bin())
