@@ -25,6 +25,39 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The DNS interface.
     pub dns: DnsConfig,
+    /// Cluster mode: several nodes sharing one catalog through etcd (`--etcd`).
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode on etcd v3. Off while `etcd` is empty.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://host:port`); empty: a single node.
+    pub etcd: Vec<String>,
+    /// Prefix of the keys this cluster keeps its instances under: `<prefix><service>/<id>`.
+    pub prefix: String,
+    /// This node's name in logs and `beacon status`; empty: the host name.
+    pub node: String,
+    /// TTL of this node's etcd lease: how long after this node dies (or loses etcd) its
+    /// instances stay in etcd, giving their providers time to move to another node.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long one etcd request may take before the node counts etcd as unreachable.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            etcd: Vec::new(),
+            prefix: "/beacon/instances/".to_string(),
+            node: String::new(),
+            lease_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The registration protocol and the limits on what providers may register.
@@ -144,6 +177,7 @@ impl Default for Config {
             data_dir: None,
             registry: RegistryConfig::default(),
             dns: DnsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -267,6 +301,42 @@ impl Config {
         }
         if self.threads > 1024 {
             return invalid("threads", format!("{} is more than 1024", self.threads));
+        }
+        let c = &self.cluster;
+        for endpoint in &c.etcd {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            if !rest.is_some_and(|r| !r.is_empty() && !r.contains('/')) {
+                return invalid(
+                    "cluster.etcd",
+                    format!("{endpoint:?} is not an endpoint such as http://127.0.0.1:2379"),
+                );
+            }
+        }
+        if !c.etcd.is_empty() && self.data_dir.is_some() {
+            return invalid(
+                "data_dir",
+                "cannot be used with cluster.etcd: in cluster mode etcd keeps the catalog".into(),
+            );
+        }
+        if c.prefix.is_empty() || !c.prefix.ends_with('/') {
+            return invalid(
+                "cluster.prefix",
+                format!("{:?} must be non-empty and end with '/'", c.prefix),
+            );
+        }
+        if c.lease_ttl < Duration::from_secs(2) || c.lease_ttl.subsec_nanos() != 0 {
+            return invalid(
+                "cluster.lease_ttl",
+                "must be whole seconds, at least 2s (etcd leases count seconds)".into(),
+            );
+        }
+        if c.timeout < Duration::from_millis(100) || c.timeout >= c.lease_ttl {
+            return invalid(
+                "cluster.timeout",
+                "must be at least 100ms and shorter than cluster.lease_ttl".into(),
+            );
         }
         let r = &self.registry;
         if r.min_ttl < Duration::from_millis(100) {

@@ -13,11 +13,14 @@
 //! - [`client`]: the client library: one-off requests, providers kept registered with
 //!   failover, watchers, and the sidecar's health checks.
 //! - [`store`]: durable registrations (`--data-dir`) in redb, behind a group-commit journal.
+//! - [`cluster`]: cluster mode (`--etcd`): nodes share one catalog through etcd, each writing
+//!   the instances it holds under its own lease and watching the others'.
 //! - [`serve`]: wires the registry and both interfaces into one server.
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod name;

@@ -58,6 +58,9 @@ pub enum ServeError {
     /// The durable store could not be opened or read.
     #[error("config key `data_dir`: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// Cluster mode could not start.
+    #[error("config key `cluster.etcd`: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Handing a bound socket to the runtime failed.
     #[error("cannot use a bound socket: {0}")]
     Socket(io::Error),
@@ -167,7 +170,7 @@ pub async fn run(
                 "registrations restored, each with a fresh lease"
             );
             let journal = crate::store::Journal::start(store);
-            registry.attach_journal(journal.clone());
+            registry.attach_change_log(Arc::new(journal.clone()));
             Some(journal)
         }
         None => None,
@@ -199,6 +202,14 @@ pub async fn run(
     let registry_tcp = tokio_listener(sockets.registry_tcp)?;
 
     let tracker = TaskTracker::new();
+    if !config.cluster.etcd.is_empty() {
+        crate::cluster::start(
+            &config.cluster,
+            registry.clone(),
+            shutdown.clone(),
+            &tracker,
+        )?;
+    }
     tracker.spawn(registry.clone().run_expiry(shutdown.clone()));
     // One blocking UDP loop per worker thread, all on the same socket, so DNS answers use
     // every core.

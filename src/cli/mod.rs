@@ -71,6 +71,13 @@ struct ServeArgs {
     /// Keep registrations on disk in DIR, so a restart or crash loses none [config: data_dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Cluster mode: share one catalog with other nodes through these etcd endpoints,
+    /// comma-separated (http://HOST:PORT) [config: cluster.etcd; needs the `etcd` feature].
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// This node's name in the cluster [config: cluster.node; default: the host name].
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// Log filter such as info or debug [config: log_level; env RUST_LOG wins].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -223,6 +230,12 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
+    if !args.etcd.is_empty() {
+        config.cluster.etcd = args.etcd.clone();
+    }
+    if let Some(node) = &args.node {
+        config.cluster.node = node.clone();
+    }
     if let Some(level) = &args.log_level {
         config.log_level = level.clone();
     }
@@ -370,6 +383,11 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
             if args.json {
                 println!("{}", String::from_utf8_lossy(&reply.to_json()));
             } else {
+                if reply.stale == Some(true) {
+                    eprintln!(
+                        "stale: this node cannot reach etcd; the list is its last view of the cluster"
+                    );
+                }
                 print!("{}", table(reply.instances.as_deref().unwrap_or_default()));
             }
             Ok(0)
@@ -445,6 +463,7 @@ fn table(instances: &[InstanceInfo]) -> String {
             },
             match i.expires_in_ms {
                 Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+                None if i.remote => "remote".into(),
                 None => "-".into(),
             },
         ]);
@@ -495,6 +514,7 @@ mod tests {
             meta: BTreeMap::from([("v".into(), "1".into())]),
             ttl_ms: 5000,
             expires_in_ms: Some(4200),
+            remote: false,
         }]);
         assert!(
             out.contains("web")

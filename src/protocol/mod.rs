@@ -270,6 +270,14 @@ pub struct InstanceInfo {
     /// change with the live set, not with every renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
+    /// Cluster mode: another node holds the lease (its provider talks to that node), so this
+    /// node does not know when it runs out and `expires_in_ms` is left out. Left out when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remote: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl InstanceInfo {
@@ -288,7 +296,8 @@ impl InstanceInfo {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ttl_ms: instance.ttl.as_millis() as u64,
-            expires_in_ms: Some(instance.remaining_ms(now_ms)),
+            expires_in_ms: (!instance.is_remote()).then(|| instance.remaining_ms(now_ms)),
+            remote: instance.is_remote(),
         }
     }
 }
@@ -324,6 +333,10 @@ pub struct Reply {
     /// list: the live instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceInfo>>,
+    /// list: true when, in cluster mode, etcd cannot be reached and the list is this node's
+    /// last view; left out otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
     /// The error code, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorCode>,
@@ -678,6 +691,7 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
                 .collect();
             Ok(Reply {
                 instances: Some(instances),
+                stale: registry.is_stale().then_some(true),
                 ..ok(version)
             })
         }

@@ -68,8 +68,11 @@ fn serialise(view: &ServiceView, now_ms: u64) -> Vec<u8> {
         if n > 0 {
             out.push(b',');
         }
+        // Neither the lease nor who holds it: pushes follow the live set, and a renewal (or a
+        // provider moving between cluster nodes) does not change it.
         let info = InstanceInfo {
             expires_in_ms: None,
+            remote: false,
             ..InstanceInfo::new(instance, now_ms)
         };
         // Plain strings, numbers and a string map: serialising cannot fail.

@@ -39,8 +39,13 @@ pub struct Instance {
     pub(super) seq: u64,
 }
 
+/// The deadline of an instance held by another node of the cluster: its lease runs there, so it
+/// never expires here; it leaves when that node removes it from etcd (or dies).
+pub const REMOTE_DEADLINE: u64 = u64::MAX;
+
 impl Instance {
-    /// Registry-clock milliseconds at which this instance expires unless renewed.
+    /// Registry-clock milliseconds at which this instance expires unless renewed;
+    /// [`REMOTE_DEADLINE`] for an instance another cluster node holds.
     pub fn deadline_ms(&self) -> u64 {
         self.deadline_ms.load(Ordering::Acquire)
     }
@@ -55,9 +60,42 @@ impl Instance {
         self.deadline_ms() > now_ms
     }
 
-    /// Milliseconds left on the lease at `now_ms` (0 once expired).
+    /// Whether another node of the cluster holds this instance's lease.
+    pub fn is_remote(&self) -> bool {
+        self.deadline_ms() == REMOTE_DEADLINE
+    }
+
+    /// Milliseconds left on the lease at `now_ms` (0 once expired), the bound on any TTL that
+    /// names this instance.
+    ///
+    /// For a remote instance this node does not see the renewals, so it counts a third of the
+    /// TTL: a provider renewing on schedule (every TTL/3, as the client library does) always
+    /// has at least two thirds of its lease left at its own node, and a cache that keeps the
+    /// answer for a third of the TTL lets go of a dead provider at most that long after the
+    /// owning node removed it.
     pub fn remaining_ms(&self, now_ms: u64) -> u64 {
-        self.deadline_ms().saturating_sub(now_ms)
+        match self.deadline_ms() {
+            REMOTE_DEADLINE => self.ttl.as_millis() as u64 / 3,
+            deadline => deadline.saturating_sub(now_ms),
+        }
+    }
+
+    /// The registration this instance was made from.
+    pub fn registration(&self) -> Registration {
+        Registration {
+            service: self.service.to_string(),
+            id: self.id.to_string(),
+            address: self.address,
+            port: self.port,
+            weight: self.weight,
+            tags: self.tags.iter().map(|t| t.to_string()).collect(),
+            meta: self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ttl: self.ttl,
+        }
     }
 
     /// Whether a registration would leave this instance as it is (so it is only a renewal).

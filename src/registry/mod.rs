@@ -25,11 +25,44 @@ use tokio_util::sync::CancellationToken;
 
 pub use instance::{
     default_id, instance_id, service_name, Instance, Limits, Registration, RegistrationRequest,
-    MAX_META_ENTRY_BYTES,
+    MAX_META_ENTRY_BYTES, REMOTE_DEADLINE,
 };
 
 use crate::name::LabelError;
-use crate::store::{Change, Journal};
+
+/// A change to the live set that the registry made itself (a registration, a deregistration,
+/// an expiry, a take-over), for whatever keeps a copy: the durable store or the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Insert or replace a registration.
+    Put {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// The registration, a [`Registration`] as JSON.
+        value: Vec<u8>,
+    },
+    /// Remove a registration (absent is fine).
+    Delete {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+}
+
+/// Where the registry sends its own changes besides memory: the durable journal
+/// (`--data-dir`) or the cluster (`--etcd`). Changes applied from another node
+/// ([`Registry::apply_remote`] and friends) are not sent back.
+pub trait ChangeLog: Send + Sync {
+    /// Queues `change`, after which the global version is `version`. Called under the
+    /// registry's lock, so the log sees the registry's order: it must only queue.
+    fn submit(&self, change: Change, version: u64);
+    /// Blocks until every change queued so far is kept (on disk, or in etcd). A request
+    /// handler calls it before acknowledging a change it made.
+    fn wait_all(&self);
+}
 
 /// Why the registry refused a request. Each variant maps to one protocol error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,8 +228,10 @@ struct Shared {
     epoch: Instant,
     /// Names this run of the registry: versions count changes within one run only.
     run_id: u64,
-    /// The durable journal every change goes to, with `--data-dir`.
-    journal: std::sync::OnceLock<Journal>,
+    /// Where this registry's own changes go: the durable journal or the cluster.
+    change_log: std::sync::OnceLock<Arc<dyn ChangeLog>>,
+    /// Set while the cluster cannot reach etcd: answers come from the last view.
+    stale: std::sync::atomic::AtomicBool,
     limits: Limits,
 }
 
@@ -241,8 +276,11 @@ struct State {
     next_seq: u64,
     /// Services changed since the views were last published.
     dirty: BTreeSet<Arc<str>>,
-    /// Where every insertion and removal is also written, with `--data-dir`.
-    journal: Option<Journal>,
+    /// Where every insertion and removal this registry makes is also sent.
+    change_log: Option<Arc<dyn ChangeLog>>,
+    /// Instances held for a cluster node that died: timed here, but not this node's to write
+    /// to etcd until their provider renews them here (then they are claimed).
+    orphans: std::collections::HashSet<(Arc<str>, Arc<str>)>,
 }
 
 impl Registry {
@@ -259,7 +297,8 @@ impl Registry {
                 epoch: Instant::now(),
                 // Below 2^53, so JavaScript clients read it exactly.
                 run_id: rand::random::<u64>() >> 11,
-                journal: std::sync::OnceLock::new(),
+                change_log: std::sync::OnceLock::new(),
+                stale: std::sync::atomic::AtomicBool::new(false),
                 limits,
             }),
         }
@@ -311,7 +350,7 @@ impl Registry {
     }
 
     /// Loads registrations kept by a previous run (`records`: each a [`Registration`] as JSON,
-    /// before [`Registry::attach_journal`]): each gets a fresh lease of one TTL, so it renews or
+    /// before [`Registry::attach_change_log`]): each gets a fresh lease of one TTL, so it renews or
     /// expires; the global version continues from `version`. A record that does not decode, or
     /// that the limits in force now refuse, is skipped with a warning. Returns how many were
     /// restored.
@@ -352,24 +391,38 @@ impl Registry {
         restored
     }
 
-    /// From now on every change is also written to `journal`.
-    pub fn attach_journal(&self, journal: Journal) {
+    /// From now on every change this registry makes is also sent to `log`.
+    pub fn attach_change_log(&self, log: Arc<dyn ChangeLog>) {
         let mut state = self.lock_state();
-        state.journal = Some(journal.clone());
-        let _ = self.shared.journal.set(journal);
+        state.change_log = Some(log.clone());
+        let _ = self.shared.change_log.set(log);
     }
 
-    /// Whether changes are written to disk (`--data-dir`).
+    /// Whether changes are kept beyond memory (`--data-dir` or `--etcd`), so acknowledging one
+    /// must wait for [`Registry::wait_durable`].
     pub fn is_durable(&self) -> bool {
-        self.shared.journal.get().is_some()
+        self.shared.change_log.get().is_some()
     }
 
-    /// Blocks until every change made so far is on disk; returns at once without a journal.
-    /// A request handler calls it after changes it made, before acknowledging them.
+    /// Blocks until every change made so far is kept (on disk, or in etcd); returns at once
+    /// without a change log. A request handler calls it after changes it made, before
+    /// acknowledging them.
     pub fn wait_durable(&self) {
-        if let Some(journal) = self.shared.journal.get() {
-            journal.wait(journal.issued());
+        if let Some(log) = self.shared.change_log.get() {
+            log.wait_all();
         }
+    }
+
+    /// Marks the registry's view as stale (the cluster lost etcd) or fresh again.
+    pub fn set_stale(&self, stale: bool) {
+        self.shared
+            .stale
+            .store(stale, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether answers come from a view the cluster could not refresh lately.
+    pub fn is_stale(&self) -> bool {
+        self.shared.stale.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The global version at the last change to any of `names` (an instance added, changed or
@@ -402,12 +455,13 @@ impl Registry {
         let deadline = now + reg.ttl.as_millis() as u64;
         let (instance, changed) = match state.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(&reg) => {
-                state.move_deadline(&old, deadline);
+                state.renew(&old, deadline);
                 (old, false)
             }
             Some(old) => {
                 state.remove(&old);
                 let new = state.insert(&reg, deadline);
+                state.log_put(&reg);
                 state.bump();
                 (new, true)
             }
@@ -419,6 +473,7 @@ impl Registry {
                     });
                 }
                 let new = state.insert(&reg, deadline);
+                state.log_put(&reg);
                 state.bump();
                 (new, true)
             }
@@ -444,7 +499,7 @@ impl Registry {
         state.expire_due(now);
         let result = match state.find(service, id) {
             Some(instance) => {
-                state.move_deadline(&instance, now + instance.ttl.as_millis() as u64);
+                state.renew(&instance, now + instance.ttl.as_millis() as u64);
                 Ok(Renewed {
                     ttl: instance.ttl,
                     version: state.version,
@@ -467,6 +522,7 @@ impl Registry {
         let result = match state.find(service, id) {
             Some(instance) => {
                 state.remove(&instance);
+                state.log_delete(&instance);
                 state.bump();
                 Ok(state.version)
             }
@@ -477,6 +533,99 @@ impl Registry {
         };
         self.publish(&mut state);
         result
+    }
+
+    /// Applies a registration that another cluster node holds (read from etcd): inserted or
+    /// replaced as a remote instance, which never expires here. If this node held it, the
+    /// provider has moved to that node, which now holds the lease: this node lets go of it.
+    pub fn apply_remote(&self, reg: Registration) {
+        let mut state = self.lock_state();
+        state.put_remote(&reg);
+        self.publish(&mut state);
+    }
+
+    /// Removes a remote instance that left etcd: its node deregistered or expired it. An
+    /// instance this node holds is left alone (its provider renews it here, and this node's
+    /// own writes keep etcd right). Returns whether anything was removed.
+    pub fn remove_remote(&self, service: &str, id: &str) -> bool {
+        let mut state = self.lock_state();
+        let removed = match state.find(service, id) {
+            Some(instance) if instance.is_remote() => {
+                state.remove(&instance);
+                state.bump();
+                true
+            }
+            _ => false,
+        };
+        self.publish(&mut state);
+        removed
+    }
+
+    /// Keeps a remote instance whose node died (its etcd lease ran out) for one more TTL from
+    /// now: its provider is probably moving to another node. If it renews here, this node takes
+    /// it over; otherwise it expires here like any other. Returns whether the instance was
+    /// remote.
+    pub fn orphan(&self, service: &str, id: &str) -> bool {
+        let now = self.now_ms();
+        let mut state = self.lock_state();
+        let Some(instance) = state.find(service, id).filter(|i| i.is_remote()) else {
+            return false;
+        };
+        let deadline = now + instance.ttl.as_millis() as u64;
+        instance.set_deadline_ms(deadline);
+        state
+            .deadlines
+            .insert((deadline, instance.seq), instance.clone());
+        state
+            .orphans
+            .insert((instance.service.clone(), instance.id.clone()));
+        drop(state);
+        self.shared.expiry_wakeup.notify_one();
+        true
+    }
+
+    /// Makes the remote part of the registry what etcd holds, after (re)connecting: remote
+    /// instances absent from `records` leave, and each record becomes a remote instance unless
+    /// this node holds that instance itself (it writes it back instead). Returns the
+    /// registrations this node holds, to write to etcd.
+    pub fn sync_remote(&self, records: Vec<Registration>) -> Vec<Registration> {
+        let mut state = self.lock_state();
+        let keep: std::collections::HashSet<(&str, &str)> = records
+            .iter()
+            .map(|r| (r.service.as_str(), r.id.as_str()))
+            .collect();
+        let gone: Vec<Arc<Instance>> = state
+            .services
+            .values()
+            .flat_map(|instances| instances.values())
+            .filter(|i| i.is_remote() && !keep.contains(&(&*i.service, &*i.id)))
+            .cloned()
+            .collect();
+        for instance in gone {
+            state.remove(&instance);
+            state.bump();
+        }
+        for reg in &records {
+            match state.find(&reg.service, &reg.id) {
+                Some(own)
+                    if !own.is_remote()
+                        && !state
+                            .orphans
+                            .contains(&(own.service.clone(), own.id.clone())) => {}
+                _ => state.put_remote(reg),
+            }
+        }
+        let own = state
+            .services
+            .values()
+            .flat_map(|instances| instances.values())
+            .filter(|i| {
+                !i.is_remote() && !state.orphans.contains(&(i.service.clone(), i.id.clone()))
+            })
+            .map(|i| i.registration())
+            .collect();
+        self.publish(&mut state);
+        own
     }
 
     /// Removes every instance whose deadline has passed; returns how many.
@@ -597,25 +746,16 @@ impl State {
             deadline,
             self.next_seq,
         ));
-        self.deadlines
-            .insert((deadline, instance.seq), instance.clone());
+        if deadline != REMOTE_DEADLINE {
+            self.deadlines
+                .insert((deadline, instance.seq), instance.clone());
+        }
         self.services
             .entry(service.clone())
             .or_default()
             .insert(id, instance.clone());
         self.instance_count += 1;
         self.dirty.insert(service);
-        if let Some(journal) = &self.journal {
-            // Plain strings, numbers and a duration: encoding cannot fail.
-            let value = serde_json::to_vec(reg).unwrap_or_default();
-            let put = Change::Put {
-                service: reg.service.clone(),
-                id: reg.id.clone(),
-                value,
-            };
-            // Every insertion is followed by exactly one bump: the version after it.
-            journal.submit(put, self.version + 1);
-        }
         instance
     }
 
@@ -631,14 +771,93 @@ impl State {
             }
         }
         self.dirty.insert(instance.service.clone());
-        if let Some(journal) = &self.journal {
-            journal.submit(
-                Change::Delete {
-                    service: instance.service.to_string(),
-                    id: instance.id.to_string(),
-                },
-                self.version + 1,
-            );
+        if !self.orphans.is_empty() {
+            self.orphans
+                .remove(&(instance.service.clone(), instance.id.clone()));
+        }
+    }
+
+    /// Sends a registration this registry made to the change log. Every insertion and removal
+    /// is followed by exactly one bump, so the version after it is the next one.
+    fn log_put(&self, reg: &Registration) {
+        if let Some(log) = &self.change_log {
+            // Plain strings, numbers and a duration: encoding cannot fail.
+            let value = serde_json::to_vec(reg).unwrap_or_default();
+            let put = Change::Put {
+                service: reg.service.clone(),
+                id: reg.id.clone(),
+                value,
+            };
+            log.submit(put, self.version + 1);
+        }
+    }
+
+    fn log_delete(&self, instance: &Instance) {
+        if let Some(log) = &self.change_log {
+            let delete = Change::Delete {
+                service: instance.service.to_string(),
+                id: instance.id.to_string(),
+            };
+            log.submit(delete, self.version + 1);
+        }
+    }
+
+    /// Restarts the lease of `instance` at `deadline`, for a renewal received here. An instance
+    /// held by another node (remote) or left by a dead one (orphan) becomes this node's: its
+    /// provider talks to this node now, so this node takes it over in etcd.
+    fn renew(&mut self, instance: &Arc<Instance>, deadline: u64) {
+        if instance.is_remote() {
+            instance.set_deadline_ms(deadline);
+            self.deadlines
+                .insert((deadline, instance.seq), instance.clone());
+            self.claim(instance);
+            return;
+        }
+        self.move_deadline(instance, deadline);
+        if !self.orphans.is_empty()
+            && self
+                .orphans
+                .remove(&(instance.service.clone(), instance.id.clone()))
+        {
+            self.claim(instance);
+        }
+    }
+
+    /// Writes an instance this node now holds; the live set is unchanged, so the version is
+    /// too.
+    fn claim(&self, instance: &Instance) {
+        if let Some(log) = &self.change_log {
+            let value = serde_json::to_vec(&instance.registration()).unwrap_or_default();
+            let put = Change::Put {
+                service: instance.service.to_string(),
+                id: instance.id.to_string(),
+                value,
+            };
+            log.submit(put, self.version);
+        }
+    }
+
+    /// Inserts or replaces `reg` as a remote instance (see [`Registry::apply_remote`]).
+    fn put_remote(&mut self, reg: &Registration) {
+        match self.find(&reg.service, &reg.id) {
+            Some(old) if old.same_as(reg) => {
+                if !old.is_remote() {
+                    self.deadlines.remove(&(old.deadline_ms(), old.seq));
+                    old.set_deadline_ms(REMOTE_DEADLINE);
+                    if !self.orphans.is_empty() {
+                        self.orphans.remove(&(old.service.clone(), old.id.clone()));
+                    }
+                }
+            }
+            Some(old) => {
+                self.remove(&old);
+                self.insert(reg, REMOTE_DEADLINE);
+                self.bump();
+            }
+            None => {
+                self.insert(reg, REMOTE_DEADLINE);
+                self.bump();
+            }
         }
     }
 
@@ -661,6 +880,7 @@ impl State {
             }
             let instance = entry.remove();
             self.remove(&instance);
+            self.log_delete(&instance);
             self.bump();
             removed += 1;
         }
@@ -800,5 +1020,128 @@ mod tests {
             Err(RegistryError::Full { max: 1 })
         ));
         r.register(reg("web", "a", 1000)).unwrap();
+    }
+
+    /// Records what the registry sends to its change log.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Change>>);
+
+    impl ChangeLog for Recorder {
+        fn submit(&self, change: Change, _version: u64) {
+            self.0.lock().unwrap().push(change);
+        }
+        fn wait_all(&self) {}
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+                .into_iter()
+                .map(|c| match c {
+                    Change::Put { service, id, .. } => format!("put {service}/{id}"),
+                    Change::Delete { service, id } => format!("delete {service}/{id}"),
+                })
+                .collect()
+        }
+    }
+
+    fn clustered() -> (Registry, Arc<Recorder>) {
+        let r = registry();
+        let log = Arc::new(Recorder::default());
+        r.attach_change_log(log.clone());
+        (r, log)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remote_instances_never_expire_here_and_leave_when_removed() {
+        let (r, log) = clustered();
+        r.apply_remote(reg("web", "a", 1000));
+        assert_eq!(r.version(), 1);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(r.expire_now(), 0);
+        let view = r.service("web").unwrap();
+        let a = view.instance("a", r.now_ms()).unwrap();
+        assert!(a.is_remote());
+        assert_eq!(a.remaining_ms(r.now_ms()), 333, "a third of the TTL");
+        assert!(r.remove_remote("web", "a"));
+        assert!(r.service("web").is_none());
+        assert_eq!(r.version(), 2);
+        assert!(log.take().is_empty(), "nothing applied from etcd goes back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_here_takes_a_remote_instance_over() {
+        let (r, log) = clustered();
+        r.apply_remote(reg("web", "a", 1000));
+        r.heartbeat("web", "a").unwrap();
+        assert_eq!(log.take(), ["put web/a"]);
+        assert_eq!(r.version(), 1, "who holds it is no change of the live set");
+        assert!(!r.remove_remote("web", "a"), "this node's own now");
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(r.expire_now(), 1, "and its lease runs here");
+        assert_eq!(log.take(), ["delete web/a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_node_writing_an_instance_takes_it_from_this_one() {
+        let (r, log) = clustered();
+        r.register(reg("web", "a", 1000)).unwrap();
+        assert_eq!(log.take(), ["put web/a"]);
+        r.apply_remote(reg("web", "a", 1000));
+        assert_eq!(r.version(), 1);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(r.expire_now(), 0, "the other node holds the lease now");
+        let mut moved = reg("web", "a", 1000);
+        moved.port = 81;
+        r.apply_remote(moved);
+        assert_eq!(r.version(), 2, "a changed field is a change");
+        assert!(log.take().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn orphans_wait_one_ttl_for_their_provider() {
+        let (r, log) = clustered();
+        r.apply_remote(reg("web", "a", 1000));
+        r.apply_remote(reg("web", "b", 1000));
+        assert!(r.orphan("web", "a"));
+        assert!(r.orphan("web", "b"));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        r.heartbeat("web", "b").unwrap();
+        assert_eq!(log.take(), ["put web/b"], "b's provider moved here");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(r.expire_now(), 1);
+        let view = r.service("web").unwrap();
+        assert_eq!(
+            view.instances.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(
+            log.take(),
+            ["delete web/a"],
+            "the cluster skips keys it does not hold"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sync_keeps_own_instances_and_replaces_the_remote_part() {
+        let (r, log) = clustered();
+        r.register(reg("web", "own", 10_000)).unwrap();
+        r.apply_remote(reg("web", "gone", 10_000));
+        r.apply_remote(reg("web", "kept", 10_000));
+        log.take();
+        let own = r.sync_remote(vec![
+            reg("web", "kept", 10_000),
+            reg("web", "new", 10_000),
+            reg("web", "own", 10_000),
+        ]);
+        assert_eq!(
+            own.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            ["own"]
+        );
+        let view = r.service("web").unwrap();
+        let ids: Vec<_> = view.instances.keys().map(|k| k.to_string()).collect();
+        assert_eq!(ids, ["kept", "new", "own"]);
+        assert!(!view.instance("own", r.now_ms()).unwrap().is_remote());
+        assert!(log.take().is_empty());
     }
 }

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::registry::{Change, ChangeLog};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Registrations by `service \0 id`, in the registry's encoding.
@@ -47,27 +48,6 @@ pub enum StoreError {
         path: PathBuf,
         /// What redb said.
         source: Box<redb::Error>,
-    },
-}
-
-/// A change to the stored set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Insert or replace a registration.
-    Put {
-        /// Service name.
-        service: String,
-        /// Instance id.
-        id: String,
-        /// The registration, encoded by the registry.
-        value: Vec<u8>,
-    },
-    /// Remove a registration (absent is fine).
-    Delete {
-        /// Service name.
-        service: String,
-        /// Instance id.
-        id: String,
     },
 }
 
@@ -252,6 +232,16 @@ impl Journal {
         self.wait(issued);
         self.lock().stopping = true;
         self.shared.changed.notify_all();
+    }
+}
+
+impl ChangeLog for Journal {
+    fn submit(&self, change: Change, version: u64) {
+        Journal::submit(self, change, version);
+    }
+
+    fn wait_all(&self) {
+        self.wait(self.issued());
     }
 }
 

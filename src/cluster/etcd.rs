@@ -1,0 +1,425 @@
+//! The etcd side of cluster mode: one task per node that writes the node's changes, keeps its
+//! lease alive and applies the other nodes' changes from a watch on the prefix.
+//!
+//! Everything runs in that one task, in order, so its bookkeeping (which revision of each key
+//! it knows, which keys are its own) needs no lock. A session is one connection's worth of
+//! work: sync (write what this node holds, read the rest), then watch; any error ends the
+//! session, marks the node stale and starts a new one after a pause, which syncs again. That
+//! resync is also how changes made while etcd was away reach it: the registry is the truth for
+//! this node's own instances, so nothing needs replaying.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{key, parse_key, ClusterError, ClusterLog, Numbered};
+use crate::config::ClusterConfig;
+use crate::registry::{Change, Registration, Registry};
+
+/// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
+/// `tracker`. Returns at once; the first sync happens in the background (the node is stale
+/// until then).
+pub fn start(
+    config: &ClusterConfig,
+    registry: Registry,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), ClusterError> {
+    let (log, changes) = ClusterLog::new(config.timeout);
+    let log = Arc::new(log);
+    registry.attach_change_log(log.clone());
+    registry.set_stale(true);
+    let node = if config.node.is_empty() {
+        hostname()
+    } else {
+        config.node.clone()
+    };
+    let task = Node {
+        config: config.clone(),
+        node,
+        registry,
+        log,
+        changes,
+        lease: None,
+        revisions: HashMap::new(),
+        dead_leases: HashSet::new(),
+    };
+    tracker.spawn(task.run(shutdown));
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "beacon".into())
+}
+
+type EtcdResult<T> = Result<T, etcd_client::Error>;
+
+/// What this node knows of one key: the revision of its last write, and whether that write was
+/// this node's.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    revision: i64,
+    ours: bool,
+}
+
+struct Node {
+    config: ClusterConfig,
+    node: String,
+    registry: Registry,
+    log: Arc<ClusterLog>,
+    changes: mpsc::UnboundedReceiver<Numbered>,
+    /// This node's lease, kept across sessions while etcd still has it, so a short outage
+    /// does not drop this node's keys.
+    lease: Option<i64>,
+    /// The last write of every key, for the revision checks that keep a deletion from removing
+    /// a newer registration.
+    revisions: HashMap<String, Known>,
+    /// Leases seen to have run out (their nodes died): never alive again.
+    dead_leases: HashSet<i64>,
+}
+
+impl Node {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut pause = Duration::from_millis(100);
+        let mut stale_since: Option<std::time::Instant> = Some(std::time::Instant::now());
+        loop {
+            let error = tokio::select! {
+                error = self.session(&mut stale_since) => error,
+                _ = shutdown.cancelled() => return,
+            };
+            // A session only ends on an error; whatever it had synced stays in the registry.
+            if stale_since.is_none() {
+                tracing::warn!(
+                    node = %self.node, %error,
+                    "etcd unreachable: answering from the last view (stale) and taking \
+                     registrations locally; they are written when etcd is back"
+                );
+                stale_since = Some(std::time::Instant::now());
+                pause = Duration::from_millis(100);
+            } else {
+                tracing::debug!(%error, "etcd still unreachable");
+            }
+            self.registry.set_stale(true);
+            self.log.set_unreachable(true);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Connects, syncs, then follows the watch until something fails.
+    async fn session(
+        &mut self,
+        stale_since: &mut Option<std::time::Instant>,
+    ) -> etcd_client::Error {
+        match self.session_inner(stale_since).await {
+            Ok(never) => match never {},
+            Err(error) => error,
+        }
+    }
+
+    async fn session_inner(
+        &mut self,
+        stale_since: &mut Option<std::time::Instant>,
+    ) -> EtcdResult<std::convert::Infallible> {
+        let timeout = self.config.timeout;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(1), timeout)
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the others must not serve a watch that never moves.
+            .with_require_leader(true);
+        let mut client = Client::connect(&self.config.etcd, Some(options)).await?;
+
+        let lease = self.lease(&mut client).await?;
+        let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
+        let revision = self.sync(&mut client, lease).await?;
+
+        let watch_options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(revision + 1);
+        let mut watch = client
+            .watch(self.config.prefix.as_str(), Some(watch_options))
+            .await?;
+
+        self.registry.set_stale(false);
+        self.log.set_unreachable(false);
+        match stale_since.take() {
+            Some(since) => tracing::info!(
+                node = %self.node, lease = format_args!("{lease:x}"), revision,
+                stale_for = ?since.elapsed(), "in sync with etcd"
+            ),
+            None => tracing::info!(node = %self.node, revision, "in sync with etcd again"),
+        }
+
+        let mut renew = tokio::time::interval(self.config.lease_ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                Some(first) = self.changes.recv() => {
+                    self.write(&mut client, lease, first).await?;
+                }
+                message = watch.message() => {
+                    let Some(response) = message? else {
+                        return Err(etcd_client::Error::WatchError("watch ended".into()));
+                    };
+                    if response.canceled() || response.compact_revision() > 0 {
+                        return Err(etcd_client::Error::WatchError(format!(
+                            "watch cancelled ({}); reading everything anew",
+                            response.cancel_reason()
+                        )));
+                    }
+                    self.apply_events(&mut client, lease, response.events()).await?;
+                }
+                _ = renew.tick() => {
+                    let sent = tokio::time::timeout(timeout, keeper.keep_alive()).await;
+                    sent.map_err(|_| etcd_client::Error::LeaseKeepAliveError("timed out".into()))??;
+                }
+                answer = keep_alive.message() => {
+                    match answer? {
+                        Some(answer) if answer.ttl() > 0 => {}
+                        _ => {
+                            tracing::warn!(node = %self.node, "this node's etcd lease ran out; \
+                                           writing its instances under a new one");
+                            self.lease = None;
+                            return Err(etcd_client::Error::LeaseKeepAliveError(
+                                "lease expired".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lease this node writes under: the one it had if etcd still keeps it, else a new one.
+    async fn lease(&mut self, client: &mut Client) -> EtcdResult<i64> {
+        if let Some(lease) = self.lease {
+            if client.lease_time_to_live(lease, None).await?.ttl() > 0 {
+                return Ok(lease);
+            }
+        }
+        let ttl = self.config.lease_ttl.as_secs() as i64;
+        let lease = client.lease_grant(ttl, None).await?.id();
+        self.lease = Some(lease);
+        Ok(lease)
+    }
+
+    /// Makes etcd and the registry agree: this node's own instances are written under `lease`,
+    /// keys this node wrote but no longer holds are deleted, and everything else in etcd
+    /// becomes the registry's remote part. Returns the revision the watch continues from.
+    async fn sync(&mut self, client: &mut Client, lease: i64) -> EtcdResult<i64> {
+        // The sync covers every change queued so far: the registry is read after this.
+        let mut covered = 0;
+        while let Ok(numbered) = self.changes.try_recv() {
+            covered = numbered.ticket;
+        }
+        let prefix = self.config.prefix.clone();
+        let response = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        self.revisions.clear();
+        let mut remote = Vec::new();
+        let mut ours_in_etcd = Vec::new();
+        for kv in response.kvs() {
+            let Some((service, id)) = parse_key(&prefix, kv.key()) else {
+                continue;
+            };
+            let k = key(&prefix, service, id);
+            let ours = kv.lease() == lease;
+            self.revisions.insert(
+                k.clone(),
+                Known {
+                    revision: kv.mod_revision(),
+                    ours,
+                },
+            );
+            if ours {
+                ours_in_etcd.push(k);
+                continue;
+            }
+            match decode(kv.value(), service, id) {
+                Some(reg) => remote.push(reg),
+                None => continue,
+            }
+        }
+        let own = self.registry.sync_remote(remote);
+        let own_keys: HashSet<String> = own
+            .iter()
+            .map(|reg| key(&prefix, &reg.service, &reg.id))
+            .collect();
+        for reg in &own {
+            let value = serde_json::to_vec(reg).unwrap_or_default();
+            self.put(client, lease, &reg.service, &reg.id, value)
+                .await?;
+        }
+        for k in ours_in_etcd {
+            if !own_keys.contains(&k) {
+                self.delete_key(client, &k).await?;
+            }
+        }
+        self.log.written(covered);
+        tracing::debug!(own = own.len(), revision, "synced with etcd");
+        Ok(revision)
+    }
+
+    /// Writes one queued change and whatever else is queued behind it.
+    async fn write(&mut self, client: &mut Client, lease: i64, first: Numbered) -> EtcdResult<()> {
+        let mut next = Some(first);
+        while let Some(Numbered { ticket, change }) = next {
+            match change {
+                Change::Put { service, id, value } => {
+                    self.put(client, lease, &service, &id, value).await?;
+                }
+                Change::Delete { service, id } => {
+                    let k = key(&self.config.prefix, &service, &id);
+                    self.delete_key(client, &k).await?;
+                }
+            }
+            self.log.written(ticket);
+            next = self.changes.try_recv().ok();
+        }
+        Ok(())
+    }
+
+    async fn put(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        service: &str,
+        id: &str,
+        value: Vec<u8>,
+    ) -> EtcdResult<()> {
+        let k = key(&self.config.prefix, service, id);
+        let response = client
+            .put(k.as_str(), value, Some(PutOptions::new().with_lease(lease)))
+            .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        self.revisions.insert(
+            k,
+            Known {
+                revision,
+                ours: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Deletes `k` if it still holds the write this node last saw of it: a transaction on the
+    /// key's revision, so a newer registration (another node took the provider over) stays.
+    async fn delete_key(&mut self, client: &mut Client, k: &str) -> EtcdResult<()> {
+        // Never seen in etcd (an orphan expiring, or a change etcd never had): nothing to do.
+        let Some(known) = self.revisions.remove(k) else {
+            return Ok(());
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(k, CompareOp::Equal, known.revision)])
+            .and_then([TxnOp::delete(k, None)]);
+        let response = client.txn(txn).await?;
+        if !response.succeeded() {
+            tracing::debug!(key = k, "not deleted: another node wrote it since");
+        }
+        Ok(())
+    }
+
+    async fn apply_events(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        events: &[etcd_client::Event],
+    ) -> EtcdResult<()> {
+        let prefix = self.config.prefix.clone();
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            let Some((service, id)) = parse_key(&prefix, kv.key()) else {
+                continue;
+            };
+            let k = key(&prefix, service, id);
+            let revision = kv.mod_revision();
+            let known = self.revisions.get(&k).copied();
+            match event.event_type() {
+                EventType::Put => {
+                    if kv.lease() == lease {
+                        // This node's own write coming back.
+                        continue;
+                    }
+                    if known.is_some_and(|known| known.revision >= revision) {
+                        continue;
+                    }
+                    self.revisions.insert(
+                        k,
+                        Known {
+                            revision,
+                            ours: false,
+                        },
+                    );
+                    if let Some(reg) = decode(kv.value(), service, id) {
+                        self.registry.apply_remote(reg);
+                    }
+                }
+                EventType::Delete => {
+                    if known.is_some_and(|known| known.revision > revision) {
+                        continue;
+                    }
+                    self.revisions.remove(&k);
+                    let owner = event.prev_kv().map_or(0, |prev| prev.lease());
+                    if owner == lease || known.is_some_and(|known| known.ours) {
+                        // This node's own deletion, or its lease ran out (the keep-alive
+                        // reports that, and the next session writes everything again).
+                        continue;
+                    }
+                    if owner != 0 && self.lease_is_dead(client, owner).await? {
+                        // Its node died: keep it one more TTL for the provider to move here.
+                        self.registry.orphan(service, id);
+                    } else {
+                        self.registry.remove_remote(service, id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn lease_is_dead(&mut self, client: &mut Client, lease: i64) -> EtcdResult<bool> {
+        if self.dead_leases.contains(&lease) {
+            return Ok(true);
+        }
+        let dead = client.lease_time_to_live(lease, None).await?.ttl() <= 0;
+        if dead {
+            self.dead_leases.insert(lease);
+        }
+        Ok(dead)
+    }
+}
+
+/// A registration read from etcd, if it decodes and matches its key. Another node validated it
+/// against its own limits; this one takes it as it is rather than drop a live instance.
+fn decode(value: &[u8], service: &str, id: &str) -> Option<Registration> {
+    match serde_json::from_slice::<Registration>(value) {
+        Ok(reg) if reg.service == service && reg.id == id => Some(reg),
+        Ok(_) => {
+            tracing::warn!(service, id, "etcd value names another instance; ignored");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(service, id, %error, "etcd value is not a registration; ignored");
+            None
+        }
+    }
+}

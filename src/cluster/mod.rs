@@ -1,0 +1,217 @@
+//! Cluster mode (`--etcd`): several beacon nodes share one catalog through etcd v3, an existing
+//! distributed store, never a consensus of our own.
+//!
+//! Each node writes the instances whose providers talk to it under `<prefix><service>/<id>`,
+//! attached to an etcd lease of its own; renewals stay local, so etcd sees changes only. Every
+//! node watches the prefix and applies the other nodes' instances to its registry as *remote*
+//! instances, which it answers but never expires: their node removes them from etcd when their
+//! lease runs out, and etcd removes them all when that node's own lease runs out (the node
+//! died). A provider that renews at another node moves its instance there (that node takes it
+//! over in etcd); a deletion is a transaction on the key's revision, so it never removes a
+//! newer registration written by another node.
+//!
+//! When etcd cannot be reached, the node keeps answering and taking registrations from its own
+//! memory (marked stale: [`crate::registry::Registry::is_stale`]) and reconciles when etcd is
+//! back: it writes what it holds and reads everything else anew.
+//!
+//! This module holds what does not need the etcd client: the change log the registry writes
+//! to, and how keys are named. The client itself (`etcd.rs`) sits behind the `etcd` cargo
+//! feature, since it needs `protoc` to build.
+
+#[cfg(feature = "etcd")]
+mod etcd;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::registry::{Change, ChangeLog};
+
+#[cfg(feature = "etcd")]
+pub use etcd::start;
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// This binary was built without the etcd client.
+    #[error(
+        "cluster.etcd is set, but this beacon was built without the `etcd` feature; \
+         rebuild with `cargo build --release --features etcd` (needs protoc, Debian's \
+         protobuf-compiler)"
+    )]
+    NotBuilt,
+}
+
+/// Starts cluster mode; in a build without the `etcd` feature, that is an error.
+#[cfg(not(feature = "etcd"))]
+pub fn start(
+    _config: &crate::config::ClusterConfig,
+    _registry: crate::registry::Registry,
+    _shutdown: tokio_util::sync::CancellationToken,
+    _tracker: &tokio_util::task::TaskTracker,
+) -> Result<(), ClusterError> {
+    Err(ClusterError::NotBuilt)
+}
+
+/// The etcd key of an instance.
+pub fn key(prefix: &str, service: &str, id: &str) -> String {
+    format!("{prefix}{service}/{id}")
+}
+
+/// The service and id an etcd key names, if it is one of ours. Services and ids are DNS
+/// labels, which hold no '/'.
+pub fn parse_key<'a>(prefix: &str, key: &'a [u8]) -> Option<(&'a str, &'a str)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    let (service, id) = rest.split_once('/')?;
+    (!service.is_empty() && !id.is_empty() && !id.contains('/')).then_some((service, id))
+}
+
+/// A change the registry made, numbered in the order the registry made it.
+#[derive(Debug)]
+pub struct Numbered {
+    /// Position in the log: waiting for it waits for every change before it too.
+    pub ticket: u64,
+    /// The change.
+    pub change: Change,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Every change up to this ticket is in etcd.
+    written: u64,
+    /// etcd cannot be reached: nobody waits for it.
+    unreachable: bool,
+}
+
+/// The registry's side of the cluster: changes go into a queue the etcd task drains, and a
+/// request handler waits until its changes are in etcd — or until etcd is known to be
+/// unreachable (then the node goes on from memory and writes them when etcd is back), or until
+/// `timeout` passes.
+pub struct ClusterLog {
+    queue: mpsc::UnboundedSender<Numbered>,
+    issued: AtomicU64,
+    progress: Mutex<Progress>,
+    changed: Condvar,
+    timeout: Duration,
+}
+
+impl ClusterLog {
+    /// A log whose changes arrive on the returned receiver.
+    pub fn new(timeout: Duration) -> (ClusterLog, mpsc::UnboundedReceiver<Numbered>) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let log = ClusterLog {
+            queue,
+            issued: AtomicU64::new(0),
+            progress: Mutex::new(Progress {
+                written: 0,
+                // Until the first sync nothing is in etcd and nobody should wait for it.
+                unreachable: true,
+            }),
+            changed: Condvar::new(),
+            timeout,
+        };
+        (log, receiver)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every change up to `ticket` is in etcd.
+    pub fn written(&self, ticket: u64) {
+        let mut progress = self.lock();
+        progress.written = progress.written.max(ticket);
+        drop(progress);
+        self.changed.notify_all();
+    }
+
+    /// etcd became unreachable (true) or reachable again (false).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.lock().unreachable = unreachable;
+        self.changed.notify_all();
+    }
+}
+
+impl ChangeLog for ClusterLog {
+    fn submit(&self, change: Change, _version: u64) {
+        // Under the registry's lock: tickets follow the registry's order.
+        let ticket = self.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        // The receiver lives as long as the server; after shutdown there is nobody to tell.
+        let _ = self.queue.send(Numbered { ticket, change });
+    }
+
+    fn wait_all(&self) {
+        let target = self.issued.load(Ordering::Acquire);
+        let progress = self.lock();
+        let (progress, timeout) = self
+            .changed
+            .wait_timeout_while(progress, self.timeout, |p| {
+                p.written < target && !p.unreachable
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        if timeout.timed_out() {
+            tracing::warn!(
+                written = progress.written,
+                target,
+                "etcd is slow: acknowledging from memory; the change is written when etcd answers"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_foreign_keys_are_not_ours() {
+        let prefix = "/beacon/instances/";
+        let k = key(prefix, "web", "web-1");
+        assert_eq!(k, "/beacon/instances/web/web-1");
+        assert_eq!(parse_key(prefix, k.as_bytes()), Some(("web", "web-1")));
+        assert_eq!(parse_key(prefix, b"/other/web/web-1"), None);
+        assert_eq!(parse_key(prefix, b"/beacon/instances/web"), None);
+        assert_eq!(parse_key(prefix, b"/beacon/instances/web/a/b"), None);
+        assert_eq!(parse_key(prefix, b"/beacon/instances//a"), None);
+    }
+
+    #[test]
+    fn waiting_ends_when_written_or_unreachable() {
+        let (log, mut rx) = ClusterLog::new(Duration::from_secs(30));
+        // Unreachable before the first sync: no wait.
+        log.submit(
+            Change::Delete {
+                service: "web".into(),
+                id: "a".into(),
+            },
+            1,
+        );
+        log.wait_all();
+        assert_eq!(rx.try_recv().unwrap().ticket, 1);
+        log.set_unreachable(false);
+        log.submit(
+            Change::Delete {
+                service: "web".into(),
+                id: "b".into(),
+            },
+            2,
+        );
+        let log = std::sync::Arc::new(log);
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                log.written(2);
+            })
+        };
+        let started = std::time::Instant::now();
+        log.wait_all();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "woken by written"
+        );
+        writer.join().unwrap();
+    }
+}
