@@ -64,6 +64,9 @@ fn hostname() -> String {
 
 type EtcdResult<T> = Result<T, etcd_client::Error>;
 
+/// etcd's default limit on the operations of one transaction (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
 /// What this node knows of one key: the revision of its last write, and whether that write was
 /// this node's.
 #[derive(Debug, Clone, Copy)]
@@ -264,60 +267,126 @@ impl Node {
             .iter()
             .map(|reg| key(&prefix, &reg.service, &reg.id))
             .collect();
-        for reg in &own {
-            let value = serde_json::to_vec(reg).unwrap_or_default();
-            self.put(client, lease, &reg.service, &reg.id, value)
-                .await?;
-        }
-        for k in ours_in_etcd {
-            if !own_keys.contains(&k) {
-                self.delete_key(client, &k).await?;
-            }
-        }
+        let puts = own
+            .iter()
+            .map(|reg| {
+                let value = serde_json::to_vec(reg).unwrap_or_default();
+                (key(&prefix, &reg.service, &reg.id), value)
+            })
+            .collect();
+        self.put_all(client, lease, puts).await?;
+        let stale_keys = ours_in_etcd
+            .into_iter()
+            .filter(|k| !own_keys.contains(k))
+            .filter_map(|k| self.revisions.remove(&k).map(|known| (k, known)))
+            .collect();
+        self.delete_all(client, stale_keys).await?;
         self.log.written(covered);
         tracing::debug!(own = own.len(), revision, "synced with etcd");
         Ok(revision)
     }
 
-    /// Writes one queued change and whatever else is queued behind it.
+    /// Writes one queued change and whatever else is queued behind it, in at most two
+    /// transactions: every put in one, every delete in another (conditional on the revisions
+    /// this node last saw; if any key moved on, the deletes are retried one by one). A burst of
+    /// registrations costs etcd one commit, not one per instance.
     async fn write(&mut self, client: &mut Client, lease: i64, first: Numbered) -> EtcdResult<()> {
-        let mut next = Some(first);
-        while let Some(Numbered { ticket, change }) = next {
+        let mut last: HashMap<String, Change> = HashMap::new();
+        let mut ticket = first.ticket;
+        let change = first.change;
+        last.insert(self.key_of(&change), change);
+        while last.len() < MAX_TXN_OPS {
+            let Ok(numbered) = self.changes.try_recv() else {
+                break;
+            };
+            ticket = numbered.ticket;
+            last.insert(self.key_of(&numbered.change), numbered.change);
+        }
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for (k, change) in last {
             match change {
-                Change::Put { service, id, value } => {
-                    self.put(client, lease, &service, &id, value).await?;
-                }
-                Change::Delete { service, id } => {
-                    let k = key(&self.config.prefix, &service, &id);
-                    self.delete_key(client, &k).await?;
+                Change::Put { value, .. } => puts.push((k, value)),
+                // A key this node never saw in etcd has nothing to delete.
+                Change::Delete { .. } => {
+                    if let Some(known) = self.revisions.remove(&k) {
+                        deletes.push((k, known));
+                    }
                 }
             }
-            self.log.written(ticket);
-            next = self.changes.try_recv().ok();
+        }
+        self.put_all(client, lease, puts).await?;
+        self.delete_all(client, deletes).await?;
+        self.log.written(ticket);
+        Ok(())
+    }
+
+    fn key_of(&self, change: &Change) -> String {
+        match change {
+            Change::Put { service, id, .. } | Change::Delete { service, id } => {
+                key(&self.config.prefix, service, id)
+            }
+        }
+    }
+
+    /// Writes `puts` under `lease`, up to [`MAX_TXN_OPS`] keys per transaction.
+    async fn put_all(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        puts: Vec<(String, Vec<u8>)>,
+    ) -> EtcdResult<()> {
+        let mut puts = puts.into_iter().peekable();
+        while puts.peek().is_some() {
+            let chunk: Vec<(String, Vec<u8>)> = puts.by_ref().take(MAX_TXN_OPS).collect();
+            let keys: Vec<String> = chunk.iter().map(|(k, _)| k.clone()).collect();
+            let operations: Vec<TxnOp> = chunk
+                .into_iter()
+                .map(|(k, value)| TxnOp::put(k, value, Some(PutOptions::new().with_lease(lease))))
+                .collect();
+            let response = client.txn(Txn::new().and_then(operations)).await?;
+            let revision = response.header().map_or(0, |h| h.revision());
+            for k in keys {
+                self.revisions.insert(
+                    k,
+                    Known {
+                        revision,
+                        ours: true,
+                    },
+                );
+            }
         }
         Ok(())
     }
 
-    async fn put(
+    /// Deletes each key if it still holds the revision given: one conditional transaction per
+    /// [`MAX_TXN_OPS`] keys, and if any of them moved on since, one by one.
+    async fn delete_all(
         &mut self,
         client: &mut Client,
-        lease: i64,
-        service: &str,
-        id: &str,
-        value: Vec<u8>,
+        deletes: Vec<(String, Known)>,
     ) -> EtcdResult<()> {
-        let k = key(&self.config.prefix, service, id);
-        let response = client
-            .put(k.as_str(), value, Some(PutOptions::new().with_lease(lease)))
-            .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        self.revisions.insert(
-            k,
-            Known {
-                revision,
-                ours: true,
-            },
-        );
+        for chunk in deletes.chunks(MAX_TXN_OPS) {
+            let compares: Vec<Compare> = chunk
+                .iter()
+                .map(|(k, known)| {
+                    Compare::mod_revision(k.as_str(), CompareOp::Equal, known.revision)
+                })
+                .collect();
+            let operations: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, _)| TxnOp::delete(k.as_str(), None))
+                .collect();
+            let response = client
+                .txn(Txn::new().when(compares).and_then(operations))
+                .await?;
+            if !response.succeeded() {
+                for (k, known) in chunk {
+                    self.revisions.insert(k.clone(), *known);
+                    self.delete_key(client, k).await?;
+                }
+            }
+        }
         Ok(())
     }
 
