@@ -663,7 +663,10 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
         }
         Request::List { service } => {
             let version = registry.version();
+            // Listed: what readers answer (the readers' clock, held still by
+            // self-preservation); `expires_in_ms`: the time really left (0 when overdue).
             let now = registry.now_ms();
+            let live_at = registry.read_now_ms();
             let views = match service {
                 Some(name) => {
                     let name = registry::service_name(&name)?;
@@ -673,7 +676,7 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
             };
             let instances = views
                 .iter()
-                .flat_map(|view| view.live(now))
+                .flat_map(|view| view.live(live_at))
                 .map(|i| InstanceInfo::new(i, now))
                 .collect();
             Ok(Reply {
