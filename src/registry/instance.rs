@@ -76,6 +76,25 @@ impl Instance {
                 .all(|((k1, v1), (k2, v2))| **k1 == **k2 && **v1 == **v2)
     }
 
+    /// The registration that makes this instance, to insert it again (self-preservation
+    /// brings back instances that expired just before it began).
+    pub(super) fn registration(&self) -> Registration {
+        Registration {
+            service: self.service.to_string(),
+            id: self.id.to_string(),
+            address: self.address,
+            port: self.port,
+            weight: self.weight,
+            tags: self.tags.iter().map(|t| t.to_string()).collect(),
+            meta: self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ttl: self.ttl,
+        }
+    }
+
     pub(super) fn from_registration(
         service: Arc<str>,
         id: Arc<str>,

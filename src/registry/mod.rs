@@ -476,6 +476,7 @@ impl Registry {
         let now = self.now_ms();
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
+        state.preservation.superseded(&reg.service, &reg.id);
         let deadline = now + reg.ttl.as_millis() as u64;
         let (instance, changed) = match state.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(&reg) => {
@@ -541,6 +542,7 @@ impl Registry {
         let now = self.now_ms();
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
+        state.preservation.superseded(service, id);
         let result = match state.find(service, id) {
             Some(instance) => {
                 state.remove(&instance);
@@ -611,6 +613,9 @@ impl Registry {
     ///
     /// Entering: the instances expired within the trailing window plus those due now, against
     /// the instances held plus those expired within the window ([`SelfPreservation::is_mass_expiry`]).
+    /// Those expired within the window come back (unless registered or deregistered since):
+    /// leases that run out spread over a heartbeat interval would otherwise lose up to
+    /// `threshold` of the instances before the count says "cut off".
     /// Leaving: checked by the expiry task once per window, when the overdue instances are no
     /// longer a mass expiry of those held; the overdue ones then expire at once.
     fn expire_due(&self, state: &mut State, now: u64, pass: Pass) -> usize {
@@ -660,8 +665,19 @@ impl Registry {
                 let recent = state.preservation.recent();
                 let held = state.instance_count;
                 if settings.is_mass_expiry(due + recent, held + recent) {
+                    let mut restored = 0;
+                    for instance in state.preservation.take_restorable() {
+                        if state.find(&instance.service, &instance.id).is_none()
+                            && state.instance_count < self.shared.limits.max_instances
+                        {
+                            state.insert(&instance.registration(), instance.deadline_ms());
+                            state.bump();
+                            restored += 1;
+                        }
+                    }
                     // Just before the earliest deadline held, not `now`: the instances due now
-                    // have deadlines at or before `now`, and readers must keep answering them.
+                    // (and those brought back) have deadlines at or before `now`, and readers
+                    // must keep answering them.
                     let read_clock = state
                         .deadlines
                         .keys()
@@ -676,6 +692,7 @@ impl Registry {
                     tracing::warn!(
                         due,
                         recently_expired = recent,
+                        restored,
                         instances = held,
                         threshold = settings.threshold,
                         window = %fmt_duration(settings.window),
@@ -690,11 +707,7 @@ impl Registry {
                 }
             }
         }
-        let removed = state.remove_due(now);
-        if count_them {
-            state.preservation.record(now, removed);
-        }
-        removed
+        state.remove_due(now, count_them)
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -833,9 +846,10 @@ impl State {
         self.deadlines.range(..=(now, u64::MAX)).count()
     }
 
-    /// Removes every instance due at `now`; returns how many. Only [`Registry::expire_due`]
-    /// calls this: it decides whether they may go.
-    fn remove_due(&mut self, now: u64) -> usize {
+    /// Removes every instance due at `now`, recording each for self-preservation when
+    /// `record`; returns how many. Only [`Registry::expire_due`] calls this: it decides whether
+    /// they may go.
+    fn remove_due(&mut self, now: u64, record: bool) -> usize {
         let mut removed = 0;
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
@@ -844,6 +858,9 @@ impl State {
             let instance = entry.remove();
             self.remove(&instance);
             self.bump();
+            if record {
+                self.preservation.record(now, instance);
+            }
             removed += 1;
         }
         removed
@@ -1010,7 +1027,10 @@ mod tests {
             status.self_preservation.active_for,
             Some(Duration::from_millis(500))
         );
-        assert_eq!((status.instances, status.self_preservation.overdue), (40, 40));
+        assert_eq!(
+            (status.instances, status.self_preservation.overdue),
+            (40, 40)
+        );
         assert_eq!(r.version(), version, "nothing was removed");
         assert_eq!(answered(&r, "web"), 40, "readers still answer them");
         let view = r.service("web").unwrap();
@@ -1063,7 +1083,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert!(!preserving(&r));
-        assert_eq!(r.read_now_ms(), r.now_ms(), "readers are back on the real clock");
+        assert_eq!(
+            r.read_now_ms(),
+            r.now_ms(),
+            "readers are back on the real clock"
+        );
         assert_eq!(answered(&r, "web"), 25);
         assert_eq!(r.service("web").unwrap().instances.len(), 25, "removed");
         assert!(matches!(
@@ -1119,18 +1143,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn expiries_count_over_the_trailing_window() {
+    async fn expiries_count_over_the_trailing_window_and_come_back() {
         // 15 expire (too few to matter), then 19 more (too few alone): within one window the
-        // 34 are a mass expiry, and the 19 are kept.
+        // 34 are a mass expiry; the 19 are kept and the 15 come back, except those registered
+        // or deregistered since.
         let r = registry_preserving(defaults());
         register_many(&r, "a", 15, 1000);
         register_many(&r, "b", 19, 5000);
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(r.expire_now(), 15);
+        assert_eq!(answered(&r, "a"), 0);
+        let mut moved = reg("a", "i0", 60_000);
+        moved.port = 81;
+        r.register(moved).unwrap();
+        r.register(reg("a", "i1", 60_000)).unwrap();
+        r.deregister("a", "i1").unwrap();
         tokio::time::sleep(Duration::from_millis(4000)).await;
         assert_eq!(r.expire_now(), 0);
         assert!(preserving(&r));
         assert_eq!(answered(&r, "b"), 19);
+        let a = r.service("a").unwrap();
+        assert_eq!(
+            a.live(r.read_now_ms()).count(),
+            14,
+            "13 back, and i0 as registered since"
+        );
+        assert_eq!(a.instances["i0"].port, 81);
+        assert!(
+            !a.instances.contains_key("i1"),
+            "deregistered since: stays gone"
+        );
+        assert_eq!(r.status().self_preservation.overdue, 13 + 19);
 
         // The same, but the 19 come due after the window has passed.
         let r = registry_preserving(defaults());
