@@ -128,7 +128,9 @@ impl Knobs {
     /// The configuration file: room for the largest registry plus parts 3a and 3b.
     fn config(&self) -> String {
         let max = (self.instances.max(self.mem_max) + self.samples + self.expiry).max(2_000_000);
-        format!("[registry]\nmax_instances = {max}\nmax_ttl = \"2h\"\n")
+        // Self-preservation off: part 3b lets thousands of leases run out on purpose, which is
+        // exactly the mass expiry it would stop.
+        format!("[registry]\nmax_instances = {max}\nmax_ttl = \"2h\"\nself_preservation = false\n")
     }
 }
 

@@ -94,6 +94,19 @@ pub struct RegistryConfig {
     /// the reason), so a stalled reader never holds the server's memory.
     #[serde(with = "humantime_serde")]
     pub watch_write_timeout: Duration,
+    /// Self-preservation: when an unusually large share of the instances would expire within
+    /// `self_preservation_window`, the registry was probably cut off from its providers, so it
+    /// stops expiring until renewals come back. False: leases always run out.
+    pub self_preservation: bool,
+    /// The share of instances (0 < x <= 1) whose expiry within the window means "cut off".
+    pub self_preservation_threshold: f64,
+    /// The trailing window expiries are counted over; also how often a preserving registry
+    /// checks whether renewals came back.
+    #[serde(with = "humantime_serde")]
+    pub self_preservation_window: Duration,
+    /// Below this many instances at risk, expiry always proceeds: a small registry losing a few
+    /// instances is more likely to have lost them than to be cut off.
+    pub self_preservation_min_instances: usize,
 }
 
 /// The DNS interface.
@@ -196,6 +209,10 @@ impl Default for RegistryConfig {
             tcp_idle_timeout: Duration::from_secs(60),
             max_tcp_connections: 16_384,
             watch_write_timeout: Duration::from_secs(10),
+            self_preservation: true,
+            self_preservation_threshold: 0.5,
+            self_preservation_window: Duration::from_secs(10),
+            self_preservation_min_instances: 20,
         }
     }
 }
@@ -383,6 +400,22 @@ impl Config {
                 "must be at least 100ms".into(),
             );
         }
+        // Written as a negated range so NaN, which serde accepts from TOML's `nan`, is refused too.
+        if !(r.self_preservation_threshold > 0.0 && r.self_preservation_threshold <= 1.0) {
+            return invalid(
+                "registry.self_preservation_threshold",
+                format!(
+                    "{} is not a share of the instances: it must be above 0 and at most 1 (0.5 is half)",
+                    r.self_preservation_threshold
+                ),
+            );
+        }
+        if r.self_preservation_window < Duration::from_millis(100) {
+            return invalid(
+                "registry.self_preservation_window",
+                "must be at least 100ms".into(),
+            );
+        }
         let d = &self.dns;
         if let Err(reason) = crate::dns::Zone::parse_domain(&d.domain) {
             return invalid("dns.domain", reason);
@@ -484,5 +517,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dns.domain"), "{err}");
+    }
+
+    #[test]
+    fn self_preservation_keys_are_checked() {
+        for threshold in ["0.0", "1.5", "-0.1", "nan"] {
+            let err = Config::from_toml(&format!(
+                "[registry]\nself_preservation_threshold = {threshold}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("registry.self_preservation_threshold"),
+                "{threshold}: {err}"
+            );
+        }
+        let err = Config::from_toml("[registry]\nself_preservation_window = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registry.self_preservation_window"), "{err}");
+        let config = Config::from_toml(
+            "[registry]\nself_preservation = false\nself_preservation_threshold = 1\n",
+        )
+        .unwrap();
+        assert!(!config.registry.self_preservation);
+        assert_eq!(config.registry.self_preservation_threshold, 1.0);
     }
 }

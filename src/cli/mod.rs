@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{send_to_any, ProviderBuilder};
 use crate::config::Config;
-use crate::protocol::{InstanceInfo, WireRequest};
+use crate::protocol::{InstanceInfo, Reply, WireRequest};
 use crate::serve::{self, Sockets};
 
 pub use crate::client::DEFAULT_REGISTRY;
@@ -49,6 +49,8 @@ enum Command {
     List(ListArgs),
     /// Print the live set of services at every change, as it happens (push, not polling).
     Watch(watch::WatchArgs),
+    /// Show the registry's size and whether self-preservation has stopped expiry.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +155,15 @@ struct DeregisterArgs {
 struct ListArgs {
     /// Only this service.
     service: Option<String>,
+    /// Print the registry's JSON reply instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArg,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
     /// Print the registry's JSON reply instead of a table.
     #[arg(long)]
     json: bool,
@@ -392,6 +403,19 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Status(args) => {
+            let request = WireRequest {
+                op: "status".into(),
+                ..WireRequest::default()
+            };
+            let reply = send_to_any(&args.registry.list()?, &request, false).await?;
+            if args.json {
+                println!("{}", String::from_utf8_lossy(&reply.to_json()));
+            } else {
+                print!("{}", status_text(&reply));
+            }
+            Ok(0)
+        }
         Command::Announce(args) => announce::run(args).await,
         Command::Watch(args) => watch::run(args).await,
     }
@@ -426,6 +450,50 @@ impl RegistrationArgs {
         }
         Ok(builder)
     }
+}
+
+/// A `status` reply for people: one `name  value` line each.
+fn status_text(reply: &Reply) -> String {
+    let number = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let preservation = match &reply.self_preservation {
+        None => "-".to_string(),
+        Some(sp) if !sp.enabled => "off: leases always run out".to_string(),
+        Some(sp) => {
+            let rule = format!(
+                "at {}% of instances expiring within {}, at least {}",
+                sp.threshold * 100.0,
+                humantime::format_duration(Duration::from_millis(sp.window_ms)),
+                sp.min_instances
+            );
+            match sp.active_for_ms {
+                Some(ms) => format!(
+                    "ACTIVE for {:.1}s: expiry stopped, {} instances overdue ({rule})",
+                    ms as f64 / 1000.0,
+                    sp.overdue
+                ),
+                None => format!("on, not active ({rule})"),
+            }
+        }
+    };
+    let rows = [
+        ("version", number(reply.version)),
+        ("run", number(reply.run)),
+        ("services", number(reply.service_count)),
+        ("instances", number(reply.instance_count)),
+        ("self-preservation", preservation),
+        (
+            "view",
+            if reply.stale == Some(true) {
+                "STALE: cluster mode, etcd unreachable; answering from the last view".to_string()
+            } else {
+                "current".to_string()
+            },
+        ),
+    ];
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(name, value)| format!("{name:<width$}  {value}\n"))
+        .collect()
 }
 
 /// The live instances as an aligned table.
@@ -500,6 +568,42 @@ mod tests {
         assert_eq!(parse_meta("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert!(parse_meta("=x").is_err());
         assert!(parse_meta("novalue").is_err());
+    }
+
+    #[test]
+    fn status_says_whether_expiry_is_stopped() {
+        let mut sp = crate::protocol::SelfPreservationInfo {
+            enabled: true,
+            active: true,
+            active_for_ms: Some(12_345),
+            overdue: 40,
+            threshold: 0.5,
+            window_ms: 10_000,
+            min_instances: 20,
+        };
+        let reply = |sp: &crate::protocol::SelfPreservationInfo| Reply {
+            v: 1,
+            ok: true,
+            op: Some("status".into()),
+            version: Some(41),
+            run: Some(7),
+            service_count: Some(1),
+            instance_count: Some(40),
+            self_preservation: Some(sp.clone()),
+            ..Reply::default()
+        };
+        let out = status_text(&reply(&sp));
+        assert!(out.contains("instances          40\n"), "{out}");
+        assert!(
+            out.contains("ACTIVE for 12.3s: expiry stopped, 40 instances overdue")
+                && out.contains("at 50% of instances expiring within 10s, at least 20"),
+            "{out}"
+        );
+        sp.active = false;
+        sp.active_for_ms = None;
+        assert!(status_text(&reply(&sp)).contains("on, not active"));
+        sp.enabled = false;
+        assert!(status_text(&reply(&sp)).contains("off"));
     }
 
     #[test]

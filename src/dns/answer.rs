@@ -295,26 +295,29 @@ impl Responder {
     }
 
     fn lookup(&self, labels: &[String], qname: &Name, qtype: RecordType) -> Found {
+        // Liveness is tested on the readers' clock, which self-preservation holds still; TTLs
+        // count the time really left on a lease (none, for a preserved overdue instance).
         let now = self.registry.now_ms();
+        let live_at = self.registry.read_now_ms();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         match labels.as_slice() {
             [] => self.apex(qtype),
             // Empty non-terminals above the RFC 2782 and DNS-SD names.
             ["_tcp"] | ["_udp"] | ["_dns-sd", "_udp"] => {
-                if self.any_service_live(now) {
+                if self.any_service_live(live_at) {
                     Found::NoData
                 } else {
                     Found::NxDomain
                 }
             }
-            ["_services", "_dns-sd", "_udp"] => self.service_types(qname, qtype, now),
-            [service] => match self.live(service, None, now) {
+            ["_services", "_dns-sd", "_udp"] => self.service_types(qname, qtype, live_at),
+            [service] => match self.live(service, None, live_at) {
                 Some(set) => self.set_answer(service, set, qtype, false),
                 None => Found::NxDomain,
             },
             [underscored, "_tcp"] if underscored.starts_with('_') => {
                 let service = &underscored[1..];
-                match self.live(service, None, now) {
+                match self.live(service, None, live_at) {
                     Some(set) => self.set_answer(service, set, qtype, true),
                     None => Found::NxDomain,
                 }
@@ -322,7 +325,7 @@ impl Responder {
             [id, underscored, "_tcp"] if underscored.starts_with('_') => {
                 let service = &underscored[1..];
                 match self.registry.service(service) {
-                    Some(view) => match view.instance(id, now) {
+                    Some(view) => match view.instance(id, live_at) {
                         Some(instance) => {
                             self.dns_sd_instance(qname, service, instance, qtype, now)
                         }
@@ -337,10 +340,10 @@ impl Responder {
                 };
                 // An instance id wins over a tag of the same spelling: the SRV targets must
                 // always resolve to exactly their instance.
-                if let Some(instance) = view.instance(first, now) {
+                if let Some(instance) = view.instance(first, live_at) {
                     return self.instance(qname, service, instance, qtype, now);
                 }
-                match self.live(service, Some(first), now) {
+                match self.live(service, Some(first), live_at) {
                     Some(set) => self.set_answer(service, set, qtype, false),
                     None => Found::NxDomain,
                 }
@@ -398,17 +401,17 @@ impl Responder {
         }
     }
 
-    fn any_service_live(&self, now: u64) -> bool {
+    fn any_service_live(&self, live_at: u64) -> bool {
         self.registry
-            .any_service(|view| view.live(now).next().is_some())
+            .any_service(|view| view.live(live_at).next().is_some())
     }
 
     /// The live instances of `service` (with `tag`, when given), sorted by id; `None` when there
     /// are none, which makes the name nonexistent.
-    fn live(&self, service: &str, tag: Option<&str>, now: u64) -> Option<Vec<Arc<Instance>>> {
+    fn live(&self, service: &str, tag: Option<&str>, live_at: u64) -> Option<Vec<Arc<Instance>>> {
         let view = self.registry.service(service)?;
         let set: Vec<Arc<Instance>> = view
-            .live(now)
+            .live(live_at)
             .filter(|i| tag.is_none_or(|t| i.tags.iter().any(|x| &**x == t)))
             .cloned()
             .collect();
@@ -447,9 +450,9 @@ impl Responder {
         }
     }
 
-    fn service_types(&self, qname: &Name, qtype: RecordType, now: u64) -> Found {
+    fn service_types(&self, qname: &Name, qtype: RecordType, live_at: u64) -> Found {
         if !matches!(qtype, RecordType::PTR | RecordType::ANY) {
-            return if self.any_service_live(now) {
+            return if self.any_service_live(live_at) {
                 Found::NoData
             } else {
                 Found::NxDomain
@@ -459,7 +462,7 @@ impl Responder {
             .registry
             .services()
             .iter()
-            .filter(|view| view.live(now).next().is_some())
+            .filter(|view| view.live(live_at).next().is_some())
             .filter_map(|view| self.name(&format!("_{}._tcp", view.name)))
             .map(|target| Record::from_rdata(qname.clone(), self.ttl, RData::PTR(PTR(target))))
             .collect();
@@ -692,6 +695,9 @@ impl Responder {
 
     /// The TTL for records naming `instances`: the configured TTL, lowered to the whole seconds
     /// left on the soonest lease so no cache keeps a record past its instance's deadline.
+    /// `now` is the real clock, never the readers' frozen one: an instance kept past its
+    /// deadline by self-preservation has no time left, so answers naming it carry TTL 0 and
+    /// no cache holds it once preservation ends.
     pub(super) fn ttl_for<'a>(
         &self,
         instances: impl Iterator<Item = &'a Arc<Instance>>,

@@ -163,7 +163,10 @@ impl Responder {
                 .map(|l| l.len() + 1)
                 .sum::<usize>();
 
+        // As in the general path: liveness on the readers' clock (held still by
+        // self-preservation), TTLs on the real one.
         let now = self.registry.now_ms();
+        let live_at = self.registry.read_now_ms();
         let view = self.registry.service(service);
         let wanted = |i: &&Arc<Instance>| match parsed.qtype {
             TYPE_A => i.address.is_ipv4(),
@@ -171,7 +174,7 @@ impl Responder {
             _ => true,
         };
         let mut set: Vec<&Arc<Instance>> = match &view {
-            Some(view) => view.live(now).filter(wanted).collect(),
+            Some(view) => view.live(live_at).filter(wanted).collect(),
             None => Vec::new(),
         };
         // The name exists when the service has a live instance of any family; only an empty
@@ -179,7 +182,7 @@ impl Responder {
         let exists = !set.is_empty()
             || view
                 .as_ref()
-                .is_some_and(|view| view.live(now).next().is_some());
+                .is_some_and(|view| view.live(live_at).next().is_some());
         let limit = self.size_limit(transport, parsed.edns_payload);
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(&query[..2]);

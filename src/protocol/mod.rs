@@ -142,7 +142,7 @@ pub struct WireRequest {
     /// Protocol version; 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v: Option<Value>,
-    /// The operation: `register`, `heartbeat`, `deregister` or `list`.
+    /// The operation: `register`, `heartbeat`, `deregister`, `list`, `watch` or `status`.
     pub op: String,
     /// Any number the client chooses; echoed in the reply so replies can be matched on UDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +221,8 @@ pub enum Request {
     },
     /// Turn the connection into a stream of live sets (TCP only; see [`server`]).
     Watch(WatchRequest),
+    /// The registry's size and self-preservation state.
+    Status,
 }
 
 /// What a watcher asked for.
@@ -243,6 +245,7 @@ impl Request {
             Request::Deregister { .. } => "deregister",
             Request::List { .. } => "list",
             Request::Watch(_) => "watch",
+            Request::Status => "status",
         }
     }
 }
@@ -302,7 +305,41 @@ impl InstanceInfo {
     }
 }
 
-/// A reply as it travels. Fields that do not apply to the operation are left out.
+/// Self-preservation as the `status` reply shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfPreservationInfo {
+    /// Whether it is switched on (`registry.self_preservation`).
+    pub enabled: bool,
+    /// Whether expiry is stopped now.
+    pub active: bool,
+    /// How long expiry has been stopped, in milliseconds; `null` when it is not.
+    pub active_for_ms: Option<u64>,
+    /// Instances held past their deadline.
+    pub overdue: u64,
+    /// `registry.self_preservation_threshold`.
+    pub threshold: f64,
+    /// `registry.self_preservation_window` in milliseconds.
+    pub window_ms: u64,
+    /// `registry.self_preservation_min_instances`.
+    pub min_instances: u64,
+}
+
+impl From<&registry::PreservationStatus> for SelfPreservationInfo {
+    fn from(s: &registry::PreservationStatus) -> Self {
+        SelfPreservationInfo {
+            enabled: s.settings.enabled,
+            active: s.active_for.is_some(),
+            active_for_ms: s.active_for.map(|d| d.as_millis() as u64),
+            overdue: s.overdue as u64,
+            threshold: s.settings.threshold,
+            window_ms: s.settings.window.as_millis() as u64,
+            min_instances: s.settings.min_instances as u64,
+        }
+    }
+}
+
+/// A reply as it travels. Fields that do not apply to the operation are left out, so a later
+/// operation or a later part of `status` adds an optional field here and changes no other reply.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     /// Protocol version of the reply.
@@ -333,10 +370,20 @@ pub struct Reply {
     /// list: the live instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceInfo>>,
-    /// list: true when, in cluster mode, etcd cannot be reached and the list is this node's
-    /// last view; left out otherwise.
+    /// list and status: true when, in cluster mode, etcd cannot be reached and the node
+    /// answers from its last view; left out otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<bool>,
+    /// status: services with at least one instance held. (Not `services`, which requests use
+    /// for names, nor `instances`, which replies use for instance objects.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_count: Option<u64>,
+    /// status: instances held, those kept past their deadline by self-preservation included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_count: Option<u64>,
+    /// status: self-preservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_preservation: Option<SelfPreservationInfo>,
     /// The error code, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorCode>,
@@ -454,10 +501,14 @@ impl WireRequest {
                 })
             }
             "watch" => self.into_watch(),
+            "status" => {
+                self.only_fields(&[])?;
+                Ok(Request::Status)
+            }
             other => Err(ProtocolError::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {other:?}; expected register, heartbeat, deregister, list or watch"
+                    "unknown op {other:?}; expected register, heartbeat, deregister, list, watch or status"
                 ),
             )),
         }
@@ -676,7 +727,10 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
         }
         Request::List { service } => {
             let version = registry.version();
+            // Listed: what readers answer (the readers' clock, held still by
+            // self-preservation); `expires_in_ms`: the time really left (0 when overdue).
             let now = registry.now_ms();
+            let live_at = registry.read_now_ms();
             let views = match service {
                 Some(name) => {
                     let name = registry::service_name(&name)?;
@@ -686,13 +740,24 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
             };
             let instances = views
                 .iter()
-                .flat_map(|view| view.live(now))
+                .flat_map(|view| view.live(live_at))
                 .map(|i| InstanceInfo::new(i, now))
                 .collect();
             Ok(Reply {
                 instances: Some(instances),
                 stale: registry.is_stale().then_some(true),
                 ..ok(version)
+            })
+        }
+        Request::Status => {
+            let status = registry.status();
+            Ok(Reply {
+                run: Some(registry.run_id()),
+                service_count: Some(status.services as u64),
+                instance_count: Some(status.instances as u64),
+                self_preservation: Some(SelfPreservationInfo::from(&status.self_preservation)),
+                stale: registry.is_stale().then_some(true),
+                ..ok(status.version)
             })
         }
         Request::Watch(_) => Err(bad(
@@ -818,6 +883,31 @@ mod tests {
         let reply: Reply = serde_json::from_slice(&reply).unwrap();
         assert_eq!(reply.seq, Some(Value::from(7)));
         assert_eq!(reply.error, Some(ErrorCode::UnknownOp));
+    }
+
+    #[test]
+    fn status_reply_is_as_documented() {
+        let registry = Registry::new(registry::Limits::from(
+            &crate::config::RegistryConfig::default(),
+        ));
+        let sender = "127.0.0.1".parse().unwrap();
+        let reply = handle(&registry, br#"{"v":1,"op":"status","seq":3}"#, sender).reply;
+        assert_eq!(
+            String::from_utf8(reply).unwrap(),
+            format!(
+                concat!(
+                    r#"{{"v":1,"seq":3,"ok":true,"op":"status","version":0,"run":{},"#,
+                    r#""service_count":0,"instance_count":0,"self_preservation":{{"enabled":true,"#,
+                    r#""active":false,"active_for_ms":null,"overdue":0,"threshold":0.5,"#,
+                    r#""window_ms":10000,"min_instances":20}}}}"#
+                ),
+                registry.run_id()
+            )
+        );
+        assert_eq!(
+            parse_err(r#"{"op":"status","service":"web"}"#),
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

@@ -32,13 +32,16 @@ pub struct WatchCache {
 }
 
 impl WatchCache {
-    /// The instances of `view` live at `now_ms` as JSON objects separated by commas.
-    fn fragment(&self, view: &ServiceView, now_ms: u64) -> Fragment {
+    /// The instances of `view` live at `live_at` (the readers' clock,
+    /// [`Registry::read_now_ms`]) as JSON objects separated by commas.
+    fn fragment(&self, view: &ServiceView, live_at: u64) -> Fragment {
         // A view can hold an instance whose lease ran out a moment ago and that the expiry task
         // has not removed yet; such a view is serialised for this push only, never cached, so
-        // no push names an expired instance.
-        if view.instances.values().any(|i| !i.is_live(now_ms)) {
-            return Arc::new(serialise(view, now_ms));
+        // no push names an expired instance. (While self-preservation holds, every instance
+        // held is live on the readers' clock, and a view cached then is replaced by the change
+        // that ends it.)
+        if view.instances.values().any(|i| !i.is_live(live_at)) {
+            return Arc::new(serialise(view, live_at));
         }
         let mut fragments = self
             .fragments
@@ -49,7 +52,7 @@ impl WatchCache {
                 return bytes.clone();
             }
         }
-        let bytes = Arc::new(serialise(view, now_ms));
+        let bytes = Arc::new(serialise(view, live_at));
         fragments.insert(view.name.clone(), (view.version, bytes.clone()));
         bytes
     }
@@ -62,9 +65,9 @@ impl WatchCache {
     }
 }
 
-fn serialise(view: &ServiceView, now_ms: u64) -> Vec<u8> {
+fn serialise(view: &ServiceView, live_at: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    for (n, instance) in view.live(now_ms).enumerate() {
+    for (n, instance) in view.live(live_at).enumerate() {
         if n > 0 {
             out.push(b',');
         }
@@ -73,7 +76,7 @@ fn serialise(view: &ServiceView, now_ms: u64) -> Vec<u8> {
         let info = InstanceInfo {
             expires_in_ms: None,
             remote: false,
-            ..InstanceInfo::new(instance, now_ms)
+            ..InstanceInfo::new(instance, live_at)
         };
         // Plain strings, numbers and a string map: serialising cannot fail.
         if serde_json::to_writer(&mut out, &info).is_err() {
@@ -110,7 +113,7 @@ fn snapshot(registry: &Registry, cache: &WatchCache, services: &[String]) -> (u6
     // The version is read before the views: views published after it only make the push newer
     // than it says, and the change that published them wakes the watcher again.
     let version = registry.version();
-    let now = registry.now_ms();
+    let live_at = registry.read_now_ms();
     let views: Vec<Arc<ServiceView>> = if services.is_empty() {
         registry.services()
     } else {
@@ -125,7 +128,7 @@ fn snapshot(registry: &Registry, cache: &WatchCache, services: &[String]) -> (u6
             })
             .collect()
     };
-    let fragments: Vec<Fragment> = views.iter().map(|v| cache.fragment(v, now)).collect();
+    let fragments: Vec<Fragment> = views.iter().map(|v| cache.fragment(v, live_at)).collect();
     (version, push_line(version, registry.run_id(), &fragments))
 }
 
@@ -265,7 +268,7 @@ mod tests {
             vec!["db".into(), "gone".into()],
         ] {
             let (version, line) = snapshot(&registry, &cache, &services);
-            let now = registry.now_ms();
+            let now = registry.read_now_ms();
             let views: Vec<_> = if services.is_empty() {
                 registry.services()
             } else {

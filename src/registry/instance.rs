@@ -161,7 +161,8 @@ pub struct RegistrationRequest {
     pub ttl: Option<Duration>,
 }
 
-/// The limits a registration is checked against (from `[registry]` in the configuration).
+/// The limits a registration is checked against, and the one on expiry (self-preservation),
+/// from `[registry]` in the configuration.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// TTL of a registration that names none.
@@ -176,6 +177,8 @@ pub struct Limits {
     pub max_tags: usize,
     /// Most metadata entries on one instance.
     pub max_meta: usize,
+    /// When expiry stops because too many instances would go at once.
+    pub self_preservation: super::SelfPreservation,
 }
 
 impl From<&crate::config::RegistryConfig> for Limits {
@@ -187,6 +190,7 @@ impl From<&crate::config::RegistryConfig> for Limits {
             max_instances: c.max_instances,
             max_tags: c.max_tags,
             max_meta: c.max_meta,
+            self_preservation: super::SelfPreservation::from(c),
         }
     }
 }

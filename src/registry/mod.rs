@@ -12,10 +12,16 @@
 //! sleeps until the earliest of them (or until a new, earlier one is inserted). Every write path
 //! first removes what is already due, and readers skip any instance past its deadline, so no
 //! answer ever names an expired instance, whatever the task's scheduling delay.
+//!
+//! Self-preservation ([`SelfPreservation`]) is the one exception: when an unusually large share
+//! of the instances would expire in one window, expiry stops, and readers test liveness against
+//! a frozen "read clock" ([`Registry::read_now_ms`]) so they keep answering the instances held.
 
 mod instance;
+mod preservation;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -27,6 +33,7 @@ pub use instance::{
     default_id, instance_id, service_name, Instance, Limits, Registration, RegistrationRequest,
     MAX_META_ENTRY_BYTES, REMOTE_DEADLINE,
 };
+pub use preservation::SelfPreservation;
 
 use crate::name::LabelError;
 
@@ -210,6 +217,32 @@ pub struct Renewed {
     pub version: u64,
 }
 
+/// What `status` reports: the registry's size and its self-preservation state, read together
+/// under the state lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Global version.
+    pub version: u64,
+    /// Services with at least one instance held.
+    pub services: usize,
+    /// Instances held, overdue ones included.
+    pub instances: usize,
+    /// Self-preservation.
+    pub self_preservation: PreservationStatus,
+}
+
+/// Self-preservation as `status` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreservationStatus {
+    /// The settings in force.
+    pub settings: SelfPreservation,
+    /// How long expiry has been stopped, while it is.
+    pub active_for: Option<Duration>,
+    /// Instances held past their deadline: kept by self-preservation, or (for a moment, when
+    /// it is not active) due and not yet removed.
+    pub overdue: usize,
+}
+
 /// A cheap-to-clone handle on the registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -232,6 +265,9 @@ struct Shared {
     change_log: std::sync::OnceLock<Arc<dyn ChangeLog>>,
     /// Set while the cluster cannot reach etcd: answers come from the last view.
     stale: std::sync::atomic::AtomicBool,
+    /// The readers' clock limit: `u64::MAX` normally, the frozen instant while
+    /// self-preservation holds (see [`Registry::read_now_ms`]). Written under the state lock.
+    read_clock: AtomicU64,
     limits: Limits,
 }
 
@@ -264,6 +300,14 @@ impl Views {
     }
 }
 
+/// Who runs the expiry path: a write request, or the expiry task (which alone ends
+/// self-preservation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Writer,
+    Task,
+}
+
 #[derive(Default)]
 struct State {
     services: HashMap<Arc<str>, InstanceMap>,
@@ -278,9 +322,14 @@ struct State {
     dirty: BTreeSet<Arc<str>>,
     /// Where every insertion and removal this registry makes is also sent.
     change_log: Option<Arc<dyn ChangeLog>>,
-    /// Instances held for a cluster node that died: timed here, but not this node's to write
-    /// to etcd until their provider renews them here (then they are claimed).
-    orphans: std::collections::HashSet<(Arc<str>, Arc<str>)>,
+    /// Instances held on trust until their provider renews them here: restored from disk
+    /// (`--data-dir`), or left by a cluster node that died (orphans, not this node's to write
+    /// to etcd until renewed here, when they are claimed). A mass expiry of instances nobody
+    /// has renewed since is no sign of this registry being cut off, so they never count
+    /// towards self-preservation.
+    unconfirmed: std::collections::HashSet<(Arc<str>, Arc<str>)>,
+    /// Recent expiries, and whether self-preservation holds.
+    preservation: preservation::Tracker,
 }
 
 impl Registry {
@@ -299,6 +348,7 @@ impl Registry {
                 run_id: rand::random::<u64>() >> 11,
                 change_log: std::sync::OnceLock::new(),
                 stale: std::sync::atomic::AtomicBool::new(false),
+                read_clock: AtomicU64::new(u64::MAX),
                 limits,
             }),
         }
@@ -312,6 +362,36 @@ impl Registry {
     /// Milliseconds on the registry clock (tokio's clock, so tests can pause it).
     pub fn now_ms(&self) -> u64 {
         self.shared.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The clock readers test liveness against ([`ServiceView::live`], [`Instance::is_live`]):
+    /// [`Registry::now_ms`], except while self-preservation holds, when it stands still just
+    /// before the earliest deadline held when preservation began, so the instances held keep
+    /// being answered though their leases ran out. Writers, and anything that tells how long a
+    /// lease has left (DNS TTLs, `expires_in_ms`), use [`Registry::now_ms`].
+    pub fn read_now_ms(&self) -> u64 {
+        self.now_ms()
+            .min(self.shared.read_clock.load(Ordering::Acquire))
+    }
+
+    /// The registry's size and self-preservation state. Takes the state lock, and counts the
+    /// overdue instances one by one: for operators, not for a hot path.
+    pub fn status(&self) -> Status {
+        let now = self.now_ms();
+        let state = self.lock_state();
+        Status {
+            version: state.version,
+            services: state.services.len(),
+            instances: state.instance_count,
+            self_preservation: PreservationStatus {
+                settings: self.shared.limits.self_preservation.clone(),
+                active_for: state
+                    .preservation
+                    .active
+                    .map(|a| Duration::from_millis(now.saturating_sub(a.since_ms))),
+                overdue: state.overdue(now),
+            },
+        }
     }
 
     /// A random number naming this run of the registry. Versions restart with each run, so a
@@ -382,6 +462,9 @@ impl Registry {
                 state.remove(&old);
             }
             state.insert(&reg, now + reg.ttl.as_millis() as u64);
+            state
+                .unconfirmed
+                .insert((reg.service.as_str().into(), reg.id.as_str().into()));
             restored += 1;
         }
         state.version = state.version.max(version);
@@ -451,7 +534,8 @@ impl Registry {
     pub fn register(&self, reg: Registration) -> Result<Registered, RegistryError> {
         let now = self.now_ms();
         let mut state = self.lock_state();
-        state.expire_due(now);
+        self.expire_due(&mut state, now, Pass::Writer);
+        state.preservation.superseded(&reg.service, &reg.id);
         let deadline = now + reg.ttl.as_millis() as u64;
         let (instance, changed) = match state.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(&reg) => {
@@ -496,7 +580,7 @@ impl Registry {
     pub fn heartbeat(&self, service: &str, id: &str) -> Result<Renewed, RegistryError> {
         let now = self.now_ms();
         let mut state = self.lock_state();
-        state.expire_due(now);
+        self.expire_due(&mut state, now, Pass::Writer);
         let result = match state.find(service, id) {
             Some(instance) => {
                 state.renew(&instance, now + instance.ttl.as_millis() as u64);
@@ -518,7 +602,8 @@ impl Registry {
     pub fn deregister(&self, service: &str, id: &str) -> Result<u64, RegistryError> {
         let now = self.now_ms();
         let mut state = self.lock_state();
-        state.expire_due(now);
+        self.expire_due(&mut state, now, Pass::Writer);
+        state.preservation.superseded(service, id);
         let result = match state.find(service, id) {
             Some(instance) => {
                 state.remove(&instance);
@@ -577,7 +662,7 @@ impl Registry {
             .deadlines
             .insert((deadline, instance.seq), instance.clone());
         state
-            .orphans
+            .unconfirmed
             .insert((instance.service.clone(), instance.id.clone()));
         drop(state);
         self.shared.expiry_wakeup.notify_one();
@@ -610,7 +695,7 @@ impl Registry {
                 Some(own)
                     if !own.is_remote()
                         && !state
-                            .orphans
+                            .unconfirmed
                             .contains(&(own.service.clone(), own.id.clone())) => {}
                 _ => state.put_remote(reg),
             }
@@ -620,7 +705,10 @@ impl Registry {
             .values()
             .flat_map(|instances| instances.values())
             .filter(|i| {
-                !i.is_remote() && !state.orphans.contains(&(i.service.clone(), i.id.clone()))
+                !i.is_remote()
+                    && !state
+                        .unconfirmed
+                        .contains(&(i.service.clone(), i.id.clone()))
             })
             .map(|i| i.registration())
             .collect();
@@ -628,28 +716,34 @@ impl Registry {
         own
     }
 
-    /// Removes every instance whose deadline has passed; returns how many.
+    /// Does what one wake-up of the expiry task does: removes every instance whose deadline has
+    /// passed, unless self-preservation holds or begins; checks whether it should end when due.
+    /// Returns how many instances were removed.
     pub fn expire_now(&self) -> usize {
         let now = self.now_ms();
         let mut state = self.lock_state();
-        let removed = state.expire_due(now);
+        let removed = self.expire_due(&mut state, now, Pass::Task);
         self.publish(&mut state);
         removed
     }
 
     /// Removes instances as their leases run out, until `shutdown` is cancelled. Sleeps until
-    /// the earliest deadline; a registration with an earlier one wakes it.
+    /// the earliest deadline (a registration with an earlier one wakes it), or while
+    /// self-preservation holds, until its next check.
     pub async fn run_expiry(self, shutdown: CancellationToken) {
         loop {
             let next = {
                 let now = self.now_ms();
                 let mut state = self.lock_state();
-                let removed = state.expire_due(now);
+                let removed = self.expire_due(&mut state, now, Pass::Task);
                 self.publish(&mut state);
                 if removed > 0 {
                     tracing::debug!(removed, version = state.version, "instances expired");
                 }
-                state.deadlines.keys().next().map(|(deadline, _)| *deadline)
+                match state.preservation.active {
+                    Some(active) => Some(active.next_check_ms),
+                    None => state.deadlines.keys().next().map(|(deadline, _)| *deadline),
+                }
             };
             let sleep = async {
                 match next {
@@ -668,6 +762,112 @@ impl Registry {
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// The one expiry path, taken by every write (first thing under the lock) and by the expiry
+    /// task, so both decide alike whether self-preservation begins. Removes every instance due
+    /// at `now`, unless self-preservation holds or these expiries start it. Returns how many
+    /// were removed.
+    ///
+    /// Entering: the instances expired within the trailing window plus those due now, against
+    /// the instances held plus those expired within the window ([`SelfPreservation::is_mass_expiry`]).
+    /// Those expired within the window come back (unless registered or deregistered since):
+    /// leases that run out spread over a heartbeat interval would otherwise lose up to
+    /// `threshold` of the instances before the count says "cut off".
+    /// Leaving: checked by the expiry task once per window, when the overdue instances are no
+    /// longer a mass expiry of those held; the overdue ones then expire at once.
+    fn expire_due(&self, state: &mut State, now: u64, pass: Pass) -> usize {
+        let settings = &self.shared.limits.self_preservation;
+        let window = settings.window_ms();
+        let mut count_them = settings.enabled;
+        if let Some(active) = state.preservation.active {
+            // Writers never end it: a heartbeat for a preserved, overdue instance renews that
+            // instance rather than being the request that ends preservation and then finds its
+            // instance gone.
+            if pass == Pass::Writer || now < active.next_check_ms {
+                return 0;
+            }
+            let overdue = state.overdue(now);
+            if settings.is_mass_expiry(overdue, state.instance_count) {
+                tracing::debug!(
+                    overdue,
+                    instances = state.instance_count,
+                    "self-preservation goes on: renewals have not come back"
+                );
+                state.preservation.active = Some(preservation::Active {
+                    next_check_ms: now + window,
+                    ..active
+                });
+                return 0;
+            }
+            tracing::info!(
+                overdue,
+                instances = state.instance_count,
+                lasted = %fmt_duration(Duration::from_millis(now.saturating_sub(active.since_ms))),
+                "self-preservation ends: renewals came back; the {overdue} overdue instances expire now"
+            );
+            state.preservation.active = None;
+            state.preservation.clear();
+            self.shared.read_clock.store(u64::MAX, Ordering::Release);
+            // Judged gone on leaving: they must not count towards entering again.
+            count_them = false;
+        } else {
+            // The common case, every heartbeat: nothing is due.
+            match state.deadlines.keys().next() {
+                Some((earliest, _)) if *earliest <= now => {}
+                _ => return 0,
+            }
+            if settings.enabled {
+                state.preservation.prune(now, window);
+                let due = state.overdue(now);
+                let recent = state.preservation.recent();
+                let held = state.instance_count;
+                if settings.is_mass_expiry(due + recent, held + recent) {
+                    let mut restored = 0;
+                    for instance in state.preservation.take_restorable() {
+                        if state.find(&instance.service, &instance.id).is_none()
+                            && state.instance_count < self.shared.limits.max_instances
+                        {
+                            let reg = instance.registration();
+                            state.insert(&reg, instance.deadline_ms());
+                            state.log_put(&reg);
+                            state.bump();
+                            restored += 1;
+                        }
+                    }
+                    // Just before the earliest deadline held, not `now`: the instances due now
+                    // (and those brought back) have deadlines at or before `now`, and readers
+                    // must keep answering them.
+                    let read_clock = state
+                        .deadlines
+                        .keys()
+                        .next()
+                        .map_or(now, |(earliest, _)| *earliest)
+                        .saturating_sub(1);
+                    self.shared.read_clock.store(read_clock, Ordering::Release);
+                    state.preservation.active = Some(preservation::Active {
+                        since_ms: now,
+                        next_check_ms: now + window,
+                    });
+                    tracing::warn!(
+                        due,
+                        recently_expired = recent,
+                        restored,
+                        instances = held,
+                        threshold = settings.threshold,
+                        window = %fmt_duration(settings.window),
+                        "self-preservation begins: {} of {} instances would expire within {}; \
+                         the registry was probably cut off from its providers, so expiry stops \
+                         until renewals come back",
+                        due + recent,
+                        held + recent,
+                        fmt_duration(settings.window),
+                    );
+                    return 0;
+                }
+            }
+        }
+        state.remove_due(now, count_them)
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -771,8 +971,8 @@ impl State {
             }
         }
         self.dirty.insert(instance.service.clone());
-        if !self.orphans.is_empty() {
-            self.orphans
+        if !self.unconfirmed.is_empty() {
+            self.unconfirmed
                 .remove(&(instance.service.clone(), instance.id.clone()));
         }
     }
@@ -814,9 +1014,9 @@ impl State {
             return;
         }
         self.move_deadline(instance, deadline);
-        if !self.orphans.is_empty()
+        if !self.unconfirmed.is_empty()
             && self
-                .orphans
+                .unconfirmed
                 .remove(&(instance.service.clone(), instance.id.clone()))
         {
             self.claim(instance);
@@ -844,8 +1044,9 @@ impl State {
                 if !old.is_remote() {
                     self.deadlines.remove(&(old.deadline_ms(), old.seq));
                     old.set_deadline_ms(REMOTE_DEADLINE);
-                    if !self.orphans.is_empty() {
-                        self.orphans.remove(&(old.service.clone(), old.id.clone()));
+                    if !self.unconfirmed.is_empty() {
+                        self.unconfirmed
+                            .remove(&(old.service.clone(), old.id.clone()));
                     }
                 }
             }
@@ -871,17 +1072,39 @@ impl State {
         instance.set_deadline_ms(deadline);
     }
 
-    /// Removes every instance due at `now`; returns how many.
-    fn expire_due(&mut self, now: u64) -> usize {
+    /// How many instances are due at `now` (deadline passed), removed or not.
+    fn overdue(&self, now: u64) -> usize {
+        self.deadlines
+            .range(..=(now, u64::MAX))
+            .filter(|(_, instance)| self.is_confirmed(instance))
+            .count()
+    }
+
+    /// Whether `instance`'s provider renewed it in this run (see `unconfirmed`).
+    fn is_confirmed(&self, instance: &Instance) -> bool {
+        self.unconfirmed.is_empty()
+            || !self
+                .unconfirmed
+                .contains(&(instance.service.clone(), instance.id.clone()))
+    }
+
+    /// Removes every instance due at `now`, recording each for self-preservation when
+    /// `record`; returns how many. Only [`Registry::expire_due`] calls this: it decides whether
+    /// they may go.
+    fn remove_due(&mut self, now: u64, record: bool) -> usize {
         let mut removed = 0;
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let instance = entry.remove();
+            let confirmed = self.is_confirmed(&instance);
             self.remove(&instance);
             self.log_delete(&instance);
             self.bump();
+            if record && confirmed {
+                self.preservation.record(now, instance);
+            }
             removed += 1;
         }
         removed
@@ -1005,6 +1228,206 @@ mod tests {
             Err(RegistryError::UnknownInstance { .. })
         ));
         assert!(r.service("web").is_none());
+    }
+
+    fn registry_preserving(self_preservation: SelfPreservation) -> Registry {
+        Registry::new(Limits {
+            self_preservation,
+            ..Limits::from(&crate::config::RegistryConfig::default())
+        })
+    }
+
+    /// The defaults: half the instances within 10 s, at least 20.
+    fn defaults() -> SelfPreservation {
+        SelfPreservation::from(&crate::config::RegistryConfig::default())
+    }
+
+    fn register_many(r: &Registry, service: &str, count: usize, ttl_ms: u64) {
+        for n in 0..count {
+            r.register(reg(service, &format!("i{n}"), ttl_ms)).unwrap();
+        }
+    }
+
+    /// Instances of `service` a reader would answer now.
+    fn answered(r: &Registry, service: &str) -> usize {
+        r.service(service)
+            .map_or(0, |view| view.live(r.read_now_ms()).count())
+    }
+
+    fn preserving(r: &Registry) -> bool {
+        r.status().self_preservation.active_for.is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_simultaneous_expiries_stop_expiry_and_readers_keep_answering() {
+        let r = registry_preserving(defaults());
+        let token = CancellationToken::new();
+        let task = tokio::spawn(r.clone().run_expiry(token.clone()));
+        register_many(&r, "web", 40, 1000);
+        let version = r.version();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let status = r.status();
+        assert_eq!(
+            status.self_preservation.active_for,
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            (status.instances, status.self_preservation.overdue),
+            (40, 40)
+        );
+        assert_eq!(r.version(), version, "nothing was removed");
+        assert_eq!(answered(&r, "web"), 40, "readers still answer them");
+        let view = r.service("web").unwrap();
+        assert!(view.instance("i7", r.read_now_ms()).is_some());
+        assert_eq!(
+            view.instances["i7"].remaining_ms(r.now_ms()),
+            0,
+            "no time is left on a preserved lease"
+        );
+        // Long after, with the task checking every window: still nothing removed.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(preserving(&r));
+        assert_eq!(answered(&r, "web"), 40);
+        assert_eq!(r.version(), version);
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_paths_enter_alike_and_renew_preserved_instances() {
+        // No expiry task: the first write after the deadlines is what sees them due.
+        let r = registry_preserving(defaults());
+        register_many(&r, "web", 40, 1000);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let renewed = r.heartbeat("web", "i3").unwrap();
+        assert_eq!(renewed.ttl, Duration::from_millis(1000));
+        assert!(preserving(&r), "the heartbeat's expiry pass began it");
+        assert_eq!(r.status().self_preservation.overdue, 39, "i3 is renewed");
+        assert!(!r.register(reg("web", "i4", 1000)).unwrap().changed);
+        r.register(reg("db", "new", 60_000)).unwrap();
+        r.deregister("web", "i5").unwrap();
+        assert_eq!(answered(&r, "web"), 39, "only the deregistered one left");
+        assert_eq!(answered(&r, "db"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leaves_when_renewals_come_back_and_then_the_rest_expire() {
+        let r = registry_preserving(defaults());
+        let token = CancellationToken::new();
+        let task = tokio::spawn(r.clone().run_expiry(token.clone()));
+        register_many(&r, "web", 40, 1000);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(preserving(&r));
+        // 25 providers come back and heartbeat; 15 stay silent: 15 overdue is below
+        // min_instances, so the next check (at most one window away) ends preservation.
+        for _ in 0..40 {
+            for n in 0..25 {
+                r.heartbeat("web", &format!("i{n}")).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(!preserving(&r));
+        assert_eq!(
+            r.read_now_ms(),
+            r.now_ms(),
+            "readers are back on the real clock"
+        );
+        assert_eq!(answered(&r, "web"), 25);
+        assert_eq!(r.service("web").unwrap().instances.len(), 25, "removed");
+        assert!(matches!(
+            r.heartbeat("web", "i30"),
+            Err(RegistryError::UnknownInstance { .. })
+        ));
+        // What expired on leaving does not count towards entering again: 6 more expiries
+        // within the window would make 21 of 40 with those 15, but are 6 of 25 without them.
+        for _ in 0..10 {
+            for n in 6..25 {
+                r.heartbeat("web", &format!("i{n}")).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(!preserving(&r));
+        assert_eq!(answered(&r, "web"), 19, "the 6 expired normally");
+        assert_eq!(r.service("web").unwrap().instances.len(), 19);
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn switched_off_expiry_always_proceeds() {
+        let r = registry_preserving(SelfPreservation {
+            enabled: false,
+            ..defaults()
+        });
+        register_many(&r, "web", 40, 1000);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(r.expire_now(), 40);
+        assert!(!preserving(&r));
+        assert!(r.service("web").is_none());
+        assert!(!r.status().self_preservation.settings.enabled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fewer_than_min_instances_expire_normally() {
+        let r = registry_preserving(defaults());
+        register_many(&r, "web", 19, 1000);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(r.expire_now(), 19, "all of them, but fewer than 20");
+        assert!(!preserving(&r));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_small_share_expires_normally() {
+        let r = registry_preserving(defaults());
+        register_many(&r, "web", 30, 1000);
+        register_many(&r, "db", 40, 60_000);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(r.expire_now(), 30, "30 of 70 is below half");
+        assert!(!preserving(&r));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiries_count_over_the_trailing_window_and_come_back() {
+        // 15 expire (too few to matter), then 19 more (too few alone): within one window the
+        // 34 are a mass expiry; the 19 are kept and the 15 come back, except those registered
+        // or deregistered since.
+        let r = registry_preserving(defaults());
+        register_many(&r, "a", 15, 1000);
+        register_many(&r, "b", 19, 5000);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(r.expire_now(), 15);
+        assert_eq!(answered(&r, "a"), 0);
+        let mut moved = reg("a", "i0", 60_000);
+        moved.port = 81;
+        r.register(moved).unwrap();
+        r.register(reg("a", "i1", 60_000)).unwrap();
+        r.deregister("a", "i1").unwrap();
+        tokio::time::sleep(Duration::from_millis(4000)).await;
+        assert_eq!(r.expire_now(), 0);
+        assert!(preserving(&r));
+        assert_eq!(answered(&r, "b"), 19);
+        let a = r.service("a").unwrap();
+        assert_eq!(
+            a.live(r.read_now_ms()).count(),
+            14,
+            "13 back, and i0 as registered since"
+        );
+        assert_eq!(a.instances["i0"].port, 81);
+        assert!(
+            !a.instances.contains_key("i1"),
+            "deregistered since: stays gone"
+        );
+        assert_eq!(r.status().self_preservation.overdue, 13 + 19);
+
+        // The same, but the 19 come due after the window has passed.
+        let r = registry_preserving(defaults());
+        register_many(&r, "a", 15, 1000);
+        register_many(&r, "b", 19, 12_000);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(r.expire_now(), 15);
+        tokio::time::sleep(Duration::from_millis(11_000)).await;
+        assert_eq!(r.expire_now(), 19);
+        assert!(!preserving(&r));
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@ mod dns;
 mod durability;
 mod examples;
 mod lifecycle;
+mod preservation;
 mod protocol;
 mod resolver;
 mod sidecar;
