@@ -1258,6 +1258,28 @@ mod tests {
         r.status().self_preservation.active_for.is_some()
     }
 
+    /// Instances restored from disk (or orphaned by a dead cluster node) that nobody renews
+    /// expire together: that is the providers being gone, not the registry being cut off.
+    #[tokio::test(start_paused = true)]
+    async fn unrenewed_restored_instances_expire_without_self_preservation() {
+        let r = registry_preserving(defaults());
+        let records: Vec<Vec<u8>> = (0..40)
+            .map(|n| serde_json::to_vec(&reg("web", &format!("i{n}"), 1000)).unwrap())
+            .collect();
+        assert_eq!(r.restore(records, 7), 40);
+        r.heartbeat("web", "i0").unwrap();
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(r.expire_now(), 40);
+        assert!(!preserving(&r));
+        assert!(r.service("web").is_none());
+
+        // The same with instances renewed in this run does stop expiry.
+        register_many(&r, "web", 40, 1000);
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(r.expire_now(), 0);
+        assert!(preserving(&r));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn many_simultaneous_expiries_stop_expiry_and_readers_keep_answering() {
         let r = registry_preserving(defaults());
