@@ -419,3 +419,161 @@ pub fn a_records(response: &Message) -> Vec<Ipv4Addr> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// etcd
+
+/// `n` distinct loopback ports that were unused a moment ago (held together while chosen).
+pub fn unused_loopback_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}
+
+/// Whether the etcd member whose client port is `port` answers `/health` with a leader.
+pub fn etcd_member_healthy(port: u16) -> bool {
+    use std::io::Read;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
+
+/// `etcd --version`'s first line as "etcd 3.4.23", if etcd runs.
+pub fn etcd_version() -> Option<String> {
+    let output = Command::new("etcd")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(output.stdout).ok()?;
+    text.lines()
+        .next()
+        .map(|l| l.replace("etcd Version: ", "etcd "))
+}
+
+/// A fresh etcd cluster of several members on unused 127.0.0.1 ports, each with its data
+/// directory and log in one temporary directory; every member is killed (SIGKILL) and the
+/// directory removed when dropped.
+pub struct EtcdCluster {
+    members: Vec<Proc>,
+    /// Client URLs (`http://127.0.0.1:PORT`), one per member, in member order.
+    pub endpoints: Vec<String>,
+    client_ports: Vec<u16>,
+    logs: Vec<std::path::PathBuf>,
+    /// Removed after the members are gone (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members named m1, m2, … with `flags` added to each command line, and
+    /// waits (up to 30 s) until every member reports a leader.
+    pub fn start(size: usize, flags: &[&str]) -> Result<EtcdCluster, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("beacon-bench-etcd")
+            .tempdir()
+            .map_err(|e| format!("cannot create a data directory: {e}"))?;
+        let ports = unused_loopback_ports(2 * size);
+        let (client_ports, peer_ports) = ports.split_at(size);
+        let url = |port: &u16| format!("http://127.0.0.1:{port}");
+        let initial: Vec<String> = peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{}={}", i + 1, url(p)))
+            .collect();
+        let token = format!("beacon-bench-{}", rand::random::<u32>());
+        let mut members = Vec::new();
+        let mut logs = Vec::new();
+        for i in 0..size {
+            let name = format!("m{}", i + 1);
+            let log = dir.path().join(format!("{name}.log"));
+            members.push(Proc::spawn(
+                "etcd",
+                Command::new("etcd")
+                    .args(["--name", &name])
+                    .arg("--data-dir")
+                    .arg(dir.path().join(&name))
+                    .args(["--listen-client-urls", &url(&client_ports[i])])
+                    .args(["--advertise-client-urls", &url(&client_ports[i])])
+                    .args(["--listen-peer-urls", &url(&peer_ports[i])])
+                    .args(["--initial-advertise-peer-urls", &url(&peer_ports[i])])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", &token])
+                    .args(flags)
+                    .args(["--logger", "zap", "--log-outputs"])
+                    .arg(&log)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            ));
+            logs.push(log);
+        }
+        let mut cluster = EtcdCluster {
+            members,
+            endpoints: client_ports.iter().map(url).collect(),
+            client_ports: client_ports.to_vec(),
+            logs,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        for i in 0..size {
+            while !etcd_member_healthy(cluster.client_ports[i]) {
+                if let Ok(Some(status)) = cluster.members[i].child.try_wait() {
+                    return Err(format!(
+                        "etcd m{} exited ({status}): {}",
+                        i + 1,
+                        cluster.tail(i)
+                    ));
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Err(format!(
+                        "etcd m{} not healthy after 30 s: {}",
+                        i + 1,
+                        cluster.tail(i)
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// The last lines of member `i`'s log, for an error message.
+    pub fn tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.logs[i]).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    }
+
+    /// utime + stime of each member, in member order.
+    pub fn cpu(&self) -> Vec<Duration> {
+        self.members
+            .iter()
+            .map(|m| cpu_time(&m.child.id().to_string()))
+            .collect()
+    }
+
+    /// Panics, with the log's tail, if a member has exited.
+    pub fn check_running(&mut self) {
+        for i in 0..self.members.len() {
+            if let Ok(Some(status)) = self.members[i].child.try_wait() {
+                panic!("etcd m{} exited ({status}): {}", i + 1, self.tail(i));
+            }
+        }
+    }
+}
