@@ -208,7 +208,8 @@ pub async fn run(
             registry.clone(),
             shutdown.clone(),
             &tracker,
-        )?;
+        )
+        .await?;
     }
     tracker.spawn(registry.clone().run_expiry(shutdown.clone()));
     // One blocking UDP loop per worker thread, all on the same socket, so DNS answers use

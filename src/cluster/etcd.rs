@@ -25,9 +25,11 @@ use crate::config::ClusterConfig;
 use crate::registry::{Change, Registration, Registry};
 
 /// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
-/// `tracker`. Returns at once; the first sync happens in the background (the node is stale
-/// until then).
-pub fn start(
+/// `tracker`, then waits for the first sync, at most `cluster.timeout`: a node that answered
+/// before it had read etcd would deny every instance the other nodes hold (a restarted node,
+/// NXDOMAIN). If etcd cannot be reached by then, the node starts stale and syncs in the
+/// background.
+pub async fn start(
     config: &ClusterConfig,
     registry: Registry,
     shutdown: CancellationToken,
@@ -35,6 +37,7 @@ pub fn start(
 ) -> Result<(), ClusterError> {
     let (log, changes) = ClusterLog::new(config.timeout);
     let log = Arc::new(log);
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
     registry.attach_change_log(log.clone());
     registry.set_stale(true);
     let node = if config.node.is_empty() {
@@ -51,8 +54,17 @@ pub fn start(
         lease: None,
         revisions: HashMap::new(),
         dead_leases: HashSet::new(),
+        sessions: 0,
+        first_sync: Some(synced_tx),
     };
     tracker.spawn(task.run(shutdown));
+    // Ok once synced; Err if the task ended first (shut down).
+    if tokio::time::timeout(config.timeout, synced).await.is_err() {
+        tracing::warn!(
+            timeout = ?config.timeout,
+            "etcd not reached at start: serving from memory (stale) until it is"
+        );
+    }
     Ok(())
 }
 
@@ -89,6 +101,10 @@ struct Node {
     revisions: HashMap<String, Known>,
     /// Leases seen to have run out (their nodes died): never alive again.
     dead_leases: HashSet<i64>,
+    /// Sessions started: each talks to the next endpoint of `cluster.etcd`.
+    sessions: usize,
+    /// Told when the first sync is done (`start` waits for it).
+    first_sync: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Node {
@@ -145,7 +161,13 @@ impl Node {
             .with_keep_alive_while_idle(true)
             // A member cut off from the others must not serve a watch that never moves.
             .with_require_leader(true);
-        let mut client = Client::connect(&self.config.etcd, Some(options)).await?;
+        // One member per session, the next one after a failure: etcd-client's balanced channel
+        // keeps routing requests to a member that is down, and they fail (etcdv3/etcd-client
+        // #39), so a node given every member at once would fail session after session while
+        // any one of them is down.
+        let endpoint = &self.config.etcd[self.sessions % self.config.etcd.len()];
+        self.sessions += 1;
+        let mut client = Client::connect([endpoint], Some(options)).await?;
 
         let lease = self.lease(&mut client).await?;
         let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
@@ -161,6 +183,9 @@ impl Node {
 
         self.registry.set_stale(false);
         self.log.set_unreachable(false);
+        if let Some(first_sync) = self.first_sync.take() {
+            let _ = first_sync.send(());
+        }
         match stale_since.take() {
             Some(since) => tracing::info!(
                 node = %self.node, lease = format_args!("{lease:x}"), revision,
@@ -448,9 +473,19 @@ impl Node {
                     }
                     self.revisions.remove(&k);
                     let owner = event.prev_kv().map_or(0, |prev| prev.lease());
-                    if owner == lease || known.is_some_and(|known| known.ours) {
-                        // This node's own deletion, or its lease ran out (the keep-alive
-                        // reports that, and the next session writes everything again).
+                    if known.is_some_and(|known| known.ours) {
+                        // This node's key, and not its own deletion (it forgets a key before
+                        // deleting it): another node deregistered the instance, unless this
+                        // node's lease ran out (the keep-alive reports that, and the next
+                        // session writes everything again). The deregistration's own delete
+                        // finds the key forgotten and writes nothing.
+                        if !self.lease_is_dead(client, lease).await? {
+                            let _ = self.registry.deregister(service, id);
+                        }
+                        continue;
+                    }
+                    if owner == lease {
+                        // This node's own deletion.
                         continue;
                     }
                     if owner != 0 && self.lease_is_dead(client, owner).await? {

@@ -46,7 +46,7 @@ pub enum ClusterError {
 
 /// Starts cluster mode; in a build without the `etcd` feature, that is an error.
 #[cfg(not(feature = "etcd"))]
-pub fn start(
+pub async fn start(
     _config: &crate::config::ClusterConfig,
     _registry: crate::registry::Registry,
     _shutdown: tokio_util::sync::CancellationToken,

@@ -3,6 +3,7 @@
 //! crate is linked once.
 
 mod cli;
+mod cluster;
 mod dns;
 mod durability;
 mod examples;

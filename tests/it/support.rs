@@ -416,3 +416,77 @@ pub async fn gone(dns: SocketAddr, service: &str) -> bool {
         .rcode
         == ResponseCode::NXDomain
 }
+
+/// `beacon announce` like [`announce`], to several registries tried in order
+/// (`--registry A,B,C`): the provider moves to the next one when one stops answering.
+#[cfg(feature = "etcd")] // Used by the cluster tests only, like the two helpers below.
+pub fn announce_to(
+    registries: &[SocketAddr],
+    service: &str,
+    address: &str,
+    port: u16,
+    extra: &[&str],
+) -> Command {
+    let list: Vec<String> = registries.iter().map(|r| r.to_string()).collect();
+    let mut command = Command::new(beacon_bin());
+    command
+        .args(["announce", "--registry", &list.join(",")])
+        .args(["--service", service, "--port", &port.to_string()])
+        .args(["--address", address])
+        .args(extra)
+        .env_remove("BEACON_REGISTRY")
+        .stderr(Stdio::null());
+    command
+}
+
+#[cfg(feature = "etcd")]
+impl Running {
+    /// Whether the process has exited (it is reaped if so).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl Server {
+    /// Like [`Server::start_on`], but the server's log (its stderr) is appended to `log`, for
+    /// tests that print it when they fail.
+    pub fn start_logged(
+        dns: &str,
+        registry: &str,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> Server {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the server's log");
+        let mut child = Command::new(beacon_bin())
+            .args(["serve", "--dns", dns, "--listen", registry])
+            .args(["--resolv-conf", "/dev/null"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start beacon serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?} (log: {})", log.display()))
+                .parse()
+                .expect("address")
+        };
+        let dns = field("dns=");
+        let registry = field("registry=");
+        Server {
+            child,
+            dns,
+            registry,
+        }
+    }
+}
