@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{key, parse_key, ClusterError, ClusterLog, Numbered};
 use crate::config::ClusterConfig;
-use crate::registry::{Change, Registration, Registry};
+use crate::registry::{Change, Registration, Registry, RemoteChange};
 
 /// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
 /// `tracker`, then waits for the first sync, at most `cluster.timeout`: a node that answered
@@ -439,6 +439,10 @@ impl Node {
         events: &[etcd_client::Event],
     ) -> EtcdResult<()> {
         let prefix = self.config.prefix.clone();
+        let mut changes = Vec::new();
+        // Whether each lease named by a deletion is dead, asked once per response: a mass
+        // deregistration (a deploy) or a node's death deletes many keys of one lease at once.
+        let mut dead: HashMap<i64, bool> = HashMap::new();
         for event in events {
             let Some(kv) = event.kv() else { continue };
             let Some((service, id)) = parse_key(&prefix, kv.key()) else {
@@ -464,7 +468,7 @@ impl Node {
                         },
                     );
                     if let Some(reg) = decode(kv.value(), service, id) {
-                        self.registry.apply_remote(reg);
+                        changes.push(RemoteChange::Put(reg));
                     }
                 }
                 EventType::Delete => {
@@ -473,14 +477,14 @@ impl Node {
                     }
                     self.revisions.remove(&k);
                     let owner = event.prev_kv().map_or(0, |prev| prev.lease());
+                    let (service, id) = (service.to_string(), id.to_string());
                     if known.is_some_and(|known| known.ours) {
                         // This node's key, and not its own deletion (it forgets a key before
                         // deleting it): another node deregistered the instance, unless this
                         // node's lease ran out (the keep-alive reports that, and the next
-                        // session writes everything again). The deregistration's own delete
-                        // finds the key forgotten and writes nothing.
-                        if !self.lease_is_dead(client, lease).await? {
-                            let _ = self.registry.deregister(service, id);
+                        // session writes everything again).
+                        if !self.is_dead(client, lease, &mut dead).await? {
+                            changes.push(RemoteChange::Deregistered { service, id });
                         }
                         continue;
                     }
@@ -488,16 +492,34 @@ impl Node {
                         // This node's own deletion.
                         continue;
                     }
-                    if owner != 0 && self.lease_is_dead(client, owner).await? {
+                    if owner != 0 && self.is_dead(client, owner, &mut dead).await? {
                         // Its node died: keep it one more TTL for the provider to move here.
-                        self.registry.orphan(service, id);
+                        changes.push(RemoteChange::Orphaned { service, id });
                     } else {
-                        self.registry.remove_remote(service, id);
+                        changes.push(RemoteChange::Removed { service, id });
                     }
                 }
             }
         }
+        if !changes.is_empty() {
+            self.registry.apply_remote_changes(changes);
+        }
         Ok(())
+    }
+
+    /// [`Node::lease_is_dead`], asked at most once per lease per watch response.
+    async fn is_dead(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        asked: &mut HashMap<i64, bool>,
+    ) -> EtcdResult<bool> {
+        if let Some(dead) = asked.get(&lease) {
+            return Ok(*dead);
+        }
+        let dead = self.lease_is_dead(client, lease).await?;
+        asked.insert(lease, dead);
+        Ok(dead)
     }
 
     async fn lease_is_dead(&mut self, client: &mut Client, lease: i64) -> EtcdResult<bool> {

@@ -71,6 +71,35 @@ pub trait ChangeLog: Send + Sync {
     fn wait_all(&self);
 }
 
+/// A change another cluster node made, as the cluster applies it (see
+/// [`Registry::apply_remote_changes`]). None of them is sent back to the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteChange {
+    /// Another node holds this registration: inserted or replaced as a remote instance.
+    Put(Registration),
+    /// Another node removed its instance (deregistered or expired it there).
+    Removed {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// The node holding the instance died: kept one more TTL as an orphan.
+    Orphaned {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// This node held the instance, and another node deregistered it on its provider's behalf.
+    Deregistered {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+}
+
 /// Why the registry refused a request. Each variant maps to one protocol error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -620,53 +649,62 @@ impl Registry {
         result
     }
 
-    /// Applies a registration that another cluster node holds (read from etcd): inserted or
-    /// replaced as a remote instance, which never expires here. If this node held it, the
-    /// provider has moved to that node, which now holds the lease: this node lets go of it.
-    pub fn apply_remote(&self, reg: Registration) {
-        let mut state = self.lock_state();
-        state.put_remote(&reg);
-        self.publish(&mut state);
-    }
-
-    /// Removes a remote instance that left etcd: its node deregistered or expired it. An
-    /// instance this node holds is left alone (its provider renews it here, and this node's
-    /// own writes keep etcd right). Returns whether anything was removed.
-    pub fn remove_remote(&self, service: &str, id: &str) -> bool {
-        let mut state = self.lock_state();
-        let removed = match state.find(service, id) {
-            Some(instance) if instance.is_remote() => {
-                state.remove(&instance);
-                state.bump();
-                true
-            }
-            _ => false,
-        };
-        self.publish(&mut state);
-        removed
-    }
-
-    /// Keeps a remote instance whose node died (its etcd lease ran out) for one more TTL from
-    /// now: its provider is probably moving to another node. If it renews here, this node takes
-    /// it over; otherwise it expires here like any other. Returns whether the instance was
-    /// remote.
-    pub fn orphan(&self, service: &str, id: &str) -> bool {
+    /// Applies what other cluster nodes changed (one etcd watch response), under one lock and
+    /// with one publication, so a burst of changes costs readers and watchers one new view:
+    ///
+    /// - `Put`: inserted or replaced as a remote instance, which never expires here. If this
+    ///   node held it, the provider has moved to that node, which now holds the lease: this
+    ///   node lets go of it.
+    /// - `Removed`: a remote instance leaves. One this node holds is left alone (its provider
+    ///   renews it here, and this node's own writes keep etcd right).
+    /// - `Orphaned`: a remote instance whose node died is kept one more TTL from now, for its
+    ///   provider to move here; if it renews here, this node takes it over, otherwise it
+    ///   expires here like any other.
+    /// - `Deregistered`: this node's own instance leaves.
+    pub fn apply_remote_changes(&self, changes: Vec<RemoteChange>) {
         let now = self.now_ms();
         let mut state = self.lock_state();
-        let Some(instance) = state.find(service, id).filter(|i| i.is_remote()) else {
-            return false;
-        };
-        let deadline = now + instance.ttl.as_millis() as u64;
-        instance.set_deadline_ms(deadline);
-        state
-            .deadlines
-            .insert((deadline, instance.seq), instance.clone());
-        state
-            .unconfirmed
-            .insert((instance.service.clone(), instance.id.clone()));
+        let mut wake = false;
+        for change in changes {
+            match change {
+                RemoteChange::Put(reg) => state.put_remote(&reg),
+                RemoteChange::Removed { service, id } => {
+                    if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
+                        state.remove(&instance);
+                        state.bump();
+                    }
+                }
+                RemoteChange::Orphaned { service, id } => {
+                    if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
+                        let deadline = now + instance.ttl.as_millis() as u64;
+                        instance.set_deadline_ms(deadline);
+                        state
+                            .deadlines
+                            .insert((deadline, instance.seq), instance.clone());
+                        state
+                            .unconfirmed
+                            .insert((instance.service.clone(), instance.id.clone()));
+                        wake = true;
+                    }
+                }
+                RemoteChange::Deregistered { service, id } => {
+                    if let Some(instance) = state.find(&service, &id).filter(|i| !i.is_remote()) {
+                        state.remove(&instance);
+                        state.bump();
+                    }
+                }
+            }
+        }
+        self.publish(&mut state);
         drop(state);
-        self.shared.expiry_wakeup.notify_one();
-        true
+        if wake {
+            self.shared.expiry_wakeup.notify_one();
+        }
+    }
+
+    /// [`Registry::apply_remote_changes`] of one `Put`.
+    pub fn apply_remote(&self, reg: Registration) {
+        self.apply_remote_changes(vec![RemoteChange::Put(reg)]);
     }
 
     /// Makes the remote part of the registry what etcd holds, after (re)connecting: remote
@@ -1490,6 +1528,30 @@ mod tests {
         }
     }
 
+    fn removed(service: &str, id: &str) -> RemoteChange {
+        RemoteChange::Removed {
+            service: service.into(),
+            id: id.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deregistration_elsewhere_removes_only_this_nodes_own_instance() {
+        let (r, log) = clustered();
+        r.register(reg("web", "own", 10_000)).unwrap();
+        r.apply_remote(reg("web", "theirs", 10_000));
+        log.take();
+        let deregistered = |id: &str| RemoteChange::Deregistered {
+            service: "web".into(),
+            id: id.into(),
+        };
+        r.apply_remote_changes(vec![deregistered("own"), deregistered("theirs")]);
+        let view = r.service("web").unwrap();
+        let ids: Vec<_> = view.instances.keys().map(|k| k.to_string()).collect();
+        assert_eq!(ids, ["theirs"]);
+        assert!(log.take().is_empty(), "etcd already lost the key");
+    }
+
     fn clustered() -> (Registry, Arc<Recorder>) {
         let r = registry();
         let log = Arc::new(Recorder::default());
@@ -1508,7 +1570,7 @@ mod tests {
         let a = view.instance("a", r.now_ms()).unwrap();
         assert!(a.is_remote());
         assert_eq!(a.remaining_ms(r.now_ms()), 333, "a third of the TTL");
-        assert!(r.remove_remote("web", "a"));
+        r.apply_remote_changes(vec![removed("web", "a")]);
         assert!(r.service("web").is_none());
         assert_eq!(r.version(), 2);
         assert!(log.take().is_empty(), "nothing applied from etcd goes back");
@@ -1521,7 +1583,8 @@ mod tests {
         r.heartbeat("web", "a").unwrap();
         assert_eq!(log.take(), ["put web/a"]);
         assert_eq!(r.version(), 1, "who holds it is no change of the live set");
-        assert!(!r.remove_remote("web", "a"), "this node's own now");
+        r.apply_remote_changes(vec![removed("web", "a")]);
+        assert!(r.service("web").is_some(), "this node's own now");
         tokio::time::sleep(Duration::from_millis(1001)).await;
         assert_eq!(r.expire_now(), 1, "and its lease runs here");
         assert_eq!(log.take(), ["delete web/a"]);
@@ -1548,8 +1611,16 @@ mod tests {
         let (r, log) = clustered();
         r.apply_remote(reg("web", "a", 1000));
         r.apply_remote(reg("web", "b", 1000));
-        assert!(r.orphan("web", "a"));
-        assert!(r.orphan("web", "b"));
+        r.apply_remote_changes(vec![
+            RemoteChange::Orphaned {
+                service: "web".into(),
+                id: "a".into(),
+            },
+            RemoteChange::Orphaned {
+                service: "web".into(),
+                id: "b".into(),
+            },
+        ]);
         tokio::time::sleep(Duration::from_millis(600)).await;
         r.heartbeat("web", "b").unwrap();
         assert_eq!(log.take(), ["put web/b"], "b's provider moved here");
