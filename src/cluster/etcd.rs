@@ -54,6 +54,7 @@ pub async fn start(
         lease: None,
         revisions: HashMap::new(),
         dead_leases: HashSet::new(),
+        alive_until: HashMap::new(),
         sessions: 0,
         first_sync: Some(synced_tx),
     };
@@ -101,6 +102,10 @@ struct Node {
     revisions: HashMap<String, Known>,
     /// Leases seen to have run out (their nodes died): never alive again.
     dead_leases: HashSet<i64>,
+    /// Leases known to live at least until then. No beacon node revokes its lease, and a lease
+    /// cannot run out before the time to live etcd last reported, so a deletion under one of
+    /// these is a deliberate removal, known without asking etcd again.
+    alive_until: HashMap<i64, std::time::Instant>,
     /// Sessions started: each talks to the next endpoint of `cluster.etcd`.
     sessions: usize,
     /// Told when the first sync is done (`start` waits for it).
@@ -526,11 +531,24 @@ impl Node {
         if self.dead_leases.contains(&lease) {
             return Ok(true);
         }
-        let dead = client.lease_time_to_live(lease, None).await?.ttl() <= 0;
-        if dead {
-            self.dead_leases.insert(lease);
+        let asked = std::time::Instant::now();
+        if self
+            .alive_until
+            .get(&lease)
+            .is_some_and(|until| *until > asked)
+        {
+            return Ok(false);
         }
-        Ok(dead)
+        let ttl = client.lease_time_to_live(lease, None).await?.ttl();
+        if ttl <= 0 {
+            self.alive_until.remove(&lease);
+            self.dead_leases.insert(lease);
+            return Ok(true);
+        }
+        // etcd reports whole seconds, rounded down; a second less is on the safe side.
+        let until = asked + Duration::from_secs(ttl as u64 - 1);
+        self.alive_until.insert(lease, until);
+        Ok(false)
     }
 }
 
