@@ -225,7 +225,12 @@ impl Node {
                 }
                 answer = keep_alive.message() => {
                     match answer? {
-                        Some(answer) if answer.ttl() > 0 => {}
+                        Some(answer) if answer.ttl() > 0 => {
+                            // A deletion of this node's own key asks whether its lease lives.
+                            let until = std::time::Instant::now()
+                                + Duration::from_secs(answer.ttl() as u64 - 1);
+                            self.alive_until.insert(lease, until);
+                        }
                         _ => {
                             tracing::warn!(node = %self.node, "this node's etcd lease ran out; \
                                            writing its instances under a new one");
