@@ -863,6 +863,106 @@ async fn killing_the_etcd_leader_loses_nothing() {
     assert!(leases.iter().all(|l| *l != 0), "each under a node's lease");
 }
 
+/// Every etcd member down: each node says it is stale (`list`, `status`), keeps answering its
+/// last view, and keeps taking registrations and deregistrations; when etcd is back, what
+/// changed meanwhile reaches the other nodes and nothing else is lost.
+#[tokio::test]
+async fn without_etcd_nodes_answer_stale_and_reconcile_when_it_is_back() {
+    if !etcd_installed() {
+        return;
+    }
+    let mut etcd = EtcdCluster::start();
+    let nodes = Nodes::start(&etcd, "/it-outage/", "3s");
+    let dns = nodes.dns();
+    let (a, b) = (nodes.server(0), nodes.server(1));
+    a.register(
+        json!({"service": "kept", "id": "k1", "address": "10.9.0.1", "port": 80,
+        "ttl_ms": 120000}),
+    );
+    b.register(
+        json!({"service": "leaving", "id": "l1", "address": "10.9.0.2", "port": 80,
+        "ttl_ms": 120000}),
+    );
+    let kept = &["10.9.0.1".to_string()][..];
+    let leaving = &["10.9.0.2".to_string()][..];
+    let seen = first_held(&dns, Duration::from_secs(5), |dns| async move {
+        answers(dns, "kept", kept).await && answers(dns, "leaving", leaving).await
+    })
+    .await;
+    assert!(seen.iter().all(Option::is_some), "in sync first: {seen:?}");
+
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    let stale = first_held(&dns, Duration::from_secs(15), |dns| {
+        let i = dns_index(&dns, &nodes);
+        let reply = list(nodes.server(i), "kept");
+        async move { reply.is_some_and(|r| r["stale"] == true) }
+    })
+    .await;
+    eprintln!("cluster: all etcd members killed; nodes stale after {stale:?}");
+    assert!(
+        stale.iter().all(Option::is_some),
+        "every node says stale: {stale:?}"
+    );
+    let (_, status, _) = run(&["status", "--registry", &a.registry.to_string()]);
+    assert!(status.contains("STALE"), "beacon status says so: {status}");
+    for ns in &dns {
+        assert!(
+            answers(*ns, "kept", kept).await,
+            "the last view is answered at {ns}"
+        );
+    }
+
+    // Changes while etcd is away: acknowledged from memory.
+    let during = &["10.9.0.3".to_string()][..];
+    a.register(
+        json!({"service": "during", "id": "d1", "address": "10.9.0.3", "port": 80,
+        "ttl_ms": 120000}),
+    );
+    let reply = b.udp(r#"{"op":"deregister","service":"leaving","id":"l1"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    // Longer than the nodes' lease TTL (3 s): the outage outlasts their leases' renewals.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    assert!(etcd.wait_healthy(Duration::from_secs(20)), "etcd is back");
+    let back = Instant::now();
+    for (i, name) in NAMES.iter().enumerate() {
+        assert!(
+            nodes.wait_in_sync(i, Duration::from_secs(15)),
+            "node {name} is in sync again"
+        );
+    }
+    let reconciled = first_held(&dns, Duration::from_secs(10), |dns| async move {
+        answers(dns, "during", during).await
+            && gone(dns, "leaving").await
+            && answers(dns, "kept", kept).await
+    })
+    .await;
+    eprintln!(
+        "cluster: etcd back; nodes in sync and reconciled {reconciled:?} after the members \
+         were healthy ({:?} since)",
+        back.elapsed()
+    );
+    assert!(
+        reconciled.iter().all(Option::is_some),
+        "the registration and the deregistration made without etcd reach every node, and \
+         nothing else is lost: {reconciled:?}"
+    );
+}
+
+/// Which node of `nodes` serves DNS on `dns`.
+fn dns_index(dns: &SocketAddr, nodes: &Nodes) -> usize {
+    nodes
+        .dns()
+        .iter()
+        .position(|d| d == dns)
+        .expect("one of the nodes")
+}
+
 /// Providers announced to `a,b,c` all talk to a; a is killed with SIGKILL. Their addresses never
 /// leave b's and c's answers, over a window longer than a's lease plus the providers' TTL, and
 /// the providers end up held by b or c in etcd.
