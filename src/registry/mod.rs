@@ -490,10 +490,10 @@ impl Registry {
             if let Some(old) = state.find(&reg.service, &reg.id) {
                 state.remove(&old);
             }
-            state.insert(&reg, now + reg.ttl.as_millis() as u64);
+            let instance = state.insert(&reg, now + reg.ttl.as_millis() as u64);
             state
                 .unconfirmed
-                .insert((reg.service.as_str().into(), reg.id.as_str().into()));
+                .insert((instance.service.clone(), instance.id.clone()));
             restored += 1;
         }
         state.version = state.version.max(version);
