@@ -1245,23 +1245,6 @@ fn free_ports() -> (u16, u16) {
     )
 }
 
-fn etcd_healthy(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream
-        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.contains("\"health\":\"true\"")
-}
-
 /// A fresh single-member etcd (run.sh's flags, ports of its own), then regbench's fan-out.
 fn etcd_fanout(regbench: &Path, watchers: usize, puts: usize) -> Result<EtcdRun, String> {
     let dir = tempfile::Builder::new()
@@ -1298,7 +1281,7 @@ fn etcd_fanout(regbench: &Path, watchers: usize, puts: usize) -> Result<EtcdRun,
         lines[lines.len().saturating_sub(3)..].join(" | ")
     };
     let start = Instant::now();
-    while !etcd_healthy(port) {
+    while !common::etcd_member_healthy(port) {
         if let Ok(Some(status)) = etcd.child.try_wait() {
             return Err(format!("etcd exited ({status}): {}", tail()));
         }

@@ -954,6 +954,23 @@ async fn without_etcd_nodes_answer_stale_and_reconcile_when_it_is_back() {
     );
 }
 
+/// One `beacon announce --registry a,b,c --ttl 3s` per address, ports from 8000.
+fn providers(registries: &[SocketAddr], service: &str, addresses: &[String]) -> Vec<Running> {
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(k, address)| {
+            Running::spawn(&mut announce_to(
+                registries,
+                service,
+                address,
+                8000 + k as u16,
+                &["--ttl", "3s"],
+            ))
+        })
+        .collect()
+}
+
 /// Which node of `nodes` serves DNS on `dns`.
 fn dns_index(dns: &SocketAddr, nodes: &Nodes) -> usize {
     nodes
@@ -978,19 +995,7 @@ async fn killing_a_beacon_node_moves_its_providers() {
     let mut nodes = Nodes::start(&etcd, prefix, "3s");
     let registries = nodes.registries();
     let expected: Vec<String> = (1..=4).map(|k| format!("10.9.0.{k}")).collect();
-    let _providers: Vec<Running> = expected
-        .iter()
-        .enumerate()
-        .map(|(k, address)| {
-            Running::spawn(&mut announce_to(
-                &registries,
-                "moving",
-                address,
-                8000 + k as u16,
-                &["--ttl", "3s"],
-            ))
-        })
-        .collect();
+    let _providers = providers(&registries, "moving", &expected);
     let survivors = [nodes.server(1).dns, nodes.server(2).dns];
     let seen = first_held(&survivors, Duration::from_secs(10), |dns| {
         answers(dns, "moving", &expected)
@@ -1083,19 +1088,7 @@ async fn a_rolling_restart_fails_no_query() {
     let registries = nodes.registries();
     let dns = nodes.dns();
     let expected: Vec<String> = (1..=3).map(|k| format!("10.10.0.{k}")).collect();
-    let _providers: Vec<Running> = expected
-        .iter()
-        .enumerate()
-        .map(|(k, address)| {
-            Running::spawn(&mut announce_to(
-                &registries,
-                "rolling",
-                address,
-                8000 + k as u16,
-                &["--ttl", "3s"],
-            ))
-        })
-        .collect();
+    let _providers = providers(&registries, "rolling", &expected);
     let seen = first_held(&dns, Duration::from_secs(10), |dns| {
         answers(dns, "rolling", &expected)
     })

@@ -37,6 +37,11 @@ impl Server {
 
     /// Starts a server on the given addresses (to restart on the same ports).
     pub fn start_on(dns: &str, registry: &str, extra: &[&str]) -> Server {
+        Server::spawn(dns, registry, extra, Stdio::null(), "")
+    }
+
+    /// Starts `beacon serve` with its stderr to `stderr` (`log` names it in a failure).
+    fn spawn(dns: &str, registry: &str, extra: &[&str], stderr: Stdio, log: &str) -> Server {
         // Tests never forward to the machine's own resolvers: unless a test names upstreams,
         // there are none.
         let isolate: &[&str] = if extra
@@ -52,7 +57,7 @@ impl Server {
             .args(isolate)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start beacon serve");
         let mut line = String::new();
@@ -62,7 +67,7 @@ impl Server {
         let field = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}{log}"))
                 .parse()
                 .expect("address")
         };
@@ -462,31 +467,7 @@ impl Server {
             .append(true)
             .open(log)
             .expect("open the server's log");
-        let mut child = Command::new(beacon_bin())
-            .args(["serve", "--dns", dns, "--listen", registry])
-            .args(["--resolv-conf", "/dev/null"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start beacon serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let field = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {line:?} (log: {})", log.display()))
-                .parse()
-                .expect("address")
-        };
-        let dns = field("dns=");
-        let registry = field("registry=");
-        Server {
-            child,
-            dns,
-            registry,
-        }
+        let named = format!(" (log: {})", log.display());
+        Server::spawn(dns, registry, extra, stderr.into(), &named)
     }
 }
