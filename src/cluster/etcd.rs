@@ -572,3 +572,154 @@ fn decode(value: &[u8], service: &str, id: &str) -> Option<Registration> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RegistryConfig;
+    use crate::registry::Limits;
+
+    /// One etcd member on loopback, killed when dropped.
+    struct Etcd {
+        child: std::process::Child,
+        url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A fresh etcd member, or None where the `etcd` binary is missing (a failure on CI).
+    fn etcd() -> Option<Etcd> {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{}", ports[0]);
+        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        let child = std::process::Command::new("etcd")
+            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(child) => Some(Etcd {
+                child,
+                url,
+                _dir: dir,
+            }),
+            Err(error) => {
+                assert!(std::env::var_os("CI").is_none(), "etcd on CI: {error}");
+                eprintln!("etcd not installed: skipping ({error})");
+                None
+            }
+        }
+    }
+
+    async fn connect(url: &str) -> Client {
+        for _ in 0..100 {
+            if let Ok(mut client) = Client::connect([url], None).await {
+                if client.status().await.is_ok() {
+                    return client;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("etcd at {url} did not come up");
+    }
+
+    fn node(url: &str) -> Node {
+        let config = ClusterConfig {
+            etcd: vec![url.to_string()],
+            ..ClusterConfig::default()
+        };
+        let (log, changes) = ClusterLog::new(config.timeout);
+        Node {
+            config,
+            node: "test".into(),
+            registry: Registry::new(Limits::from(&RegistryConfig::default())),
+            log: Arc::new(log),
+            changes,
+            lease: None,
+            revisions: HashMap::new(),
+            dead_leases: HashSet::new(),
+            alive_until: HashMap::new(),
+            sessions: 0,
+            first_sync: None,
+        }
+    }
+
+    /// A node that expires an instance another node has meanwhile written again (its provider
+    /// moved there) deletes nothing; one whose write is still the latest deletes it.
+    #[tokio::test]
+    async fn a_deletion_never_removes_a_newer_registration() {
+        let Some(etcd) = etcd() else { return };
+        let mut client = connect(&etcd.url).await;
+        let mut this = node(&etcd.url);
+        let lease = this.lease(&mut client).await.unwrap();
+        let k = key(&this.config.prefix, "web", "a");
+        this.put_all(&mut client, lease, vec![(k.clone(), b"mine".to_vec())])
+            .await
+            .unwrap();
+        let other = client.lease_grant(10, None).await.unwrap().id();
+        client
+            .put(
+                k.as_str(),
+                "theirs",
+                Some(PutOptions::new().with_lease(other)),
+            )
+            .await
+            .unwrap();
+
+        // This node has not seen the other write: it deletes what it knows of.
+        let known = this.revisions.remove(&k).unwrap();
+        this.delete_all(&mut client, vec![(k.clone(), known)])
+            .await
+            .unwrap();
+        let held = client.get(k.as_str(), None).await.unwrap();
+        assert_eq!(held.kvs().len(), 1, "the newer registration stays");
+        assert_eq!(held.kvs()[0].value(), b"theirs");
+        assert_eq!(held.kvs()[0].lease(), other);
+
+        // Its own latest write, it does delete.
+        let k2 = key(&this.config.prefix, "web", "b");
+        this.put_all(&mut client, lease, vec![(k2.clone(), b"mine".to_vec())])
+            .await
+            .unwrap();
+        let known = this.revisions.remove(&k2).unwrap();
+        this.delete_all(&mut client, vec![(k2.clone(), known), (k.clone(), known)])
+            .await
+            .unwrap();
+        assert!(client
+            .get(k2.as_str(), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty());
+        assert_eq!(
+            client.get(k.as_str(), None).await.unwrap().kvs().len(),
+            1,
+            "a batch with one stale key falls back to one by one"
+        );
+    }
+}
