@@ -27,6 +27,16 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Cluster mode: several nodes sharing one catalog through etcd (`--etcd`).
     pub cluster: ClusterConfig,
+    /// Prometheus metrics (`--metrics`).
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics over HTTP. Off while `listen` is unset.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `GET /metrics`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Cluster mode on etcd v3. Off while `etcd` is empty.
@@ -191,6 +201,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             dns: DnsConfig::default(),
             cluster: ClusterConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

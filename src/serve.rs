@@ -34,6 +34,8 @@ pub struct Sockets {
     pub registry_udp: std::net::UdpSocket,
     /// Registration protocol over TCP, on the same port as `registry_udp`.
     pub registry_tcp: std::net::TcpListener,
+    /// Prometheus metrics over HTTP, when asked for ([`Sockets::with_metrics`]).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// Why the server could not start.
@@ -77,7 +79,27 @@ impl Sockets {
             dns_tcp,
             registry_udp,
             registry_tcp,
+            metrics: None,
         })
+    }
+
+    /// Also binds the metrics listener on `addr` (`metrics.listen`), when given.
+    pub fn with_metrics(mut self, addr: Option<SocketAddr>) -> Result<Sockets, ServeError> {
+        if let Some(addr) = addr {
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+                    addr,
+                    what: "metrics.listen",
+                    source,
+                })?;
+            self.metrics = Some(listener);
+        }
+        Ok(self)
+    }
+
+    /// The bound metrics address, if metrics are served.
+    pub fn metrics_addr(&self) -> io::Result<Option<SocketAddr>> {
+        self.metrics.as_ref().map(|l| l.local_addr()).transpose()
     }
 
     /// The bound DNS address.
@@ -200,6 +222,7 @@ pub async fn run(
     net::grow_receive_buffer(&dns_udp, UDP_RECEIVE_BUFFER);
     net::grow_receive_buffer(&registry_udp, UDP_RECEIVE_BUFFER);
     let registry_tcp = tokio_listener(sockets.registry_tcp)?;
+    let metrics = sockets.metrics.map(tokio_listener).transpose()?;
 
     let tracker = TaskTracker::new();
     if !config.cluster.etcd.is_empty() {
@@ -212,6 +235,14 @@ pub async fn run(
         .await?;
     }
     tracker.spawn(registry.clone().run_expiry(shutdown.clone()));
+    if let Some(listener) = metrics {
+        tracker.spawn(crate::metrics::serve(
+            listener,
+            registry.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     // One blocking UDP loop per worker thread, all on the same socket, so DNS answers use
     // every core.
     let loops = match config.threads {

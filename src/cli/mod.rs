@@ -77,6 +77,9 @@ struct ServeArgs {
     /// comma-separated (http://HOST:PORT) [config: cluster.etcd; needs the `etcd` feature].
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     etcd: Vec<String>,
+    /// Serve Prometheus metrics on GET /metrics at this address [config: metrics.listen].
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
     /// This node's name in the cluster [config: cluster.node; default: the host name].
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
@@ -247,6 +250,9 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(node) = &args.node {
         config.cluster.node = node.clone();
     }
+    if let Some(metrics) = args.metrics {
+        config.metrics.listen = Some(metrics);
+    }
     if let Some(level) = &args.log_level {
         config.log_level = level.clone();
     }
@@ -267,9 +273,14 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     let config = serve_config(&args)?;
     init_logging(&config.log_level);
 
-    let sockets = Sockets::bind(config.dns.listen, config.registry.listen)?;
+    let sockets = Sockets::bind(config.dns.listen, config.registry.listen)?
+        .with_metrics(config.metrics.listen)?;
     let dns = sockets.dns_addr()?;
     let registry = sockets.registry_addr()?;
+    let metrics = match sockets.metrics_addr()? {
+        Some(addr) => format!(" metrics={addr}"),
+        None => String::new(),
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.threads > 0 {
         runtime.worker_threads(config.threads);
@@ -289,7 +300,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         // One line on stdout with the bound addresses: with port 0 this is how callers (tests,
         // scripts) learn the real ports.
         println!(
-            "beacon listening: dns={dns} registry={registry} domain={}",
+            "beacon listening: dns={dns} registry={registry} domain={}{metrics}",
             config.dns.domain
         );
         tracing::info!(%dns, %registry, domain = %config.dns.domain, "serving");

@@ -380,6 +380,8 @@ impl Nodes {
                 NAMES[i],
                 "--config",
                 config.to_str().unwrap(),
+                "--metrics",
+                "127.0.0.1:0",
             ],
             &self.log(i),
         );
@@ -907,6 +909,12 @@ async fn without_etcd_nodes_answer_stale_and_reconcile_when_it_is_back() {
     );
     let (_, status, _) = run(&["status", "--registry", &a.registry.to_string()]);
     assert!(status.contains("STALE"), "beacon status says so: {status}");
+    let page = http_get(a.metrics.expect("metrics"), "GET /metrics HTTP/1.0");
+    assert_eq!(
+        gauge(&page, "beacon_cluster_stale"),
+        Some(1.0),
+        "and the metrics"
+    );
     for ns in &dns {
         assert!(
             answers(*ns, "kept", kept).await,
@@ -936,6 +944,8 @@ async fn without_etcd_nodes_answer_stale_and_reconcile_when_it_is_back() {
             "node {name} is in sync again"
         );
     }
+    let page = http_get(a.metrics.expect("metrics"), "GET /metrics HTTP/1.0");
+    assert_eq!(gauge(&page, "beacon_cluster_stale"), Some(0.0));
     let reconciled = first_held(&dns, Duration::from_secs(10), |dns| async move {
         answers(dns, "during", during).await
             && gone(dns, "leaving").await

@@ -8,6 +8,7 @@ mod dns;
 mod durability;
 mod examples;
 mod lifecycle;
+mod metrics;
 mod preservation;
 mod protocol;
 mod resolver;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use hickory_proto::rr::RecordType;
 use serde_json::{json, Value};
 
-use crate::support::{addresses, dig, eventually, gone, query, run, Server};
+use crate::support::{addresses, dig, eventually, gauge, gone, http_get, query, run, Server};
 
 const WITH_PRESERVATION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/preservation.toml");
 
@@ -32,7 +32,8 @@ fn heartbeat(server: &Server, service: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_registry_cut_off_from_its_providers_keeps_answering_until_renewals_return() {
-    let server = Server::start(&["--config", WITH_PRESERVATION]);
+    let server = Server::start(&["--config", WITH_PRESERVATION, "--metrics", "127.0.0.1:0"]);
+    let metrics = || http_get(server.metrics.expect("metrics"), "GET /metrics HTTP/1.0");
     let before = status(&server);
     assert_eq!(before["self_preservation"]["enabled"], true);
     assert_eq!(before["self_preservation"]["active"], false);
@@ -74,6 +75,16 @@ async fn a_registry_cut_off_from_its_providers_keeps_answering_until_renewals_re
         "{list}"
     );
     assert_eq!(list["instances"][0]["expires_in_ms"], 0);
+    let page = metrics();
+    assert_eq!(
+        gauge(&page, "beacon_self_preservation_active"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        gauge(&page, "beacon_self_preservation_overdue_instances"),
+        Some(40.0)
+    );
     let now = status(&server);
     assert_eq!(now["instance_count"], 40, "{now}");
     assert_eq!(now["service_count"], 4, "{now}");
@@ -103,6 +114,10 @@ async fn a_registry_cut_off_from_its_providers_keeps_answering_until_renewals_re
     })
     .await;
     assert!(left, "preservation must end once most instances renew");
+    assert_eq!(
+        gauge(&metrics(), "beacon_self_preservation_active"),
+        Some(0.0)
+    );
     let after = status(&server);
     assert_eq!(after["instance_count"], 25, "{after}");
     assert_eq!(after["self_preservation"]["overdue"], 0, "{after}");

@@ -27,6 +27,8 @@ pub struct Server {
     pub dns: SocketAddr,
     /// Registration protocol address (UDP and TCP).
     pub registry: SocketAddr,
+    /// Metrics address, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Server {
@@ -73,10 +75,15 @@ impl Server {
         };
         let dns = field("dns=");
         let registry = field("registry=");
+        let metrics = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("metrics="))
+            .map(|a| a.parse().expect("metrics address"));
         Server {
             child,
             dns,
             registry,
+            metrics,
         }
     }
 
@@ -470,4 +477,23 @@ impl Server {
         let named = format!(" (log: {})", log.display());
         Server::spawn(dns, registry, extra, stderr.into(), &named)
     }
+}
+
+/// One HTTP/1.0 request; the whole response (status line, headers, body).
+pub fn http_get(to: SocketAddr, request_line: &str) -> String {
+    let mut stream = TcpStream::connect(to).expect("connect to the metrics listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "{request_line}\r\nHost: beacon\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    response
+}
+
+/// The value of the Prometheus gauge `name` on a metrics page.
+pub fn gauge(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
 }
