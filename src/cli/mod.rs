@@ -205,10 +205,25 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("beacon: {e:#}");
+            eprintln!("beacon: {}", one_line(&e));
             1
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: the library's errors already name
+/// their source in their message (`data directory /x: No such file…`), and anyhow's `{:#}`
+/// would repeat it.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 fn init_logging(default: &str) {
@@ -615,6 +630,20 @@ mod tests {
         assert!(status_text(&reply(&sp)).contains("on, not active"));
         sp.enabled = false;
         assert!(status_text(&reply(&sp)).contains("off"));
+    }
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let inner = crate::store::StoreError::Directory {
+            path: "/x".into(),
+            source: io,
+        };
+        let error = anyhow::Error::from(inner).context("cannot start");
+        assert_eq!(
+            one_line(&error),
+            "cannot start: data directory /x: disk on fire"
+        );
     }
 
     #[test]
