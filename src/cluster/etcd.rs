@@ -55,6 +55,7 @@ pub async fn start(
         revisions: HashMap::new(),
         dead_leases: HashSet::new(),
         alive_until: HashMap::new(),
+        sync_page: SYNC_PAGE,
         sessions: 0,
         first_sync: Some(synced_tx),
     };
@@ -79,6 +80,22 @@ type EtcdResult<T> = Result<T, etcd_client::Error>;
 
 /// etcd's default limit on the operations of one transaction (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
+
+/// Keys per page when a sync reads the catalog: about 300 KB, far below gRPC's 4 MiB.
+const SYNC_PAGE: i64 = 2000;
+
+/// The end of the key range `prefix` covers: the prefix with its last byte incremented.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // A prefix of 0xff bytes only (never valid UTF-8, so never a configured prefix): to the end.
+    vec![0]
+}
 
 /// What this node knows of one key: the revision of its last write, and whether that write was
 /// this node's.
@@ -106,6 +123,8 @@ struct Node {
     /// cannot run out before the time to live etcd last reported, so a deletion under one of
     /// these is a deliberate removal, known without asking etcd again.
     alive_until: HashMap<i64, std::time::Instant>,
+    /// Keys per page when syncing ([`SYNC_PAGE`]; smaller in tests).
+    sync_page: i64,
     /// Sessions started: each talks to the next endpoint of `cluster.etcd`.
     sessions: usize,
     /// Told when the first sync is done (`start` waits for it).
@@ -178,9 +197,12 @@ impl Node {
         let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
         let revision = self.sync(&mut client, lease).await?;
 
+        // Fragmented: a node dying with many instances deletes them all in one revision, and one
+        // response carrying them (with their previous values) could pass gRPC's 4 MiB limit.
         let watch_options = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
+            .with_fragment()
             .with_start_revision(revision + 1);
         let mut watch = client
             .watch(self.config.prefix.as_str(), Some(watch_options))
@@ -268,33 +290,54 @@ impl Node {
             covered = numbered.ticket;
         }
         let prefix = self.config.prefix.clone();
-        let response = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
         self.revisions.clear();
         let mut remote = Vec::new();
         let mut ours_in_etcd = Vec::new();
-        for kv in response.kvs() {
-            let Some((service, id)) = parse_key(&prefix, kv.key()) else {
-                continue;
-            };
-            let k = key(&prefix, service, id);
-            let ours = kv.lease() == lease;
-            self.revisions.insert(
-                k.clone(),
-                Known {
-                    revision: kv.mod_revision(),
-                    ours,
-                },
-            );
-            if ours {
-                ours_in_etcd.push(k);
-                continue;
+        // Read in pages, all at the revision of the first: one response holding every instance
+        // of a large catalog would pass gRPC's 4 MiB message limit (100 000 instances are about
+        // 15 MB), and the node would never get in sync.
+        let end = prefix_end(&prefix);
+        let mut from = prefix.clone().into_bytes();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(self.sync_page);
+            if revision > 0 {
+                options = options.with_revision(revision);
             }
-            match decode(kv.value(), service, id) {
-                Some(reg) => remote.push(reg),
-                None => continue,
+            let response = client.get(from.clone(), Some(options)).await?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                let Some((service, id)) = parse_key(&prefix, kv.key()) else {
+                    continue;
+                };
+                let k = key(&prefix, service, id);
+                let ours = kv.lease() == lease;
+                self.revisions.insert(
+                    k.clone(),
+                    Known {
+                        revision: kv.mod_revision(),
+                        ours,
+                    },
+                );
+                if ours {
+                    ours_in_etcd.push(k);
+                    continue;
+                }
+                if let Some(reg) = decode(kv.value(), service, id) {
+                    remote.push(reg);
+                }
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    // The next key after the last one read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
             }
         }
         let own = self.registry.sync_remote(remote);
@@ -577,7 +620,7 @@ fn decode(value: &[u8], service: &str, id: &str) -> Option<Registration> {
 mod tests {
     use super::*;
     use crate::config::RegistryConfig;
-    use crate::registry::Limits;
+    use crate::registry::{Limits, RegistrationRequest};
 
     /// One etcd member on loopback, killed when dropped.
     struct Etcd {
@@ -664,6 +707,7 @@ mod tests {
             revisions: HashMap::new(),
             dead_leases: HashSet::new(),
             alive_until: HashMap::new(),
+            sync_page: SYNC_PAGE,
             sessions: 0,
             first_sync: None,
         }
@@ -721,5 +765,40 @@ mod tests {
             1,
             "a batch with one stale key falls back to one by one"
         );
+    }
+
+    /// A sync reads the catalog page by page, all of it, and keeps this node's own instances.
+    #[tokio::test]
+    async fn a_sync_reads_every_page() {
+        let Some(etcd) = etcd() else { return };
+        let mut client = connect(&etcd.url).await;
+        let mut this = node(&etcd.url);
+        this.sync_page = 2;
+        let other = client.lease_grant(30, None).await.unwrap().id();
+        for n in 0..5 {
+            let reg = RegistrationRequest {
+                service: "web".into(),
+                id: Some(format!("i{n}")),
+                address: Some("10.0.0.1".parse().unwrap()),
+                port: 80,
+                ..Default::default()
+            }
+            .validate(this.registry.limits())
+            .unwrap();
+            let k = key(&this.config.prefix, &reg.service, &reg.id);
+            let value = serde_json::to_vec(&reg).unwrap();
+            client
+                .put(k, value, Some(PutOptions::new().with_lease(other)))
+                .await
+                .unwrap();
+        }
+        // A key just past the prefix's range is not read.
+        client.put("/beacon/instances0", "x", None).await.unwrap();
+        let lease = this.lease(&mut client).await.unwrap();
+        this.sync(&mut client, lease).await.unwrap();
+        let view = this.registry.service("web").expect("synced");
+        assert_eq!(view.instances.len(), 5, "every page was read");
+        assert!(view.instances.values().all(|i| i.is_remote()));
+        assert_eq!(this.revisions.len(), 5);
     }
 }
