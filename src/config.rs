@@ -499,6 +499,31 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys_are_checked_and_named() {
+        for (toml, key) in [
+            ("[cluster]\netcd = [\"127.0.0.1:2379\"]\n", "cluster.etcd"),
+            ("[cluster]\netcd = [\"http://\"]\n", "cluster.etcd"),
+            ("[cluster]\nprefix = \"/beacon\"\n", "cluster.prefix"),
+            ("[cluster]\nlease_ttl = \"1500ms\"\n", "cluster.lease_ttl"),
+            ("[cluster]\nlease_ttl = \"1s\"\n", "cluster.lease_ttl"),
+            ("[cluster]\ntimeout = \"10s\"\n", "cluster.timeout"),
+            (
+                "data_dir = \"/var/lib/beacon\"\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n",
+                "data_dir",
+            ),
+            ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let ok = Config::from_toml(
+            "[cluster]\netcd = [\"http://10.0.0.1:2379\", \"https://etcd.example:2379\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.cluster.etcd.len(), 2);
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::from_toml("[dns]\nttll = \"5s\"\n")
             .unwrap_err()
