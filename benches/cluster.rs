@@ -22,24 +22,42 @@
 //!    `CLUSTER_N` instances; a watcher thread timestamps each line as it reads it and then scans
 //!    it for ids.
 //!
+//! 3. scale (`CLUSTER_SCALE` instances, default 100000; 0 skips it): registrations of
+//!    `CLUSTER_SCALE` instances (`i<k>` of service `s<k % 1000>`, each its own 10.x address)
+//!    sent to node a over one TCP connection, pipelined: a writer thread sends every line while
+//!    the bench reads the replies (each must be `ok`; a's reply waits for a's etcd write). The
+//!    rate is instances over first line sent → last reply read. A thread asks node b for its
+//!    `status` every 5 ms from the start of the burst; the propagation of the burst is the last
+//!    reply → the first status of b counting them all, confirmed by one `list` of b over TCP.
+//!    Then a fourth node d starts (configured like the others, `node = "d"`) and must sync the
+//!    whole catalog from etcd: "new node → answering" is the time from its spawn to the first
+//!    UDP DNS answer from d for `s999.service.local A` holding the A record of every instance of
+//!    `s999` (a query every 5 ms, EDNS(0) 4096; earlier answers are counted by kind). Last, the
+//!    RSS (/proc/PID/status) of nodes a and b before and after the burst, and of d: bytes per
+//!    instance is ΔVmRSS / instances (for d, from b's RSS before the burst: an idle node).
+//!
 //! After the last request of a phase the bench waits up to `CLUSTER_WAIT_S` for the last
 //! pushes (events); a phase stops sending after `CLUSTER_PHASE_CAP_S`, which keeps the whole
-//! run under three minutes however slow etcd is. CPU per change is the utime + stime
-//! (/proc/PID/stat, 10 ms ticks) of each process over the part, divided by the changes made in
-//! it. `CLUSTER_SAMPLES=1` also prints part 2's samples one by one. Every connection is to
-//! 127.0.0.1; the 10.x addresses are only registered data.
+//! run under three minutes however slow etcd is (part 3: the burst is cut after 60 s, d is
+//! waited for 30 s). CPU per change is the utime + stime (/proc/PID/stat, 10 ms ticks) of each
+//! process over the part, divided by the changes made in it. `CLUSTER_SAMPLES=1` also prints
+//! part 2's samples one by one. Every connection is to 127.0.0.1; the 10.x addresses are only
+//! registered data.
 
 mod common;
 
 use common::*;
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, EventType, PutOptions, WatchOptions};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 
 /// The service whose instances node a registers.
 const SERVICE: &str = "prop";
@@ -52,7 +70,24 @@ const ETCD_FLAGS: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout
 /// How long a request's reply (UDP) may take before the bench counts it unanswered.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// The warnings of src/cluster that say a node lost etcd or waited for it.
-const CLUSTER_WARNINGS: [&str; 3] = ["etcd is slow", "etcd unreachable", "lease ran out"];
+const CLUSTER_WARNINGS: [&str; 4] = [
+    "etcd is slow",
+    "etcd unreachable",
+    "lease ran out",
+    "etcd not reached at start",
+];
+/// Part 3's instance `i<k>` belongs to service `s<k % SCALE_SERVICES>`.
+const SCALE_SERVICES: usize = 1000;
+/// The largest `CLUSTER_SCALE`: part 3's DNS answer (one A record per instance of `s999`, 16
+/// bytes each) must fit in one UDP response of [`DNS_PAYLOAD`] bytes.
+const SCALE_MAX: usize = 240_000;
+/// `dns.max_udp_payload` of every node, and the EDNS(0) payload of part 3's query: 100 A
+/// records (about 1650 bytes) are more than the default 1232 holds.
+const DNS_PAYLOAD: u16 = 4096;
+/// Part 3: the burst stops being read (the connection is closed) after this long.
+const SCALE_BURST_CAP: Duration = Duration::from_secs(60);
+/// Part 3: how long node d may take to answer.
+const SCALE_D_WAIT: Duration = Duration::from_secs(30);
 
 struct Knobs {
     n: usize,
@@ -60,6 +95,8 @@ struct Knobs {
     wait: Duration,
     phase_cap: Duration,
     samples: bool,
+    /// Part 3's instances; 0 skips part 3.
+    scale: usize,
 }
 
 impl Knobs {
@@ -70,19 +107,25 @@ impl Knobs {
             wait: Duration::from_secs(env_usize("CLUSTER_WAIT_S", 10) as u64),
             phase_cap: Duration::from_secs(env_usize("CLUSTER_PHASE_CAP_S", 25) as u64),
             samples: env_usize("CLUSTER_SAMPLES", 0) != 0,
+            scale: env_usize("CLUSTER_SCALE", 100_000),
         };
         assert!(k.n >= 1, "CLUSTER_N: nothing to measure");
         assert!(k.n < 60_000, "CLUSTER_N: at most 60000 instances here");
+        assert!(
+            k.scale <= SCALE_MAX,
+            "CLUSTER_SCALE: at most {SCALE_MAX} (s999's A records must fit in {DNS_PAYLOAD} bytes)"
+        );
         k
     }
 
     fn describe(&self) -> String {
         format!(
-            "CLUSTER_N={} CLUSTER_PACE_MS={} CLUSTER_WAIT_S={} CLUSTER_PHASE_CAP_S={}",
+            "CLUSTER_N={} CLUSTER_PACE_MS={} CLUSTER_WAIT_S={} CLUSTER_PHASE_CAP_S={} CLUSTER_SCALE={}",
             self.n,
             self.pace.as_millis(),
             self.wait.as_secs(),
-            self.phase_cap.as_secs()
+            self.phase_cap.as_secs(),
+            self.scale
         )
     }
 }
@@ -101,7 +144,8 @@ fn main() {
     );
     println!(
         "nodes:   3 × {}   (FILE: [cluster] etcd = [the 3 endpoints, node a from member 1's, b from 2's, c from \
-         3's], node = \"a\" | \"b\" | \"c\"; default lease_ttl and timeout)",
+         3's], node = \"a\" | \"b\" | \"c\"; default lease_ttl and timeout; [dns] max_udp_payload = \
+         {DNS_PAYLOAD}); part 3 adds node d the same way (node = \"d\", from member 1's)",
         Server::command_line(true)
     );
     println!(
@@ -136,10 +180,13 @@ fn main() {
     etcd.check_running();
     let beacon = beacon_part(&knobs, &nodes, &etcd);
     etcd.check_running();
+    let scale = (knobs.scale > 0).then(|| scale_part(&knobs, &nodes, &etcd));
+    etcd.check_running();
 
     let warnings: Vec<String> = nodes
         .iter()
-        .zip(["a", "b", "c"])
+        .chain(scale.as_ref().and_then(|s| s.d.as_ref()))
+        .zip(["a", "b", "c", "d"])
         .flat_map(|(node, name)| {
             CLUSTER_WARNINGS
                 .iter()
@@ -148,7 +195,7 @@ fn main() {
         .collect();
 
     println!();
-    summary(&knobs, &version, &floor, &beacon, &warnings);
+    summary(&knobs, &version, &floor, &beacon, scale.as_ref(), &warnings);
     println!();
     println!("total {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -160,7 +207,7 @@ fn node_config(endpoints: &[String], i: usize, name: &str) -> String {
         .map(|k| format!("\"{}\"", endpoints[(i + k) % endpoints.len()]))
         .collect();
     format!(
-        "[cluster]\netcd = [{}]\nnode = \"{name}\"\n",
+        "[cluster]\netcd = [{}]\nnode = \"{name}\"\n\n[dns]\nmax_udp_payload = {DNS_PAYLOAD}\n",
         list.join(", ")
     )
 }
@@ -873,6 +920,583 @@ fn print_samples(registers: &Sent, deregisters: &Sent, watched: &[(Watched, Opti
 }
 
 // ---------------------------------------------------------------------------------------------
+// 3. scale
+
+/// Part 3's figures.
+struct Scale {
+    n: usize,
+    /// Replies read, and those that were not an `ok` register (with the first few).
+    replies: usize,
+    failed: usize,
+    first_failures: Vec<String>,
+    /// The burst was cut at [`SCALE_BURST_CAP`] (or the connection ended early).
+    cut_short: Option<String>,
+    /// First line sent → last reply read.
+    burst_secs: f64,
+    /// Last reply → the first status of b counting every instance (ms, may be negative), and
+    /// b's count then (or at the end of the wait).
+    b_all_ms: Option<f64>,
+    b_count: usize,
+    /// b's list over TCP afterwards: instances of part 3 in it, bytes, ms.
+    b_list: Option<(usize, usize, f64)>,
+    /// CPU over the burst (until b held all): nodes a, b, c and the etcd members.
+    node_cpu: Vec<Duration>,
+    etcd_cpu: Vec<Duration>,
+    /// Node d, kept running until the report (its log is read for warnings).
+    d: Option<Server>,
+    d_listening_ms: f64,
+    /// Spawn → the first full answer.
+    d_answer_ms: Option<f64>,
+    d_service: String,
+    d_expected: usize,
+    /// Answers before the full one: NXDOMAIN, incomplete (and the most A records in one),
+    /// other (the first described).
+    d_nxdomain: usize,
+    d_partial: usize,
+    d_partial_most: usize,
+    d_other: usize,
+    d_other_first: Option<String>,
+    d_cpu: Duration,
+    /// (before, after) of a and b; d after, and d's peak (VmHWM, KiB).
+    mem_a: (Mem, Mem),
+    mem_b: (Mem, Mem),
+    mem_d: Option<(Mem, u64)>,
+}
+
+fn scale_request(i: usize) -> String {
+    format!(
+        "{{\"op\":\"register\",\"seq\":{i},\"service\":\"s{}\",\"id\":\"i{i}\",\"address\":\"{}\",\
+         \"port\":8080,\"ttl_ms\":{TTL_MS}}}\n",
+        i % SCALE_SERVICES,
+        address_of(i)
+    )
+}
+
+/// One TCP connection to a node's registry, one request and reply at a time.
+struct LineConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LineConn {
+    fn connect(registry: SocketAddr) -> LineConn {
+        let stream = TcpStream::connect(registry).expect("connect to the node");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        LineConn {
+            reader: BufReader::with_capacity(1 << 20, stream.try_clone().expect("clone")),
+            writer: stream,
+        }
+    }
+
+    /// Sends `request` and returns the reply line (without its `\n`).
+    fn call(&mut self, request: &str, line: &mut Vec<u8>) -> std::io::Result<()> {
+        self.writer.write_all(format!("{request}\n").as_bytes())?;
+        line.clear();
+        self.reader.read_until(b'\n', line)?;
+        if line.pop() != Some(b'\n') {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the node closed the connection",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node's `instance_count` (`status`).
+    fn instance_count(&mut self, line: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.call("{\"op\":\"status\"}", line)?;
+        number_after(line, b"\"instance_count\":").ok_or_else(|| {
+            std::io::Error::other(format!(
+                "not a status reply: {}",
+                String::from_utf8_lossy(&line[..line.len().min(200)])
+            ))
+        })
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| from + p)
+}
+
+/// The digits right after `at`, as a number.
+fn digits_at(line: &[u8], at: usize) -> Option<(usize, usize)> {
+    let rest = line.get(at..)?;
+    let len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let value = std::str::from_utf8(&rest[..len]).ok()?.parse().ok()?;
+    Some((value, at + len))
+}
+
+/// The number after the first `key` in `line`.
+fn number_after(line: &[u8], key: &[u8]) -> Option<usize> {
+    let at = find(line, key, 0)? + key.len();
+    digits_at(line, at).map(|(value, _)| value)
+}
+
+/// Counts the distinct part-3 instances a `list` reply holds: every `{"service":"s<q>","id":
+/// "i<k>"` with k < n and k % SCALE_SERVICES = q.
+fn scale_instances_listed(line: &[u8], n: usize) -> usize {
+    const SERVICE: &[u8] = b"{\"service\":\"s";
+    const ID: &[u8] = b"\",\"id\":\"i";
+    let mut seen = vec![false; n];
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(pos) = find(line, SERVICE, at) {
+        at = pos + SERVICE.len();
+        let Some((q, end)) = digits_at(line, at) else {
+            continue;
+        };
+        if !line[end..].starts_with(ID) {
+            continue;
+        }
+        let Some((k, end)) = digits_at(line, end + ID.len()) else {
+            continue;
+        };
+        at = end;
+        if k < n && k % SCALE_SERVICES == q && !seen[k] {
+            seen[k] = true;
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Asks node b for its instance count every 5 ms until it reaches `target` or `stop` is set;
+/// returns when it first did (if it did) and the last count read.
+fn poll_count(
+    registry: SocketAddr,
+    target: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Option<Instant>, usize)> {
+    std::thread::spawn(move || {
+        let mut conn = LineConn::connect(registry);
+        let mut line = Vec::new();
+        let mut last = 0;
+        let mut next = Instant::now();
+        while !stop.load(Relaxed) {
+            match conn.instance_count(&mut line) {
+                Ok(count) => {
+                    let now = Instant::now();
+                    last = count;
+                    if count >= target {
+                        return (Some(now), count);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("part 3: status of node b failed: {e}");
+                    return (None, last);
+                }
+            }
+            next += Duration::from_millis(5);
+            sleep_until(next);
+        }
+        (None, last)
+    })
+}
+
+/// Sends the burst to node a over one connection, pipelined; fills in the burst's fields.
+fn scale_burst(n: usize, at: SocketAddr, scale: &mut Scale) -> Option<Instant> {
+    let stream = TcpStream::connect(at).expect("connect to node a");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("read timeout");
+    let writer = {
+        let stream = stream.try_clone().expect("clone");
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, &stream);
+            for i in 0..n {
+                out.write_all(scale_request(i).as_bytes())?;
+            }
+            out.flush()?;
+            drop(out);
+            // The node answers what is left, then closes.
+            stream.shutdown(std::net::Shutdown::Write)
+        })
+    };
+    let started = Instant::now();
+    let mut reader = BufReader::with_capacity(1 << 20, &stream);
+    let mut line = Vec::with_capacity(1024);
+    let mut last_reply = None;
+    while scale.replies < n {
+        if started.elapsed() > SCALE_BURST_CAP {
+            scale.cut_short = Some(format!(
+                "cut after {} s, {} replies",
+                SCALE_BURST_CAP.as_secs(),
+                scale.replies
+            ));
+            break;
+        }
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => {
+                scale.cut_short = Some(format!(
+                    "node a closed the connection after {} replies",
+                    scale.replies
+                ));
+                break;
+            }
+            Ok(_) if line.ends_with(b"\n") => {}
+            Ok(_) => continue, // the rest of the line comes with the next read
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                scale.cut_short = Some(format!("reading replies failed: {e}"));
+                break;
+            }
+        }
+        let i = scale.replies;
+        let expected = format!("{{\"v\":1,\"seq\":{i},\"ok\":true,\"op\":\"register\"");
+        if !line.starts_with(expected.as_bytes()) {
+            scale.failed += 1;
+            if scale.first_failures.len() < 3 {
+                scale
+                    .first_failures
+                    .push(String::from_utf8_lossy(&line[..line.len().min(200)]).into());
+            }
+        }
+        scale.replies += 1;
+        last_reply = Some(Instant::now());
+        line.clear();
+    }
+    scale.burst_secs = started.elapsed().as_secs_f64();
+    if scale.cut_short.is_some() {
+        // The writer may be blocked on a full socket: closing it ends the writer too.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    match writer.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if scale.cut_short.is_some() => eprintln!("part 3 writer: {e}"),
+        Ok(Err(e)) => scale.cut_short = Some(format!("sending failed: {e}")),
+        Err(_) => scale.cut_short = Some("the writer thread panicked".into()),
+    }
+    last_reply
+}
+
+/// Starts node d and waits for its first full answer for `s<q>` A; fills in d's fields.
+fn scale_new_node(n: usize, etcd: &EtcdCluster, scale: &mut Scale) {
+    let q = (n - 1).min(SCALE_SERVICES - 1);
+    let expected: HashSet<Ipv4Addr> = (q..n).step_by(SCALE_SERVICES).map(address_of).collect();
+    scale.d_expected = expected.len();
+    let config = node_config(&etcd.endpoints, 3, "d");
+    let spawned = Instant::now();
+    let d = Server::start_logged(Some(&config));
+    scale.d_listening_ms = ms(spawned.elapsed());
+    scale.d_service = format!("s{q}.{}", d.at.domain);
+    let mut query = query_bytes_payload(&dns_name(&scale.d_service), RecordType::A, DNS_PAYLOAD);
+    let socket = udp_connected(d.at.dns, Duration::from_millis(1));
+    let mut buf = vec![0u8; 65_536];
+    let mut id: u16 = rand::random();
+    let mut next_query = Instant::now();
+    while spawned.elapsed() < SCALE_D_WAIT {
+        if Instant::now() >= next_query {
+            id = id.wrapping_add(1);
+            query[..2].copy_from_slice(&id.to_be_bytes());
+            socket.send(&query).expect("send a query");
+            next_query += Duration::from_millis(5);
+        }
+        // Any answer counts, to this query or an earlier one: it tells what d holds now.
+        let len = match socket.recv(&mut buf) {
+            Ok(len) => len,
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!("DNS receive from node d failed: {e}"),
+        };
+        let received = Instant::now();
+        let Ok(response) = Message::from_vec(&buf[..len]) else {
+            scale.d_other += 1;
+            scale
+                .d_other_first
+                .get_or_insert("an unreadable response".into());
+            continue;
+        };
+        let code = response.metadata.response_code;
+        let found: HashSet<Ipv4Addr> = a_records(&response).into_iter().collect();
+        if code == ResponseCode::NoError && !response.metadata.truncation && found == expected {
+            scale.d_answer_ms = Some(ms(received - spawned));
+            break;
+        }
+        if code == ResponseCode::NXDomain {
+            scale.d_nxdomain += 1;
+        } else if code == ResponseCode::NoError && found.is_subset(&expected) {
+            scale.d_partial += 1;
+            scale.d_partial_most = scale.d_partial_most.max(found.len());
+        } else {
+            scale.d_other += 1;
+            scale.d_other_first.get_or_insert_with(|| {
+                format!(
+                    "{code:?}, {} A records, TC {}",
+                    found.len(),
+                    response.metadata.truncation
+                )
+            });
+        }
+    }
+    scale.d_cpu = d.cpu();
+    scale.d = Some(d);
+}
+
+fn scale_part(knobs: &Knobs, nodes: &[Server], etcd: &EtcdCluster) -> Scale {
+    let n = knobs.scale;
+    println!();
+    println!(
+        "3. scale: {n} registrations at node a over one TCP connection, pipelined ({SCALE_SERVICES} \
+         services); node b polled until it holds them all; then a new node d syncs them"
+    );
+    let mut scale = Scale {
+        n,
+        replies: 0,
+        failed: 0,
+        first_failures: Vec::new(),
+        cut_short: None,
+        burst_secs: 0.0,
+        b_all_ms: None,
+        b_count: 0,
+        b_list: None,
+        node_cpu: Vec::new(),
+        etcd_cpu: Vec::new(),
+        d: None,
+        d_listening_ms: 0.0,
+        d_answer_ms: None,
+        d_service: String::new(),
+        d_expected: 0,
+        d_nxdomain: 0,
+        d_partial: 0,
+        d_partial_most: 0,
+        d_other: 0,
+        d_other_first: None,
+        d_cpu: Duration::ZERO,
+        mem_a: (nodes[0].memory(), nodes[0].memory()),
+        mem_b: (nodes[1].memory(), nodes[1].memory()),
+        mem_d: None,
+    };
+    let mut line = Vec::new();
+    let b_before = LineConn::connect(nodes[1].at.registry)
+        .instance_count(&mut line)
+        .expect("status of node b");
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_count(nodes[1].at.registry, b_before + n, stop.clone());
+    let node_cpu_before: Vec<Duration> = nodes.iter().map(Server::cpu).collect();
+    let etcd_cpu_before = etcd.cpu();
+
+    let last_reply = scale_burst(n, nodes[0].at.registry, &mut scale);
+    let waited = Instant::now();
+    while !poller.is_finished() && waited.elapsed() < knobs.wait {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Relaxed);
+    let (b_all, b_count) = poller.join().expect("the status thread panicked");
+    scale.node_cpu = diff(
+        &nodes.iter().map(Server::cpu).collect::<Vec<_>>(),
+        &node_cpu_before,
+    );
+    scale.etcd_cpu = diff(&etcd.cpu(), &etcd_cpu_before);
+    scale.b_count = b_count.saturating_sub(b_before);
+    if let (Some(all), Some(last)) = (b_all, last_reply) {
+        scale.b_all_ms = Some(signed_ms(all, last));
+    }
+    println!(
+        "   registrations: {} replies in {:.2} s ({:.0}/s), {} failed{}{}",
+        scale.replies,
+        scale.burst_secs,
+        scale.replies as f64 / scale.burst_secs.max(1e-9),
+        scale.failed,
+        if scale.first_failures.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", scale.first_failures.join("; "))
+        },
+        scale
+            .cut_short
+            .as_ref()
+            .map_or(String::new(), |c| format!("; {c}")),
+    );
+    match scale.b_all_ms {
+        Some(t) => println!("   node b holds all {n}: {t:+.1} ms after the last reply"),
+        None => println!(
+            "   node b holds {}/{n} {} s after the last reply",
+            scale.b_count,
+            knobs.wait.as_secs()
+        ),
+    }
+
+    // b's own list, over TCP: every instance in it.
+    {
+        let mut conn = LineConn::connect(nodes[1].at.registry);
+        let mut list = Vec::new();
+        let asked = Instant::now();
+        match conn.call("{\"op\":\"list\"}", &mut list) {
+            Ok(()) => {
+                let took = ms(asked.elapsed());
+                let listed = scale_instances_listed(&list, n);
+                println!(
+                    "   node b's list (TCP): {listed}/{n} instances, {:.1} MB in {took:.0} ms",
+                    list.len() as f64 / 1e6
+                );
+                scale.b_list = Some((listed, list.len(), took));
+            }
+            Err(e) => println!("   node b's list (TCP) failed: {e}"),
+        }
+    }
+    scale.mem_a.1 = nodes[0].memory();
+    scale.mem_b.1 = nodes[1].memory();
+
+    if scale.cut_short.is_none() {
+        scale_new_node(n, etcd, &mut scale);
+        match scale.d_answer_ms {
+            Some(t) => println!(
+                "   node d: listening {:.0} ms after spawn; first full answer ({} A records for {}) \
+                 {t:.0} ms after spawn; before it {} NXDOMAIN, {} incomplete (at most {} records), \
+                 {} other answers",
+                scale.d_listening_ms,
+                scale.d_expected,
+                scale.d_service,
+                scale.d_nxdomain,
+                scale.d_partial,
+                scale.d_partial_most,
+                scale.d_other,
+            ),
+            None => println!(
+                "   node d: no full answer for {} within {} s ({} NXDOMAIN, {} incomplete, {} \
+                 other{})",
+                scale.d_service,
+                SCALE_D_WAIT.as_secs(),
+                scale.d_nxdomain,
+                scale.d_partial,
+                scale.d_other,
+                scale
+                    .d_other_first
+                    .as_ref()
+                    .map_or(String::new(), |o| format!(": {o}")),
+            ),
+        }
+        if let Some(d) = &scale.d {
+            scale.mem_a.1 = nodes[0].memory();
+            scale.mem_b.1 = nodes[1].memory();
+            scale.mem_d = Some((d.memory(), vm_hwm_kib(&d.pid())));
+        }
+    } else {
+        println!("   node d not started: the burst did not complete");
+    }
+    for (name, (before, after)) in [("a", &scale.mem_a), ("b", &scale.mem_b)] {
+        println!(
+            "   node {name}: {} before the burst, {} after",
+            before.describe(),
+            after.describe()
+        );
+    }
+    if let Some((after, peak)) = &scale.mem_d {
+        println!(
+            "   node d: {} (peak VmHWM {:.1} MiB), CPU {:.2} s to answering",
+            after.describe(),
+            *peak as f64 / 1024.0,
+            scale.d_cpu.as_secs_f64()
+        );
+    }
+    scale
+}
+
+/// ΔVmRSS (ΔRssAnon) from `before` to `after`, in bytes per instance.
+fn per_instance(before: &Mem, after: &Mem, n: usize) -> (f64, f64) {
+    let per = |b: u64, a: u64| (a as f64 - b as f64) * 1024.0 / n.max(1) as f64;
+    (
+        per(before.rss_kib, after.rss_kib),
+        per(before.anon_kib, after.anon_kib),
+    )
+}
+
+fn scale_summary(s: &Scale) {
+    let n = s.n;
+    println!();
+    println!(
+        "| scale: {n} instances ({SCALE_SERVICES} services) registered at a in one burst | value |"
+    );
+    println!("| --- | --- |");
+    println!(
+        "| registrations at a, one TCP connection, pipelined (each acknowledged after a's etcd \
+         write) | **{:.0}/s** ({} in {:.2} s, {} failed{}) |",
+        s.replies as f64 / s.burst_secs.max(1e-9),
+        s.replies,
+        s.burst_secs,
+        s.failed,
+        s.cut_short
+            .as_ref()
+            .map_or(String::new(), |c| format!("; {c}")),
+    );
+    println!(
+        "| propagation of the burst: last reply from a → node b holds all (status every 5 ms) | {} |",
+        match s.b_all_ms {
+            Some(t) => format!("**{t:+.1} ms**"),
+            None => format!("not within the wait: {}/{n}", s.b_count),
+        }
+    );
+    if let Some((listed, bytes, took)) = s.b_list {
+        println!(
+            "| node b's list over TCP, all instances | {listed}/{n} listed, {:.1} MB in {took:.0} ms |",
+            bytes as f64 / 1e6
+        );
+    }
+    if s.d.is_some() {
+        println!(
+            "| new node syncing {n} instances → answering (spawn → first UDP answer for {} A \
+             with all {}) | {} (listening at {:.0} ms; before: {} NXDOMAIN, {} incomplete, {} \
+             other; CPU {:.2} s) |",
+            s.d_service,
+            s.d_expected,
+            s.d_answer_ms.map_or_else(
+                || format!("none within {} s", SCALE_D_WAIT.as_secs()),
+                |t| format!("**{t:.0} ms**")
+            ),
+            s.d_listening_ms,
+            s.d_nxdomain,
+            s.d_partial,
+            s.d_other,
+            s.d_cpu.as_secs_f64(),
+        );
+    }
+    for (what, (before, after)) in [
+        ("node a (its own instances)", &s.mem_a),
+        ("node b (remote instances)", &s.mem_b),
+    ] {
+        let (rss, anon) = per_instance(before, after, n);
+        println!(
+            "| memory, {what}: ΔVmRSS / instances | **{rss:.0} B/instance** (anon {anon:.0} B); \
+             RSS {:.1} → {:.1} MiB |",
+            before.rss_kib as f64 / 1024.0,
+            after.rss_kib as f64 / 1024.0,
+        );
+    }
+    if let Some((after, peak)) = &s.mem_d {
+        let (rss, anon) = per_instance(&s.mem_b.0, after, n);
+        println!(
+            "| memory, node d (remote, synced at start): VmRSS − b's before the burst, / instances | \
+             **{rss:.0} B/instance** (anon {anon:.0} B); RSS {:.1} MiB, peak {:.1} MiB |",
+            after.rss_kib as f64 / 1024.0,
+            *peak as f64 / 1024.0,
+        );
+    }
+    let per = |cpu: Duration| us(cpu) / n.max(1) as f64;
+    println!(
+        "| CPU per registration in the burst (utime+stime) | a {:.1} µs, b {:.1} µs, c {:.1} µs; \
+         etcd members {} µs (sum {:.1} µs) |",
+        per(s.node_cpu[0]),
+        per(s.node_cpu[1]),
+        per(s.node_cpu[2]),
+        s.etcd_cpu
+            .iter()
+            .map(|c| format!("{:.1}", per(*c)))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        per(sum(&s.etcd_cpu)),
+    );
+    for f in &s.first_failures {
+        println!("failed registration (part 3): {f}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Summary
 
 fn row(measure: &str, values: &[f64], of: usize) {
@@ -895,6 +1519,7 @@ fn summary(
     version: &str,
     floor: &Floor,
     beacon: &BeaconResult,
+    scale: Option<&Scale>,
     warnings: &[String],
 ) {
     let (b, c) = (&beacon.watched[0].0, &beacon.watched[1].0);
@@ -1007,6 +1632,10 @@ fn summary(
         c.pushes,
         c.bytes as f64 / c.pushes.max(1) as f64 / 1e3,
     );
+    if let Some(scale) = scale {
+        scale_summary(scale);
+        println!();
+    }
     if let Some(e) = &floor.error {
         println!("etcd part: {e}");
     }
@@ -1027,7 +1656,12 @@ fn summary(
         knobs.describe()
     );
     println!(
-        "both sides: the bench and all six processes share the machine's cores; a sample is the \
-         time from the request written to the push (event) read, on the bench's clock."
+        "both sides: the bench and all {} processes share the machine's cores; a sample is the \
+         time from the request written to the push (event) read, on the bench's clock.",
+        if scale.is_some_and(|s| s.d.is_some()) {
+            "seven (six, and node d in part 3)"
+        } else {
+            "six"
+        }
     );
 }

@@ -577,3 +577,30 @@ impl EtcdCluster {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// More helpers
+
+/// A query for `name`/`rtype` without recursion, with EDNS(0) advertising `payload` bytes.
+pub fn query_bytes_payload(name: &Name, rtype: RecordType, payload: u16) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.recursion_desired = false;
+    message.add_query(Query::query(name.clone(), rtype));
+    let mut opt = Edns::new();
+    opt.set_max_payload(payload);
+    message.set_edns(opt);
+    message.to_vec().expect("cannot encode a query")
+}
+
+/// VmHWM (peak resident memory) of a process, KiB; 0 when it cannot be read.
+pub fn vm_hwm_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
