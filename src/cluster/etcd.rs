@@ -28,7 +28,7 @@ use crate::registry::{Change, Registration, Registry, RemoteChange};
 /// `tracker`, then waits for the first sync: a node that answered before it had read etcd
 /// would deny every instance the other nodes hold (a restarted node, NXDOMAIN). It waits as
 /// long as the sync makes progress (a large catalog takes a while), but not for an etcd that
-/// cannot be reached: once every endpoint has failed once, or after [`FIRST_SYNC_LIMIT`], the
+/// cannot be reached: once every endpoint has failed once, or after 60 s, the
 /// node starts stale and syncs in the background.
 pub async fn start(
     config: &ClusterConfig,
