@@ -175,6 +175,10 @@ impl Node {
                     let _ = first_sync.send(false);
                 }
             }
+            // Every session begins with a sync that writes what the registry holds, so what was
+            // queued meanwhile is covered: dropping it keeps a long outage from growing the
+            // queue without bound.
+            while self.changes.try_recv().is_ok() {}
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => return,
@@ -305,11 +309,10 @@ impl Node {
     /// keys this node wrote but no longer holds are deleted, and everything else in etcd
     /// becomes the registry's remote part. Returns the revision the watch continues from.
     async fn sync(&mut self, client: &mut Client, lease: i64) -> EtcdResult<i64> {
-        // The sync covers every change queued so far: the registry is read after this.
-        let mut covered = 0;
-        while let Ok(numbered) = self.changes.try_recv() {
-            covered = numbered.ticket;
-        }
+        // The sync covers every change submitted so far, queued or dropped while etcd was away:
+        // the registry is read after this, and what it holds is written.
+        while self.changes.try_recv().is_ok() {}
+        let covered = self.log.issued();
         let prefix = self.config.prefix.clone();
         self.revisions.clear();
         let mut remote = Vec::new();

@@ -127,6 +127,11 @@ impl ClusterLog {
         self.changed.notify_all();
     }
 
+    /// The last ticket handed out.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Acquire)
+    }
+
     /// etcd became unreachable (true) or reachable again (false).
     pub fn set_unreachable(&self, unreachable: bool) {
         self.lock().unreachable = unreachable;
