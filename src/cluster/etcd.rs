@@ -112,6 +112,74 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// What the lease keeper last learnt of this node's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseState {
+    /// Alive at least until then (measured from when the renewal was sent).
+    Alive(std::time::Instant),
+    /// etcd says the lease is gone.
+    Expired,
+    /// A renewal got no answer in time, or the stream broke.
+    Failed,
+}
+
+/// Renews this node's lease every `lease_ttl`/3 from a task of its own, so that a long sync or
+/// a busy write queue in the node's task never starves the renewals (which would let the lease
+/// run out and etcd delete every instance of the node). Stopped when dropped, with its
+/// session.
+struct Keeper {
+    state: tokio::sync::watch::Receiver<LeaseState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    async fn start(
+        client: &mut Client,
+        lease: i64,
+        lease_ttl: Duration,
+        timeout: Duration,
+    ) -> EtcdResult<Keeper> {
+        let sent = std::time::Instant::now();
+        // This first renewal is answered before it returns (and fails if the lease is gone).
+        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+        let (report, state) = tokio::sync::watch::channel(LeaseState::Alive(
+            sent + lease_ttl.saturating_sub(Duration::from_secs(1)),
+        ));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease_ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let sent = std::time::Instant::now();
+                let answer = tokio::time::timeout(timeout, async {
+                    keeper.keep_alive().await?;
+                    answers.message().await
+                })
+                .await;
+                let state = match answer {
+                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                        LeaseState::Alive(sent + Duration::from_secs(answer.ttl() as u64 - 1))
+                    }
+                    Ok(Ok(Some(_))) => LeaseState::Expired,
+                    _ => LeaseState::Failed,
+                };
+                report.send_replace(state);
+                if !matches!(state, LeaseState::Alive(_)) {
+                    return;
+                }
+            }
+        });
+        Ok(Keeper { state, task })
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// What this node knows of one key: the revision of its last write, and whether that write was
 /// this node's.
 #[derive(Debug, Clone, Copy)]
@@ -219,7 +287,8 @@ impl Node {
         let mut client = Client::connect([endpoint], Some(options)).await?;
 
         let lease = self.lease(&mut client).await?;
-        let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
+        // Renewed from a task of its own: neither a long sync nor a busy queue may starve it.
+        let mut keeper = Keeper::start(&mut client, lease, self.config.lease_ttl, timeout).await?;
         let revision = self.sync(&mut client, lease).await?;
 
         // Fragmented: a node dying with many instances deletes them all in one revision, and one
@@ -246,11 +315,31 @@ impl Node {
             None => tracing::info!(node = %self.node, revision, "in sync with etcd again"),
         }
 
-        let mut renew = tokio::time::interval(self.config.lease_ttl / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
+                changed = keeper.state.changed() => {
+                    let state = *keeper.state.borrow_and_update();
+                    match (changed, state) {
+                        (Ok(()), LeaseState::Alive(until)) => {
+                            // A deletion of this node's own key asks whether its lease lives.
+                            self.alive_until.insert(lease, until);
+                        }
+                        (_, LeaseState::Expired) => {
+                            tracing::warn!(node = %self.node, "this node's etcd lease ran out; \
+                                           writing its instances under a new one");
+                            self.lease = None;
+                            return Err(etcd_client::Error::LeaseKeepAliveError(
+                                "lease expired".into(),
+                            ));
+                        }
+                        _ => {
+                            return Err(etcd_client::Error::LeaseKeepAliveError(
+                                "lease keep-alive failed".into(),
+                            ));
+                        }
+                    }
+                }
                 Some(first) = self.changes.recv() => {
                     self.write(&mut client, lease, first).await?;
                 }
@@ -265,28 +354,6 @@ impl Node {
                         )));
                     }
                     self.apply_events(&mut client, lease, response.events()).await?;
-                }
-                _ = renew.tick() => {
-                    let sent = tokio::time::timeout(timeout, keeper.keep_alive()).await;
-                    sent.map_err(|_| etcd_client::Error::LeaseKeepAliveError("timed out".into()))??;
-                }
-                answer = keep_alive.message() => {
-                    match answer? {
-                        Some(answer) if answer.ttl() > 0 => {
-                            // A deletion of this node's own key asks whether its lease lives.
-                            let until = std::time::Instant::now()
-                                + Duration::from_secs(answer.ttl() as u64 - 1);
-                            self.alive_until.insert(lease, until);
-                        }
-                        _ => {
-                            tracing::warn!(node = %self.node, "this node's etcd lease ran out; \
-                                           writing its instances under a new one");
-                            self.lease = None;
-                            return Err(etcd_client::Error::LeaseKeepAliveError(
-                                "lease expired".into(),
-                            ));
-                        }
-                    }
                 }
             }
         }
