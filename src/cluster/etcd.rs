@@ -479,12 +479,18 @@ impl Node {
         for (k, change) in last {
             match change {
                 Change::Put { value, .. } => puts.push((k, value)),
-                // A key this node never saw in etcd has nothing to delete.
-                Change::Delete { .. } => {
-                    if let Some(known) = self.revisions.remove(&k) {
+                // A key this node never saw in etcd has nothing to delete. Its own instance (an
+                // expiry, a deregistration) it deletes only while etcd holds its own write: if
+                // another node has taken the instance over meanwhile (its write applied here
+                // before this delete went out), that newer registration stays.
+                Change::Delete { remote, .. } => match self.revisions.get(&k) {
+                    Some(known) if remote || known.ours => {
+                        let known = *known;
+                        self.revisions.remove(&k);
                         deletes.push((k, known));
                     }
-                }
+                    _ => {}
+                },
             }
         }
         self.put_all(client, lease, puts).await?;
@@ -495,7 +501,7 @@ impl Node {
 
     fn key_of(&self, change: &Change) -> String {
         match change {
-            Change::Put { service, id, .. } | Change::Delete { service, id } => {
+            Change::Put { service, id, .. } | Change::Delete { service, id, .. } => {
                 key(&self.config.prefix, service, id)
             }
         }
@@ -518,15 +524,30 @@ impl Node {
                 .collect();
             let response = client.txn(Txn::new().and_then(operations)).await?;
             let revision = response.header().map_or(0, |h| h.revision());
-            for k in keys {
+            for k in &keys {
                 self.revisions.insert(
-                    k,
+                    k.clone(),
                     Known {
                         revision,
                         ours: true,
                     },
                 );
             }
+            // The registry may have applied an older write of another node, or a
+            // deregistration, while these waited in the queue: make it agree with etcd.
+            let prefix = self.config.prefix.clone();
+            let names: Vec<(&str, &str)> = keys
+                .iter()
+                .filter_map(|k| parse_key(&prefix, k.as_bytes()))
+                .collect();
+            let gone: Vec<(String, Known)> = self
+                .registry
+                .written_here(&names)
+                .into_iter()
+                .map(|(service, id)| key(&prefix, &service, &id))
+                .filter_map(|k| self.revisions.remove(&k).map(|known| (k, known)))
+                .collect();
+            self.delete_all(client, gone).await?;
         }
         Ok(())
     }
@@ -814,6 +835,10 @@ mod tests {
         let Some(etcd) = etcd() else { return };
         let mut client = connect(&etcd.url).await;
         let mut this = node(&etcd.url);
+        // The node holds both instances it writes (a write of one it does not hold is undone).
+        for id in ["a", "b"] {
+            this.registry.register(registration(&this, id)).unwrap();
+        }
         let lease = this.lease(&mut client).await.unwrap();
         let k = key(&this.config.prefix, "web", "a");
         this.put_all(&mut client, lease, vec![(k.clone(), b"mine".to_vec())])
@@ -861,6 +886,48 @@ mod tests {
         );
     }
 
+    fn registration(node: &Node, id: &str) -> crate::registry::Registration {
+        RegistrationRequest {
+            service: "web".into(),
+            id: Some(id.into()),
+            address: Some("10.0.0.1".parse().unwrap()),
+            port: 80,
+            ..Default::default()
+        }
+        .validate(node.registry.limits())
+        .unwrap()
+    }
+
+    /// A write of an instance the registry no longer holds (deregistered while the write
+    /// waited in the queue) is deleted again at once.
+    #[tokio::test]
+    async fn a_write_of_an_instance_deregistered_meanwhile_is_undone() {
+        let Some(etcd) = etcd() else { return };
+        let mut client = connect(&etcd.url).await;
+        let mut this = node(&etcd.url);
+        this.registry.register(registration(&this, "kept")).unwrap();
+        let lease = this.lease(&mut client).await.unwrap();
+        let kept = key(&this.config.prefix, "web", "kept");
+        let gone = key(&this.config.prefix, "web", "gone");
+        this.put_all(
+            &mut client,
+            lease,
+            vec![(kept.clone(), b"k".to_vec()), (gone.clone(), b"g".to_vec())],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            client.get(kept.as_str(), None).await.unwrap().kvs().len(),
+            1
+        );
+        assert!(client
+            .get(gone.as_str(), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty());
+    }
+
     /// A sync reads the catalog page by page, all of it, and keeps this node's own instances.
     #[tokio::test]
     async fn a_sync_reads_every_page() {
@@ -870,15 +937,7 @@ mod tests {
         this.sync_page = 2;
         let other = client.lease_grant(30, None).await.unwrap().id();
         for n in 0..5 {
-            let reg = RegistrationRequest {
-                service: "web".into(),
-                id: Some(format!("i{n}")),
-                address: Some("10.0.0.1".parse().unwrap()),
-                port: 80,
-                ..Default::default()
-            }
-            .validate(this.registry.limits())
-            .unwrap();
+            let reg = registration(&this, &format!("i{n}"));
             let k = key(&this.config.prefix, &reg.service, &reg.id);
             let value = serde_json::to_vec(&reg).unwrap();
             client

@@ -190,6 +190,7 @@ mod tests {
             Change::Delete {
                 service: "web".into(),
                 id: "a".into(),
+                remote: false,
             },
             1,
         );
@@ -200,6 +201,7 @@ mod tests {
             Change::Delete {
                 service: "web".into(),
                 id: "b".into(),
+                remote: false,
             },
             2,
         );

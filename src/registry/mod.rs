@@ -56,6 +56,10 @@ pub enum Change {
         service: String,
         /// Instance id.
         id: String,
+        /// The instance was held by another cluster node (a deregistration here on its
+        /// provider's behalf). Otherwise it was this registry's own, and in etcd the key is only
+        /// deleted while it still holds this node's write.
+        remote: bool,
     },
 }
 
@@ -702,6 +706,37 @@ impl Registry {
         }
     }
 
+    /// After this node's writes of `written` (service, id) reached etcd, where they are now the
+    /// latest: an instance the registry meanwhile took for another node's (an older write of
+    /// theirs, applied while this one waited in the queue) is this node's again, with a lease
+    /// from now. Returns those the registry no longer holds at all (deregistered meanwhile),
+    /// whose keys must go from etcd.
+    pub fn written_here(&self, written: &[(&str, &str)]) -> Vec<(String, String)> {
+        let now = self.now_ms();
+        let mut state = self.lock_state();
+        let mut missing = Vec::new();
+        let mut wake = false;
+        for (service, id) in written {
+            match state.find(service, id) {
+                None => missing.push((service.to_string(), id.to_string())),
+                Some(instance) if instance.is_remote() => {
+                    let deadline = now + instance.ttl.as_millis() as u64;
+                    instance.set_deadline_ms(deadline);
+                    state
+                        .deadlines
+                        .insert((deadline, instance.seq), instance.clone());
+                    wake = true;
+                }
+                Some(_) => {}
+            }
+        }
+        drop(state);
+        if wake {
+            self.shared.expiry_wakeup.notify_one();
+        }
+        missing
+    }
+
     /// [`Registry::apply_remote_changes`] of one `Put`.
     pub fn apply_remote(&self, reg: Registration) {
         self.apply_remote_changes(vec![RemoteChange::Put(reg)]);
@@ -1035,6 +1070,7 @@ impl State {
             let delete = Change::Delete {
                 service: instance.service.to_string(),
                 id: instance.id.to_string(),
+                remote: instance.is_remote(),
             };
             log.submit(delete, self.version + 1);
         }
@@ -1522,7 +1558,7 @@ mod tests {
                 .into_iter()
                 .map(|c| match c {
                     Change::Put { service, id, .. } => format!("put {service}/{id}"),
-                    Change::Delete { service, id } => format!("delete {service}/{id}"),
+                    Change::Delete { service, id, .. } => format!("delete {service}/{id}"),
                 })
                 .collect()
         }
@@ -1550,6 +1586,20 @@ mod tests {
         let ids: Vec<_> = view.instances.keys().map(|k| k.to_string()).collect();
         assert_eq!(ids, ["theirs"]);
         assert!(log.take().is_empty(), "etcd already lost the key");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_own_write_that_reached_etcd_last_makes_the_instance_this_nodes_again() {
+        let (r, _log) = clustered();
+        r.register(reg("web", "a", 1000)).unwrap();
+        // Another node's older write is applied while this node's waits in the queue.
+        r.apply_remote(reg("web", "a", 1000));
+        let missing = r.written_here(&[("web", "a"), ("web", "gone")]);
+        assert_eq!(missing, [("web".to_string(), "gone".to_string())]);
+        let view = r.service("web").unwrap();
+        assert!(!view.instance("a", r.now_ms()).unwrap().is_remote());
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(r.expire_now(), 1, "its lease runs here again");
     }
 
     fn clustered() -> (Registry, Arc<Recorder>) {

@@ -133,7 +133,7 @@ impl Store {
                             .insert(key(service, id).as_slice(), value.as_slice())
                             .map_err(|e| self.error(e))?;
                     }
-                    Change::Delete { service, id } => {
+                    Change::Delete { service, id, .. } => {
                         instances
                             .remove(key(service, id).as_slice())
                             .map_err(|e| self.error(e))?;
@@ -313,11 +313,13 @@ mod tests {
                     Change::Delete {
                         service: "web".into(),
                         id: "a".into(),
+                        remote: false,
                     },
                     put("web", "b", 82),
                     Change::Delete {
                         service: "nothing".into(),
                         id: "x".into(),
+                        remote: false,
                     },
                 ],
                 5,
@@ -357,6 +359,7 @@ mod tests {
             Change::Delete {
                 service: "svc".into(),
                 id: "t0-0".into(),
+                remote: false,
             },
             201,
         );
