@@ -56,6 +56,7 @@ pub async fn start(
         revisions: HashMap::new(),
         dead_leases: HashSet::new(),
         alive_until: HashMap::new(),
+        changed_while_away: HashSet::new(),
         sync_page: SYNC_PAGE,
         sessions: 0,
         first_sync: Some(synced_tx),
@@ -206,6 +207,10 @@ struct Node {
     /// cannot run out before the time to live etcd last reported, so a deletion under one of
     /// these is a deliberate removal, known without asking etcd again.
     alive_until: HashMap<i64, std::time::Instant>,
+    /// Keys this node changed whose writes were dropped while etcd was away: at the next sync
+    /// its own copy of these wins over another node's write; of the others, that write is the
+    /// newer.
+    changed_while_away: HashSet<String>,
     /// Keys per page when syncing ([`SYNC_PAGE`]; smaller in tests).
     sync_page: i64,
     /// Sessions started: each talks to the next endpoint of `cluster.etcd`.
@@ -246,7 +251,7 @@ impl Node {
             // Every session begins with a sync that writes what the registry holds, so what was
             // queued meanwhile is covered: dropping it keeps a long outage from growing the
             // queue without bound.
-            while self.changes.try_recv().is_ok() {}
+            self.drop_queued();
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => return,
@@ -378,7 +383,7 @@ impl Node {
     async fn sync(&mut self, client: &mut Client, lease: i64) -> EtcdResult<i64> {
         // The sync covers every change submitted so far, queued or dropped while etcd was away:
         // the registry is read after this, and what it holds is written.
-        while self.changes.try_recv().is_ok() {}
+        self.drop_queued();
         let covered = self.log.issued();
         let prefix = self.config.prefix.clone();
         self.revisions.clear();
@@ -422,7 +427,7 @@ impl Node {
                     continue;
                 }
                 if let Some(reg) = decode(kv.value(), service, id) {
-                    remote.push(reg);
+                    remote.push((reg, self.changed_while_away.contains(&k)));
                 }
             }
             match response.kvs().last() {
@@ -453,9 +458,18 @@ impl Node {
             .filter_map(|k| self.revisions.remove(&k).map(|known| (k, known)))
             .collect();
         self.delete_all(client, stale_keys).await?;
+        self.changed_while_away.clear();
         self.log.written(covered);
         tracing::debug!(own = own.len(), revision, "synced with etcd");
         Ok(revision)
+    }
+
+    /// Empties the queue, remembering which keys changed (the next sync covers the changes).
+    fn drop_queued(&mut self) {
+        while let Ok(numbered) = self.changes.try_recv() {
+            let k = self.key_of(&numbered.change);
+            self.changed_while_away.insert(k);
+        }
     }
 
     /// Writes one queued change and whatever else is queued behind it, in at most two
@@ -822,6 +836,7 @@ mod tests {
             revisions: HashMap::new(),
             dead_leases: HashSet::new(),
             alive_until: HashMap::new(),
+            changed_while_away: HashSet::new(),
             sync_page: SYNC_PAGE,
             sessions: 0,
             first_sync: None,

@@ -743,14 +743,16 @@ impl Registry {
     }
 
     /// Makes the remote part of the registry what etcd holds, after (re)connecting: remote
-    /// instances absent from `records` leave, and each record becomes a remote instance unless
-    /// this node holds that instance itself (it writes it back instead). Returns the
+    /// instances absent from `records` leave, and each record (another node's write) becomes a
+    /// remote instance. An instance this node holds too stays this node's only if it changed it
+    /// while it could not write to etcd (the record's flag): otherwise the record, written after
+    /// this node's last write, is the newer and wins (the provider moved). Returns the
     /// registrations this node holds, to write to etcd.
-    pub fn sync_remote(&self, records: Vec<Registration>) -> Vec<Registration> {
+    pub fn sync_remote(&self, records: Vec<(Registration, bool)>) -> Vec<Registration> {
         let mut state = self.lock_state();
         let keep: std::collections::HashSet<(&str, &str)> = records
             .iter()
-            .map(|r| (r.service.as_str(), r.id.as_str()))
+            .map(|(r, _)| (r.service.as_str(), r.id.as_str()))
             .collect();
         let gone: Vec<Arc<Instance>> = state
             .services
@@ -763,10 +765,11 @@ impl Registry {
             state.remove(&instance);
             state.bump();
         }
-        for reg in &records {
+        for (reg, changed_here) in &records {
             match state.find(&reg.service, &reg.id) {
                 Some(own)
-                    if !own.is_remote()
+                    if *changed_here
+                        && !own.is_remote()
                         && !state
                             .unconfirmed
                             .contains(&(own.service.clone(), own.id.clone())) => {}
@@ -1694,11 +1697,13 @@ mod tests {
         r.register(reg("web", "own", 10_000)).unwrap();
         r.apply_remote(reg("web", "gone", 10_000));
         r.apply_remote(reg("web", "kept", 10_000));
+        r.register(reg("web", "moved", 10_000)).unwrap();
         log.take();
         let own = r.sync_remote(vec![
-            reg("web", "kept", 10_000),
-            reg("web", "new", 10_000),
-            reg("web", "own", 10_000),
+            (reg("web", "kept", 10_000), false),
+            (reg("web", "new", 10_000), false),
+            (reg("web", "own", 10_000), true),
+            (reg("web", "moved", 10_000), false),
         ]);
         assert_eq!(
             own.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
@@ -1706,8 +1711,12 @@ mod tests {
         );
         let view = r.service("web").unwrap();
         let ids: Vec<_> = view.instances.keys().map(|k| k.to_string()).collect();
-        assert_eq!(ids, ["kept", "new", "own"]);
+        assert_eq!(ids, ["kept", "moved", "new", "own"]);
         assert!(!view.instance("own", r.now_ms()).unwrap().is_remote());
+        assert!(
+            view.instance("moved", r.now_ms()).unwrap().is_remote(),
+            "another node wrote it after this one, which did not change it since"
+        );
         assert!(log.take().is_empty());
     }
 }
