@@ -38,6 +38,7 @@ pub fn serve_udp_blocking(
     // Buffers as large as any datagram, so an oversized request is seen whole and refused.
     let mut received = RecvBatch::with_buffer_size(MAX_DATAGRAM);
     let mut replies = SendBatch::default();
+    let mut acknowledgements = SendBatch::default();
     while !shutdown.is_cancelled() {
         let count = received.recv_or_idle(&socket, "registration");
         let mut changed = false;
@@ -45,25 +46,33 @@ pub fn serve_udp_blocking(
             let Some((request, peer)) = received.get(i) else {
                 continue;
             };
-            let reply = if request.len() > max_message_bytes {
-                too_large(Some(request.len()), max_message_bytes)
+            let (reply, acknowledges_change) = if request.len() > max_message_bytes {
+                (too_large(Some(request.len()), max_message_bytes), false)
             } else {
                 let handled = handle(&registry, request, peer.ip());
                 changed |= handled.changed;
-                if handled.reply.len() > MAX_UDP_REPLY {
+                let reply = if handled.reply.len() > MAX_UDP_REPLY {
                     reply_too_large(request, handled.reply.len())
                 } else {
                     handled.reply
-                }
+                };
+                (reply, handled.changed)
             };
-            replies.push(reply, peer);
+            if acknowledges_change {
+                acknowledgements.push(reply, peer);
+            } else {
+                replies.push(reply, peer);
+            }
         }
-        // Nothing is acknowledged before it is on disk: the batch's changes share one commit,
-        // and a batch of renewals only waits for nothing.
+        // Renewals and refusals acknowledge nothing new: they leave at once, so a slow disk or
+        // etcd never delays a heartbeat into its provider's timeout.
+        replies.flush(&socket, "registration");
+        // Nothing is acknowledged before it is kept (on disk, or in etcd): the batch's changes
+        // share one commit.
         if changed {
             registry.wait_durable();
+            acknowledgements.flush(&socket, "registration");
         }
-        replies.flush(&socket, "registration");
     }
 }
 
