@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{key, parse_key, ClusterError, ClusterLog, Numbered};
 use crate::config::ClusterConfig;
-use crate::registry::{Change, Registration, Registry, RemoteChange};
+use crate::registry::{Change, Limits, Registration, RegistrationRequest, Registry, RemoteChange};
 
 /// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
 /// `tracker`, then waits for the first sync: a node that answered before it had read etcd
@@ -426,7 +426,7 @@ impl Node {
                     ours_in_etcd.push(k);
                     continue;
                 }
-                if let Some(reg) = decode(kv.value(), service, id) {
+                if let Some(reg) = decode(kv.value(), service, id, self.registry.limits()) {
                     remote.push((reg, self.changed_while_away.contains(&k)));
                 }
             }
@@ -649,7 +649,7 @@ impl Node {
                             ours: false,
                         },
                     );
-                    if let Some(reg) = decode(kv.value(), service, id) {
+                    if let Some(reg) = decode(kv.value(), service, id, self.registry.limits()) {
                         changes.push(RemoteChange::Put(reg));
                     }
                 }
@@ -724,22 +724,33 @@ impl Node {
         }
         // etcd reports whole seconds, rounded down; a second less is on the safe side.
         let until = asked + Duration::from_secs(ttl as u64 - 1);
+        // One entry per lease ever seen would grow with every node restart: forget the lapsed.
+        self.alive_until.retain(|_, until| *until > asked);
         self.alive_until.insert(lease, until);
         Ok(false)
     }
 }
 
-/// A registration read from etcd, if it decodes and matches its key. Another node validated it
-/// against its own limits; this one takes it as it is rather than drop a live instance.
-fn decode(value: &[u8], service: &str, id: &str) -> Option<Registration> {
-    match serde_json::from_slice::<Registration>(value) {
-        Ok(reg) if reg.service == service && reg.id == id => Some(reg),
+/// A registration read from etcd, if it decodes, matches its key, and passes this node's
+/// limits: another node validated it against its own, but a hand-written or corrupt value (a
+/// TTL of centuries) must not reach the registry. Nodes of a cluster should share their
+/// `[registry]` limits; a value this node refuses is logged and ignored.
+fn decode(value: &[u8], service: &str, id: &str, limits: &Limits) -> Option<Registration> {
+    let reg = match serde_json::from_slice::<Registration>(value) {
+        Ok(reg) if reg.service == service && reg.id == id => reg,
         Ok(_) => {
             tracing::warn!(service, id, "etcd value names another instance; ignored");
-            None
+            return None;
         }
         Err(error) => {
             tracing::warn!(service, id, %error, "etcd value is not a registration; ignored");
+            return None;
+        }
+    };
+    match RegistrationRequest::from(reg).validate(limits) {
+        Ok(reg) => Some(reg),
+        Err(error) => {
+            tracing::warn!(service, id, %error, "etcd value refused by this node's limits; ignored");
             None
         }
     }
@@ -749,7 +760,6 @@ fn decode(value: &[u8], service: &str, id: &str) -> Option<Registration> {
 mod tests {
     use super::*;
     use crate::config::RegistryConfig;
-    use crate::registry::{Limits, RegistrationRequest};
 
     /// One etcd member on loopback, killed when dropped.
     struct Etcd {
@@ -911,6 +921,20 @@ mod tests {
         }
         .validate(node.registry.limits())
         .unwrap()
+    }
+
+    #[test]
+    fn values_from_etcd_are_checked_like_registrations() {
+        let limits = Limits::from(&crate::config::RegistryConfig::default());
+        let good = br#"{"service":"web","id":"a","address":"10.0.0.1","port":80,"weight":1,"tags":[],"meta":[],"ttl":"10s"}"#;
+        assert!(decode(good, "web", "a", &limits).is_some());
+        assert!(decode(good, "web", "b", &limits).is_none(), "another key");
+        assert!(decode(b"garbage", "web", "a", &limits).is_none());
+        let centuries = br#"{"service":"web","id":"a","address":"10.0.0.1","port":80,"weight":1,"tags":[],"meta":[],"ttl":"500years"}"#;
+        assert!(
+            decode(centuries, "web", "a", &limits).is_none(),
+            "a TTL past max_ttl"
+        );
     }
 
     /// A write of an instance the registry no longer holds (deregistered while the write
