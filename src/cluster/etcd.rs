@@ -294,6 +294,9 @@ impl Node {
         let lease = self.lease(&mut client).await?;
         // Renewed from a task of its own: neither a long sync nor a busy queue may starve it.
         let mut keeper = Keeper::start(&mut client, lease, self.config.lease_ttl, timeout).await?;
+        if let LeaseState::Alive(until) = *keeper.state.borrow_and_update() {
+            self.alive_until.insert(lease, until);
+        }
         let revision = self.sync(&mut client, lease).await?;
 
         // Fragmented: a node dying with many instances deletes them all in one revision, and one
