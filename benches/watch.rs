@@ -361,19 +361,6 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// VmHWM (peak resident memory) of a process, KiB.
-fn peak_rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Fan-out
 
@@ -998,7 +985,7 @@ fn slow_part(knobs: &Knobs) -> SlowResult {
             .map(|line| (start.elapsed().as_secs_f64(), plain(&line)));
     }
     let rss_after = server.memory();
-    rss_peak_kib = rss_peak_kib.max(peak_rss_kib(&pid));
+    rss_peak_kib = rss_peak_kib.max(vm_hwm_kib(&pid));
     let drained = drain(slow);
     let (pushes, normal_problems) = normal.finish();
 

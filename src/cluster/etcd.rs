@@ -46,21 +46,8 @@ pub async fn start(
     } else {
         config.node.clone()
     };
-    let task = Node {
-        config: config.clone(),
-        node,
-        registry,
-        log,
-        changes,
-        lease: None,
-        revisions: HashMap::new(),
-        dead_leases: HashSet::new(),
-        alive_until: HashMap::new(),
-        changed_while_away: HashSet::new(),
-        sync_page: SYNC_PAGE,
-        sessions: 0,
-        first_sync: Some(synced_tx),
-    };
+    let mut task = Node::new(config.clone(), node, registry, log, changes);
+    task.first_sync = Some(synced_tx);
     tracker.spawn(task.run(shutdown));
     match tokio::time::timeout(FIRST_SYNC_LIMIT, synced).await {
         Ok(Ok(true)) | Ok(Err(_)) => {} // synced, or shut down first
@@ -221,6 +208,30 @@ struct Node {
 }
 
 impl Node {
+    fn new(
+        config: ClusterConfig,
+        node: String,
+        registry: Registry,
+        log: Arc<ClusterLog>,
+        changes: mpsc::UnboundedReceiver<Numbered>,
+    ) -> Node {
+        Node {
+            config,
+            node,
+            registry,
+            log,
+            changes,
+            lease: None,
+            revisions: HashMap::new(),
+            dead_leases: HashSet::new(),
+            alive_until: HashMap::new(),
+            changed_while_away: HashSet::new(),
+            sync_page: SYNC_PAGE,
+            sessions: 0,
+            first_sync: None,
+        }
+    }
+
     async fn run(mut self, shutdown: CancellationToken) {
         let mut pause = Duration::from_millis(100);
         let mut stale_since: Option<std::time::Instant> = Some(std::time::Instant::now());
@@ -839,21 +850,8 @@ mod tests {
             ..ClusterConfig::default()
         };
         let (log, changes) = ClusterLog::new(config.timeout);
-        Node {
-            config,
-            node: "test".into(),
-            registry: Registry::new(Limits::from(&RegistryConfig::default())),
-            log: Arc::new(log),
-            changes,
-            lease: None,
-            revisions: HashMap::new(),
-            dead_leases: HashSet::new(),
-            alive_until: HashMap::new(),
-            changed_while_away: HashSet::new(),
-            sync_page: SYNC_PAGE,
-            sessions: 0,
-            first_sync: None,
-        }
+        let registry = Registry::new(Limits::from(&RegistryConfig::default()));
+        Node::new(config, "test".into(), registry, Arc::new(log), changes)
     }
 
     /// A node that expires an instance another node has meanwhile written again (its provider
