@@ -616,7 +616,13 @@ impl Registry {
         self.expire_due(&mut state, now, Pass::Writer);
         let result = match state.find(service, id) {
             Some(instance) => {
-                state.renew(&instance, now + instance.ttl.as_millis() as u64);
+                let deadline = now + instance.ttl.as_millis() as u64;
+                state.renew(&instance, deadline);
+                // A claimed remote instance enters the deadline queue: if it is now the
+                // earliest, the expiry task must plan for it.
+                if state.deadlines.keys().next() == Some(&(deadline, instance.seq)) {
+                    self.shared.expiry_wakeup.notify_one();
+                }
                 Ok(Renewed {
                     ttl: instance.ttl,
                     version: state.version,
@@ -673,6 +679,7 @@ impl Registry {
             match change {
                 RemoteChange::Put(reg) => state.put_remote(&reg),
                 RemoteChange::Removed { service, id } => {
+                    state.preservation.superseded(&service, &id);
                     if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
                         state.remove(&instance);
                         state.bump();
@@ -692,6 +699,7 @@ impl Registry {
                     }
                 }
                 RemoteChange::Deregistered { service, id } => {
+                    state.preservation.superseded(&service, &id);
                     if let Some(instance) = state.find(&service, &id).filter(|i| !i.is_remote()) {
                         state.remove(&instance);
                         state.bump();
@@ -764,6 +772,9 @@ impl Registry {
         for instance in gone {
             state.remove(&instance);
             state.bump();
+            state
+                .preservation
+                .superseded(&instance.service, &instance.id);
         }
         for (reg, changed_here) in &records {
             match state.find(&reg.service, &reg.id) {
@@ -925,6 +936,9 @@ impl Registry {
                         since_ms: now,
                         next_check_ms: now + window,
                     });
+                    // Entered from a request, perhaps: the expiry task must wake for its
+                    // once-per-window check, whatever deadline it sleeps towards.
+                    self.shared.expiry_wakeup.notify_one();
                     tracing::warn!(
                         due,
                         recently_expired = recent,
@@ -1116,6 +1130,8 @@ impl State {
 
     /// Inserts or replaces `reg` as a remote instance (see [`Registry::apply_remote`]).
     fn put_remote(&mut self, reg: &Registration) {
+        // Another node holds it now: an expiry of it here must not be brought back.
+        self.preservation.superseded(&reg.service, &reg.id);
         match self.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(reg) => {
                 if !old.is_remote() {
@@ -1603,6 +1619,82 @@ mod tests {
         assert!(!view.instance("a", r.now_ms()).unwrap().is_remote());
         tokio::time::sleep(Duration::from_millis(1001)).await;
         assert_eq!(r.expire_now(), 1, "its lease runs here again");
+    }
+
+    /// An instance that expired here, then moved to another node and was deregistered there,
+    /// is not brought back when self-preservation begins.
+    #[tokio::test(start_paused = true)]
+    async fn self_preservation_does_not_bring_back_what_another_node_removed() {
+        let (r, log) = clustered();
+        r.register(reg("web", "x", 1000)).unwrap();
+        for n in 0..39 {
+            r.register(reg("web", &format!("i{n}"), 2000)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(r.expire_now(), 1);
+        r.apply_remote(reg("web", "x", 1000));
+        r.apply_remote_changes(vec![removed("web", "x")]);
+        log.take();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(r.expire_now(), 0);
+        assert!(preserving(&r));
+        assert!(r.service("web").unwrap().instances.get("x").is_none());
+        assert!(!log.take().contains(&"put web/x".to_string()));
+    }
+
+    /// Self-preservation entered from a request (the expiry task asleep with nothing queued:
+    /// every instance was remote, then claimed by heartbeats) still ends when renewals return.
+    #[tokio::test(start_paused = true)]
+    async fn self_preservation_entered_by_a_request_ends_when_renewals_return() {
+        let (r, _log) = clustered();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(r.clone().run_expiry(token.clone()));
+        for n in 0..40 {
+            r.apply_remote(reg("web", &format!("i{n}"), 1000));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for n in 0..40 {
+            r.heartbeat("web", &format!("i{n}")).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert!(preserving(&r), "40 claimed leases ran out together");
+        for _ in 0..100 {
+            for n in 0..40 {
+                r.heartbeat("web", &format!("i{n}")).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(
+            !preserving(&r),
+            "renewals came back: the task's check must end it"
+        );
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    /// Expiries whose providers registered again since do not count towards a mass expiry.
+    #[tokio::test(start_paused = true)]
+    async fn expiries_registered_again_do_not_count() {
+        let r = registry_preserving(defaults());
+        for n in 0..20 {
+            r.register(reg("web", &format!("r{n}"), 1000 + 10 * n as u64))
+                .unwrap();
+        }
+        for n in 0..20 {
+            let ttl = if n < 10 { 60_000 } else { 1500 };
+            r.register(reg("web", &format!("s{n}"), ttl)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        for n in 0..20 {
+            // r{n} expires; its provider restarts and registers again at once.
+            assert_eq!(r.expire_now(), 1);
+            r.register(reg("web", &format!("r{n}"), 60_000)).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // 10 of 40 really gone: a quarter, not a mass expiry.
+        assert_eq!(r.expire_now(), 10);
+        assert!(!preserving(&r));
     }
 
     fn clustered() -> (Registry, Arc<Recorder>) {

@@ -68,6 +68,8 @@ pub(super) struct Tracker {
     /// later register or deregister of the same service and id takes its entry out: that
     /// instance was replaced or removed on request, so it must not come back.
     restorable: HashMap<Arc<str>, HashMap<Arc<str>, u64>>,
+    /// How many entries `restorable` holds: the expiries within the window that still count.
+    restorable_count: usize,
     /// Set while preserving.
     pub active: Option<Active>,
 }
@@ -94,17 +96,23 @@ impl Tracker {
         }
     }
 
-    /// Expiries within the window, as of the last [`Tracker::prune`].
+    /// Expiries within the window, as of the last [`Tracker::prune`], that still count: one
+    /// re-registered or deregistered since (its provider reached the registry, or another node)
+    /// is no sign of the registry being cut off.
     pub fn recent(&self) -> usize {
-        self.recent.len()
+        self.restorable_count
     }
 
     /// Records that `instance` expired at `now`.
     pub fn record(&mut self, now: u64, instance: Arc<Instance>) {
-        self.restorable
+        let earlier = self
+            .restorable
             .entry(instance.service.clone())
             .or_default()
             .insert(instance.id.clone(), instance.seq);
+        if earlier.is_none() {
+            self.restorable_count += 1;
+        }
         self.recent.push_back((now, instance));
     }
 
@@ -119,8 +127,8 @@ impl Tracker {
     /// Takes `service`/`id` out of `restorable` (only if it is still `seq`, when given).
     fn unmark(&mut self, service: &str, id: &str, seq: Option<u64>) {
         if let Some(ids) = self.restorable.get_mut(service) {
-            if seq.is_none_or(|seq| ids.get(id) == Some(&seq)) {
-                ids.remove(id);
+            if seq.is_none_or(|seq| ids.get(id) == Some(&seq)) && ids.remove(id).is_some() {
+                self.restorable_count -= 1;
             }
             if ids.is_empty() {
                 self.restorable.remove(service);
@@ -133,6 +141,7 @@ impl Tracker {
     pub fn take_restorable(&mut self) -> Vec<Arc<Instance>> {
         let recent = std::mem::take(&mut self.recent);
         let restorable = std::mem::take(&mut self.restorable);
+        self.restorable_count = 0;
         recent
             .into_iter()
             .map(|(_, instance)| instance)
@@ -146,6 +155,7 @@ impl Tracker {
     pub fn clear(&mut self) {
         self.recent.clear();
         self.restorable.clear();
+        self.restorable_count = 0;
     }
 }
 
