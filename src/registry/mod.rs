@@ -349,6 +349,9 @@ struct State {
     /// always names a current instance.
     deadlines: BTreeMap<(u64, u64), Arc<Instance>>,
     instance_count: usize,
+    /// Of those, the remote ones (another cluster node holds their lease): they never expire
+    /// here, so self-preservation's shares leave them out.
+    remote_count: usize,
     version: u64,
     next_seq: u64,
     /// Services changed since the views were last published.
@@ -689,6 +692,7 @@ impl Registry {
                     if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
                         let deadline = now + instance.ttl.as_millis() as u64;
                         instance.set_deadline_ms(deadline);
+                        state.remote_count -= 1;
                         state
                             .deadlines
                             .insert((deadline, instance.seq), instance.clone());
@@ -730,6 +734,7 @@ impl Registry {
                 Some(instance) if instance.is_remote() => {
                     let deadline = now + instance.ttl.as_millis() as u64;
                     instance.set_deadline_ms(deadline);
+                    state.remote_count -= 1;
                     state
                         .deadlines
                         .insert((deadline, instance.seq), instance.clone());
@@ -875,7 +880,7 @@ impl Registry {
                 return 0;
             }
             let overdue = state.overdue(now);
-            if settings.is_mass_expiry(overdue, state.instance_count) {
+            if settings.is_mass_expiry(overdue, state.held_here()) {
                 tracing::debug!(
                     overdue,
                     instances = state.instance_count,
@@ -908,7 +913,7 @@ impl Registry {
                 state.preservation.prune(now, window);
                 let due = state.overdue(now);
                 let recent = state.preservation.recent();
-                let held = state.instance_count;
+                let held = state.held_here();
                 if settings.is_mass_expiry(due + recent, held + recent) {
                     let mut restored = 0;
                     for instance in state.preservation.take_restorable() {
@@ -1017,6 +1022,11 @@ impl Registry {
 }
 
 impl State {
+    /// Instances whose lease runs here (not remote): the ones that can expire here.
+    fn held_here(&self) -> usize {
+        self.instance_count - self.remote_count
+    }
+
     /// The live (or due, not yet removed) instance `service`/`id`.
     fn find(&self, service: &str, id: &str) -> Option<Arc<Instance>> {
         self.services.get(service).and_then(|s| s.get(id)).cloned()
@@ -1036,7 +1046,9 @@ impl State {
             deadline,
             self.next_seq,
         ));
-        if deadline != REMOTE_DEADLINE {
+        if deadline == REMOTE_DEADLINE {
+            self.remote_count += 1;
+        } else {
             self.deadlines
                 .insert((deadline, instance.seq), instance.clone());
         }
@@ -1055,6 +1067,9 @@ impl State {
         if let Some(instances) = self.services.get_mut(&*instance.service) {
             if instances.remove(&*instance.id).is_some() {
                 self.instance_count -= 1;
+                if instance.is_remote() {
+                    self.remote_count -= 1;
+                }
             }
             if instances.is_empty() {
                 self.services.remove(&*instance.service);
@@ -1099,6 +1114,7 @@ impl State {
     fn renew(&mut self, instance: &Arc<Instance>, deadline: u64) {
         if instance.is_remote() {
             instance.set_deadline_ms(deadline);
+            self.remote_count -= 1;
             self.deadlines
                 .insert((deadline, instance.seq), instance.clone());
             self.claim(instance);
@@ -1137,6 +1153,7 @@ impl State {
                 if !old.is_remote() {
                     self.deadlines.remove(&(old.deadline_ms(), old.seq));
                     old.set_deadline_ms(REMOTE_DEADLINE);
+                    self.remote_count += 1;
                     if !self.unconfirmed.is_empty() {
                         self.unconfirmed
                             .remove(&(old.service.clone(), old.id.clone()));
@@ -1695,6 +1712,46 @@ mod tests {
         // 10 of 40 really gone: a quarter, not a mass expiry.
         assert_eq!(r.expire_now(), 10);
         assert!(!preserving(&r));
+    }
+
+    /// The remote count agrees with the instances through every transition.
+    fn remote_count_is_exact(r: &Registry) {
+        let state = r.lock_state();
+        let counted = state
+            .services
+            .values()
+            .flat_map(|instances| instances.values())
+            .filter(|i| i.is_remote())
+            .count();
+        assert_eq!(state.remote_count, counted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn self_preservation_counts_only_what_can_expire_here() {
+        let (r, _log) = clustered();
+        for n in 0..100 {
+            r.apply_remote(reg("theirs", &format!("t{n}"), 60_000));
+        }
+        for n in 0..30 {
+            r.register(reg("own", &format!("o{n}"), 1000)).unwrap();
+        }
+        remote_count_is_exact(&r);
+        // Moves between remote and held here, each kind once.
+        r.heartbeat("theirs", "t0").unwrap(); // claimed
+        r.apply_remote(reg("own", "o29", 1000)); // taken by another node
+        r.apply_remote_changes(vec![RemoteChange::Orphaned {
+            service: "theirs".into(),
+            id: "t1".into(),
+        }]);
+        r.written_here(&[("own", "o29")]); // this node's write landed last
+        r.apply_remote_changes(vec![removed("theirs", "t2")]);
+        remote_count_is_exact(&r);
+        // The 30 own leases run out together: all that can expire here, whatever the
+        // 97 remote ones.
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(r.expire_now(), 0);
+        assert!(preserving(&r));
+        remote_count_is_exact(&r);
     }
 
     fn clustered() -> (Registry, Arc<Recorder>) {
