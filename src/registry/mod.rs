@@ -21,7 +21,7 @@ mod instance;
 mod preservation;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -297,7 +297,7 @@ struct Shared {
     /// Where this registry's own changes go: the durable journal or the cluster.
     change_log: std::sync::OnceLock<Arc<dyn ChangeLog>>,
     /// Set while the cluster cannot reach etcd: answers come from the last view.
-    stale: std::sync::atomic::AtomicBool,
+    stale: AtomicBool,
     /// The readers' clock limit: `u64::MAX` normally, the frozen instant while
     /// self-preservation holds (see [`Registry::read_now_ms`]). Written under the state lock.
     read_clock: AtomicU64,
@@ -383,7 +383,7 @@ impl Registry {
                 // Below 2^53, so JavaScript clients read it exactly.
                 run_id: rand::random::<u64>() >> 11,
                 change_log: std::sync::OnceLock::new(),
-                stale: std::sync::atomic::AtomicBool::new(false),
+                stale: AtomicBool::new(false),
                 read_clock: AtomicU64::new(u64::MAX),
                 limits,
             }),
@@ -534,14 +534,12 @@ impl Registry {
 
     /// Marks the registry's view as stale (the cluster lost etcd) or fresh again.
     pub fn set_stale(&self, stale: bool) {
-        self.shared
-            .stale
-            .store(stale, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stale.store(stale, Ordering::Relaxed);
     }
 
     /// Whether answers come from a view the cluster could not refresh lately.
     pub fn is_stale(&self) -> bool {
-        self.shared.stale.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.stale.load(Ordering::Relaxed)
     }
 
     /// The global version at the last change to any of `names` (an instance added, changed or
@@ -619,11 +617,9 @@ impl Registry {
         self.expire_due(&mut state, now, Pass::Writer);
         let result = match state.find(service, id) {
             Some(instance) => {
-                let deadline = now + instance.ttl.as_millis() as u64;
-                state.renew(&instance, deadline);
-                // A claimed remote instance enters the deadline queue: if it is now the
-                // earliest, the expiry task must plan for it.
-                if state.deadlines.keys().next() == Some(&(deadline, instance.seq)) {
+                // A claimed remote instance enters the deadline queue, perhaps as its earliest:
+                // the expiry task must plan for it. Plain renewals never move a deadline earlier.
+                if state.renew(&instance, now + instance.ttl.as_millis() as u64) {
                     self.shared.expiry_wakeup.notify_one();
                 }
                 Ok(Renewed {
@@ -690,12 +686,7 @@ impl Registry {
                 }
                 RemoteChange::Orphaned { service, id } => {
                     if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
-                        let deadline = now + instance.ttl.as_millis() as u64;
-                        instance.set_deadline_ms(deadline);
-                        state.remote_count -= 1;
-                        state
-                            .deadlines
-                            .insert((deadline, instance.seq), instance.clone());
+                        state.hold_here(&instance, now + instance.ttl.as_millis() as u64);
                         state
                             .unconfirmed
                             .insert((instance.service.clone(), instance.id.clone()));
@@ -732,12 +723,7 @@ impl Registry {
             match state.find(service, id) {
                 None => missing.push((service.to_string(), id.to_string())),
                 Some(instance) if instance.is_remote() => {
-                    let deadline = now + instance.ttl.as_millis() as u64;
-                    instance.set_deadline_ms(deadline);
-                    state.remote_count -= 1;
-                    state
-                        .deadlines
-                        .insert((deadline, instance.seq), instance.clone());
+                    state.hold_here(&instance, now + instance.ttl.as_millis() as u64);
                     wake = true;
                 }
                 Some(_) => {}
@@ -783,12 +769,7 @@ impl Registry {
         }
         for (reg, changed_here) in &records {
             match state.find(&reg.service, &reg.id) {
-                Some(own)
-                    if *changed_here
-                        && !own.is_remote()
-                        && !state
-                            .unconfirmed
-                            .contains(&(own.service.clone(), own.id.clone())) => {}
+                Some(own) if *changed_here && !own.is_remote() && state.is_confirmed(&own) => {}
                 _ => state.put_remote(reg),
             }
         }
@@ -796,12 +777,7 @@ impl Registry {
             .services
             .values()
             .flat_map(|instances| instances.values())
-            .filter(|i| {
-                !i.is_remote()
-                    && !state
-                        .unconfirmed
-                        .contains(&(i.service.clone(), i.id.clone()))
-            })
+            .filter(|i| !i.is_remote() && state.is_confirmed(i))
             .map(|i| i.registration())
             .collect();
         self.publish(&mut state);
@@ -1076,15 +1052,16 @@ impl State {
             }
         }
         self.dirty.insert(instance.service.clone());
-        if !self.unconfirmed.is_empty() {
-            self.unconfirmed
-                .remove(&(instance.service.clone(), instance.id.clone()));
-        }
+        self.confirm(instance);
     }
 
     /// Sends a registration this registry made to the change log. Every insertion and removal
     /// is followed by exactly one bump, so the version after it is the next one.
     fn log_put(&self, reg: &Registration) {
+        self.submit_put(reg, self.version + 1);
+    }
+
+    fn submit_put(&self, reg: &Registration, version: u64) {
         if let Some(log) = &self.change_log {
             // Plain strings, numbers and a duration: encoding cannot fail.
             let value = serde_json::to_vec(reg).unwrap_or_default();
@@ -1093,7 +1070,7 @@ impl State {
                 id: reg.id.clone(),
                 value,
             };
-            log.submit(put, self.version + 1);
+            log.submit(put, version);
         }
     }
 
@@ -1111,40 +1088,43 @@ impl State {
     /// Restarts the lease of `instance` at `deadline`, for a renewal received here. An instance
     /// held by another node (remote) or left by a dead one (orphan) becomes this node's: its
     /// provider talks to this node now, so this node takes it over in etcd.
-    fn renew(&mut self, instance: &Arc<Instance>, deadline: u64) {
+    /// Returns whether the instance was remote (it has just entered the deadline queue).
+    fn renew(&mut self, instance: &Arc<Instance>, deadline: u64) -> bool {
         if instance.is_remote() {
-            instance.set_deadline_ms(deadline);
-            self.remote_count -= 1;
-            self.deadlines
-                .insert((deadline, instance.seq), instance.clone());
+            self.hold_here(instance, deadline);
             self.claim(instance);
-            return;
+            return true;
         }
         self.move_deadline(instance, deadline);
-        if !self.unconfirmed.is_empty()
+        if self.confirm(instance) {
+            self.claim(instance);
+        }
+        false
+    }
+
+    /// Makes a remote instance one whose lease runs here, until `deadline`.
+    fn hold_here(&mut self, instance: &Arc<Instance>, deadline: u64) {
+        instance.set_deadline_ms(deadline);
+        self.remote_count -= 1;
+        self.deadlines
+            .insert((deadline, instance.seq), instance.clone());
+    }
+
+    /// Takes `instance` out of `unconfirmed`; returns whether it was there.
+    fn confirm(&mut self, instance: &Instance) -> bool {
+        !self.unconfirmed.is_empty()
             && self
                 .unconfirmed
                 .remove(&(instance.service.clone(), instance.id.clone()))
-        {
-            self.claim(instance);
-        }
     }
 
     /// Writes an instance this node now holds; the live set is unchanged, so the version is
     /// too.
     fn claim(&self, instance: &Instance) {
-        if let Some(log) = &self.change_log {
-            let value = serde_json::to_vec(&instance.registration()).unwrap_or_default();
-            let put = Change::Put {
-                service: instance.service.to_string(),
-                id: instance.id.to_string(),
-                value,
-            };
-            log.submit(put, self.version);
-        }
+        self.submit_put(&instance.registration(), self.version);
     }
 
-    /// Inserts or replaces `reg` as a remote instance (see [`Registry::apply_remote`]).
+    /// Inserts or replaces `reg` as a remote instance (see [`Registry::apply_remote_changes`]).
     fn put_remote(&mut self, reg: &Registration) {
         // Another node holds it now: an expiry of it here must not be brought back.
         self.preservation.superseded(&reg.service, &reg.id);
@@ -1154,10 +1134,7 @@ impl State {
                     self.deadlines.remove(&(old.deadline_ms(), old.seq));
                     old.set_deadline_ms(REMOTE_DEADLINE);
                     self.remote_count += 1;
-                    if !self.unconfirmed.is_empty() {
-                        self.unconfirmed
-                            .remove(&(old.service.clone(), old.id.clone()));
-                    }
+                    self.confirm(&old);
                 }
             }
             Some(old) => {
