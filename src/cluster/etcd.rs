@@ -454,17 +454,15 @@ impl Node {
             }
         }
         let own = self.registry.sync_remote(remote);
-        let own_keys: HashSet<String> = own
-            .iter()
-            .map(|reg| key(&prefix, &reg.service, &reg.id))
-            .collect();
-        let puts = own
+        let held = own.len();
+        let puts: Vec<(String, Vec<u8>)> = own
             .iter()
             .map(|reg| {
                 let value = serde_json::to_vec(reg).unwrap_or_default();
                 (key(&prefix, &reg.service, &reg.id), value)
             })
             .collect();
+        let own_keys: HashSet<String> = puts.iter().map(|(k, _)| k.clone()).collect();
         self.put_all(client, lease, puts).await?;
         let stale_keys = ours_in_etcd
             .into_iter()
@@ -474,7 +472,7 @@ impl Node {
         self.delete_all(client, stale_keys).await?;
         self.changed_while_away.clear();
         self.log.written(covered);
-        tracing::debug!(own = own.len(), revision, "synced with etcd");
+        tracing::debug!(own = held, revision, "synced with etcd");
         Ok(revision)
     }
 
@@ -542,6 +540,7 @@ impl Node {
         lease: i64,
         puts: Vec<(String, Vec<u8>)>,
     ) -> EtcdResult<()> {
+        let prefix = self.config.prefix.clone();
         let mut puts = puts.into_iter().peekable();
         while puts.peek().is_some() {
             let chunk: Vec<(String, Vec<u8>)> = puts.by_ref().take(MAX_TXN_OPS).collect();
@@ -563,7 +562,6 @@ impl Node {
             }
             // The registry may have applied an older write of another node, or a
             // deregistration, while these waited in the queue: make it agree with etcd.
-            let prefix = self.config.prefix.clone();
             let names: Vec<(&str, &str)> = keys
                 .iter()
                 .filter_map(|k| parse_key(&prefix, k.as_bytes()))
@@ -603,27 +601,18 @@ impl Node {
                 .await?;
             if !response.succeeded() {
                 for (k, known) in chunk {
-                    self.revisions.insert(k.clone(), *known);
-                    self.delete_key(client, k).await?;
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            k.as_str(),
+                            CompareOp::Equal,
+                            known.revision,
+                        )])
+                        .and_then([TxnOp::delete(k.as_str(), None)]);
+                    if !client.txn(txn).await?.succeeded() {
+                        tracing::debug!(key = %k, "not deleted: another node wrote it since");
+                    }
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Deletes `k` if it still holds the write this node last saw of it: a transaction on the
-    /// key's revision, so a newer registration (another node took the provider over) stays.
-    async fn delete_key(&mut self, client: &mut Client, k: &str) -> EtcdResult<()> {
-        // Never seen in etcd (an orphan expiring, or a change etcd never had): nothing to do.
-        let Some(known) = self.revisions.remove(k) else {
-            return Ok(());
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(k, CompareOp::Equal, known.revision)])
-            .and_then([TxnOp::delete(k, None)]);
-        let response = client.txn(txn).await?;
-        if !response.succeeded() {
-            tracing::debug!(key = k, "not deleted: another node wrote it since");
         }
         Ok(())
     }
@@ -636,9 +625,6 @@ impl Node {
     ) -> EtcdResult<()> {
         let prefix = self.config.prefix.clone();
         let mut changes = Vec::new();
-        // Whether each lease named by a deletion is dead, asked once per response: a mass
-        // deregistration (a deploy) or a node's death deletes many keys of one lease at once.
-        let mut dead: HashMap<i64, bool> = HashMap::new();
         for event in events {
             let Some(kv) = event.kv() else { continue };
             let Some((service, id)) = parse_key(&prefix, kv.key()) else {
@@ -679,7 +665,7 @@ impl Node {
                         // deleting it): another node deregistered the instance, unless this
                         // node's lease ran out (the keep-alive reports that, and the next
                         // session writes everything again).
-                        if !self.is_dead(client, lease, &mut dead).await? {
+                        if !self.lease_is_dead(client, lease).await? {
                             changes.push(RemoteChange::Deregistered { service, id });
                         }
                         continue;
@@ -688,7 +674,7 @@ impl Node {
                         // This node's own deletion.
                         continue;
                     }
-                    if owner != 0 && self.is_dead(client, owner, &mut dead).await? {
+                    if owner != 0 && self.lease_is_dead(client, owner).await? {
                         // Its node died: keep it one more TTL for the provider to move here.
                         changes.push(RemoteChange::Orphaned { service, id });
                     } else {
@@ -703,21 +689,9 @@ impl Node {
         Ok(())
     }
 
-    /// [`Node::lease_is_dead`], asked at most once per lease per watch response.
-    async fn is_dead(
-        &mut self,
-        client: &mut Client,
-        lease: i64,
-        asked: &mut HashMap<i64, bool>,
-    ) -> EtcdResult<bool> {
-        if let Some(dead) = asked.get(&lease) {
-            return Ok(*dead);
-        }
-        let dead = self.lease_is_dead(client, lease).await?;
-        asked.insert(lease, dead);
-        Ok(dead)
-    }
-
+    /// Whether `lease` has run out. Asked of etcd only when neither cache knows: a lease seen
+    /// dead stays dead, and one seen alive lives at least the time to live etcd reported (no
+    /// node revokes its lease), so a burst of deletions under one lease costs one round trip.
     async fn lease_is_dead(&mut self, client: &mut Client, lease: i64) -> EtcdResult<bool> {
         if self.dead_leases.contains(&lease) {
             return Ok(true);

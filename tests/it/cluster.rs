@@ -1194,26 +1194,13 @@ async fn a_rolling_restart_fails_no_query() {
 #[test]
 fn cluster_settings_that_cannot_work_are_start_up_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = |extra: &[&str]| {
-        let mut args = vec![
-            "serve",
-            "--dns",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--resolv-conf",
-            "/dev/null",
-        ];
-        args.extend_from_slice(extra);
-        run_fails(&args)
-    };
-    let err = serve(&[
+    let err = serve_fails(&[
         "--etcd",
         "http://x:1",
         "--data-dir",
         dir.path().to_str().unwrap(),
     ]);
     assert!(err.contains("data_dir"), "{err}");
-    let err = serve(&["--etcd", "notaurl"]);
+    let err = serve_fails(&["--etcd", "notaurl"]);
     assert!(err.contains("cluster.etcd"), "{err}");
 }

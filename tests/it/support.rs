@@ -323,6 +323,22 @@ pub fn run_fails(args: &[&str]) -> String {
     err
 }
 
+/// `beacon serve` on ephemeral loopback ports with `extra`, which must stop start-up; returns
+/// what it said on stderr.
+pub fn serve_fails(extra: &[&str]) -> String {
+    let mut args = vec![
+        "serve",
+        "--dns",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--resolv-conf",
+        "/dev/null",
+    ];
+    args.extend_from_slice(extra);
+    run_fails(&args)
+}
+
 /// Runs the binary with arguments to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(beacon_bin())
@@ -403,15 +419,7 @@ pub fn announce(
     port: u16,
     extra: &[&str],
 ) -> Command {
-    let mut command = Command::new(beacon_bin());
-    command
-        .args(["announce", "--registry", &registry.to_string()])
-        .args(["--service", service, "--port", &port.to_string()])
-        .args(["--address", address])
-        .args(extra)
-        .env_remove("BEACON_REGISTRY")
-        .stderr(Stdio::null());
-    command
+    announce_to(&[registry], service, address, port, extra)
 }
 
 /// The addresses DNS answers for `<service>.service.local` A.
@@ -431,7 +439,6 @@ pub async fn gone(dns: SocketAddr, service: &str) -> bool {
 
 /// `beacon announce` like [`announce`], to several registries tried in order
 /// (`--registry A,B,C`): the provider moves to the next one when one stops answering.
-#[cfg(feature = "etcd")] // Used by the cluster tests only, like the two helpers below.
 pub fn announce_to(
     registries: &[SocketAddr],
     service: &str,
