@@ -298,7 +298,7 @@ impl Responder {
         // Liveness is tested on the readers' clock, which self-preservation holds still; TTLs
         // count the time really left on a lease (none, for a preserved overdue instance).
         let now = self.registry.now_ms();
-        let live_at = self.registry.read_now_ms();
+        let live_at = self.registry.live_at(now);
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         match labels.as_slice() {
             [] => self.apex(qtype),

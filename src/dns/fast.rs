@@ -166,7 +166,7 @@ impl Responder {
         // As in the general path: liveness on the readers' clock (held still by
         // self-preservation), TTLs on the real one.
         let now = self.registry.now_ms();
-        let live_at = self.registry.read_now_ms();
+        let live_at = self.registry.live_at(now);
         let view = self.registry.service(service);
         let wanted = |i: &&Arc<Instance>| match parsed.qtype {
             TYPE_A => i.address.is_ipv4(),

@@ -730,7 +730,7 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
             // Listed: what readers answer (the readers' clock, held still by
             // self-preservation); `expires_in_ms`: the time really left (0 when overdue).
             let now = registry.now_ms();
-            let live_at = registry.read_now_ms();
+            let live_at = registry.live_at(now);
             let views = match service {
                 Some(name) => {
                     let name = registry::service_name(&name)?;

@@ -406,8 +406,13 @@ impl Registry {
     /// being answered though their leases ran out. Writers, and anything that tells how long a
     /// lease has left (DNS TTLs, `expires_in_ms`), use [`Registry::now_ms`].
     pub fn read_now_ms(&self) -> u64 {
-        self.now_ms()
-            .min(self.shared.read_clock.load(Ordering::Acquire))
+        self.live_at(self.now_ms())
+    }
+
+    /// The readers' clock at `now_ms` (a [`Registry::now_ms`] reading the caller already has,
+    /// so a DNS answer that needs both reads the clock once).
+    pub fn live_at(&self, now_ms: u64) -> u64 {
+        now_ms.min(self.shared.read_clock.load(Ordering::Acquire))
     }
 
     /// The registry's size and self-preservation state. Takes the state lock, and counts the
