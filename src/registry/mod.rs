@@ -65,7 +65,7 @@ pub enum Change {
 
 /// Where the registry sends its own changes besides memory: the durable journal
 /// (`--data-dir`) or the cluster (`--etcd`). Changes applied from another node
-/// ([`Registry::apply_remote`] and friends) are not sent back.
+/// ([`Registry::apply_remote_changes`] and friends) are not sent back.
 pub trait ChangeLog: Send + Sync {
     /// Queues `change`, after which the global version is `version`. Called under the
     /// registry's lock, so the log sees the registry's order: it must only queue.
@@ -741,8 +741,9 @@ impl Registry {
         missing
     }
 
-    /// [`Registry::apply_remote_changes`] of one `Put`.
-    pub fn apply_remote(&self, reg: Registration) {
+    /// [`Registry::apply_remote_changes`] of one `Put`, for the tests.
+    #[cfg(test)]
+    fn apply_remote(&self, reg: Registration) {
         self.apply_remote_changes(vec![RemoteChange::Put(reg)]);
     }
 
