@@ -35,6 +35,11 @@ pub struct Instance {
     pub ttl: Duration,
     /// Registry-clock milliseconds at which the lease runs out.
     deadline_ms: AtomicU64,
+    /// The deadline this instance is filed under in the registry's deadline queue: at most
+    /// `deadline_ms`, since a renewal only moves `deadline_ms` and the queue catches up when
+    /// the old entry comes due. Read and written only under the registry's lock (atomic only
+    /// because the instance is shared with readers).
+    queued_ms: AtomicU64,
     /// Tie-breaker in the deadline queue, unique for the registry's lifetime.
     pub(super) seq: u64,
 }
@@ -52,6 +57,15 @@ impl Instance {
 
     pub(super) fn set_deadline_ms(&self, deadline: u64) {
         self.deadline_ms.store(deadline, Ordering::Release);
+    }
+
+    /// The key of this instance's entry in the deadline queue (if it has one).
+    pub(super) fn queue_key(&self) -> (u64, u64) {
+        (self.queued_ms.load(Ordering::Relaxed), self.seq)
+    }
+
+    pub(super) fn set_queued_ms(&self, queued: u64) {
+        self.queued_ms.store(queued, Ordering::Relaxed);
     }
 
     /// Whether the lease still runs at `now_ms`. The read path checks this so that an instance is
@@ -135,6 +149,7 @@ impl Instance {
                 .collect(),
             ttl: reg.ttl,
             deadline_ms: AtomicU64::new(deadline_ms),
+            queued_ms: AtomicU64::new(deadline_ms),
             seq,
         }
     }

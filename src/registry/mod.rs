@@ -8,8 +8,9 @@
 //! of it from a separate read-mostly map. Renewals do not rebuild views at all: they move the
 //! instance's atomic deadline, which every view shares.
 //!
-//! Expiry is exact and event-driven: deadlines sit in a `BTreeMap` ordered by time, and one task
-//! sleeps until the earliest of them (or until a new, earlier one is inserted). Every write path
+//! Expiry is exact and event-driven: deadlines sit in a `BTreeMap` ordered by time (refiled
+//! lazily: a renewal moves only the instance's atomic deadline), and one task sleeps until the
+//! earliest of them (or until a new, earlier one is inserted). Every write path
 //! first removes what is already due, and readers skip any instance past its deadline, so no
 //! answer ever names an expired instance, whatever the task's scheduling delay.
 //!
@@ -344,9 +345,13 @@ enum Pass {
 #[derive(Default)]
 struct State {
     services: HashMap<Arc<str>, InstanceMap>,
-    /// Every instance's deadline, keyed by (deadline, seq) so equal deadlines stay distinct.
-    /// Every path that removes or replaces an instance removes its entry here, so an entry
-    /// always names a current instance.
+    /// The deadline queue: one entry per instance held here (not remote), keyed by
+    /// ([`Instance::queue_key`]) (queued deadline, seq) so equal deadlines stay distinct. A
+    /// renewal only moves the instance's atomic deadline; its entry stays where it was, at or
+    /// before the deadline, and is refiled when it comes due (`refile_renewed`, `remove_due`).
+    /// Heartbeats thus never touch this map, and an instance is refiled about once per lease
+    /// rather than once per heartbeat. Every path that removes or replaces an instance removes
+    /// its entry here, so an entry always names a current instance.
     deadlines: BTreeMap<(u64, u64), Arc<Instance>>,
     instance_count: usize,
     /// Of those, the remote ones (another cluster node holds their lease): they never expire
@@ -887,8 +892,8 @@ impl Registry {
             count_them = false;
         } else {
             // The common case, every heartbeat: nothing is due.
-            match state.deadlines.keys().next() {
-                Some((earliest, _)) if *earliest <= now => {}
+            match state.refile_renewed(now) {
+                Some(earliest) if earliest <= now => {}
                 _ => return 0,
             }
             if settings.enabled {
@@ -1044,8 +1049,7 @@ impl State {
     }
 
     fn remove(&mut self, instance: &Instance) {
-        self.deadlines
-            .remove(&(instance.deadline_ms(), instance.seq));
+        self.deadlines.remove(&instance.queue_key());
         if let Some(instances) = self.services.get_mut(&*instance.service) {
             if instances.remove(&*instance.id).is_some() {
                 self.instance_count -= 1;
@@ -1111,6 +1115,7 @@ impl State {
     /// Makes a remote instance one whose lease runs here, until `deadline`.
     fn hold_here(&mut self, instance: &Arc<Instance>, deadline: u64) {
         instance.set_deadline_ms(deadline);
+        instance.set_queued_ms(deadline);
         self.remote_count -= 1;
         self.deadlines
             .insert((deadline, instance.seq), instance.clone());
@@ -1137,7 +1142,7 @@ impl State {
         match self.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(reg) => {
                 if !old.is_remote() {
-                    self.deadlines.remove(&(old.deadline_ms(), old.seq));
+                    self.deadlines.remove(&old.queue_key());
                     old.set_deadline_ms(REMOTE_DEADLINE);
                     self.remote_count += 1;
                     self.confirm(&old);
@@ -1155,21 +1160,46 @@ impl State {
         }
     }
 
+    /// Moves the lease of a held instance to `deadline`. A later deadline (every renewal) only
+    /// moves the atomic: the queue entry, now early, is refiled when it comes due.
     fn move_deadline(&mut self, instance: &Instance, deadline: u64) {
-        if let Some(entry) = self
-            .deadlines
-            .remove(&(instance.deadline_ms(), instance.seq))
-        {
-            self.deadlines.insert((deadline, instance.seq), entry);
+        let key = instance.queue_key();
+        if deadline < key.0 {
+            if let Some(entry) = self.deadlines.remove(&key) {
+                instance.set_queued_ms(deadline);
+                self.deadlines.insert((deadline, instance.seq), entry);
+            }
         }
         instance.set_deadline_ms(deadline);
+    }
+
+    /// Refiles, at their real deadlines, the entries at the front of the queue that are due at
+    /// `now` but whose instances were renewed since they were filed, up to the first entry
+    /// that is really due. Returns the earliest key then in the queue.
+    fn refile_renewed(&mut self, now: u64) -> Option<u64> {
+        loop {
+            let entry = self.deadlines.first_entry()?;
+            let queued = entry.key().0;
+            if queued > now || entry.get().deadline_ms() <= now {
+                return Some(queued);
+            }
+            let instance = entry.remove();
+            self.refile(instance);
+        }
+    }
+
+    /// Files a held instance's entry again, under its current deadline.
+    fn refile(&mut self, instance: Arc<Instance>) {
+        let deadline = instance.deadline_ms();
+        instance.set_queued_ms(deadline);
+        self.deadlines.insert((deadline, instance.seq), instance);
     }
 
     /// How many instances are due at `now` (deadline passed), removed or not.
     fn overdue(&self, now: u64) -> usize {
         self.deadlines
             .range(..=(now, u64::MAX))
-            .filter(|(_, instance)| self.is_confirmed(instance))
+            .filter(|(_, instance)| instance.deadline_ms() <= now && self.is_confirmed(instance))
             .count()
     }
 
@@ -1191,6 +1221,11 @@ impl State {
                 break;
             }
             let instance = entry.remove();
+            if instance.deadline_ms() > now {
+                // Renewed since it was filed: not due.
+                self.refile(instance);
+                continue;
+            }
             let confirmed = self.is_confirmed(&instance);
             self.remove(&instance);
             self.log_delete(&instance);
@@ -1300,6 +1335,47 @@ mod tests {
         assert_eq!(&*view.instances.values().next().unwrap().id, "a");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(r.service("web").is_none());
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    /// Renewals leave queue entries behind their deadlines: when those come due, the task
+    /// refiles them and removes only the instance that really ran out, at its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn renewed_entries_are_refiled_and_only_the_unrenewed_expire() {
+        let r = registry();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(r.clone().run_expiry(token.clone()));
+        r.register(reg("web", "renewed", 1000)).unwrap();
+        r.register(reg("web", "left", 1000)).unwrap();
+        r.register(reg("web", "late", 1500)).unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            r.heartbeat("web", "renewed").unwrap();
+        }
+        // 1600 ms: "left" went at 1000 and "late" at 1500; "renewed" was filed at 1000, then
+        // refiled at 2200 (renewed at 1200).
+        let view = r.service("web").unwrap();
+        let ids: Vec<&str> = view.instances.keys().map(|id| &**id).collect();
+        assert_eq!(ids, ["renewed"]);
+        {
+            let state = r.lock_state();
+            assert_eq!(state.deadlines.len(), 1);
+            let (&(queued, _), instance) = state.deadlines.iter().next().unwrap();
+            assert!(queued <= instance.deadline_ms());
+            assert!(
+                queued > 1000,
+                "refiled when its first entry came due: {queued}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(999)).await;
+        assert!(
+            r.service("web").is_some(),
+            "renewed at 1600: lives until 2600"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(r.service("web").is_none());
+        assert!(r.lock_state().deadlines.is_empty());
         token.cancel();
         task.await.unwrap();
     }
