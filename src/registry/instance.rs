@@ -20,7 +20,7 @@ pub struct Instance {
     /// Service name, one lower-case DNS label.
     pub service: Arc<str>,
     /// Instance id, one lower-case DNS label, unique within the service.
-    pub id: Arc<str>,
+    pub id: super::InstanceId,
     /// Address consumers connect to.
     pub address: IpAddr,
     /// Port consumers connect to.
@@ -130,7 +130,7 @@ impl Instance {
 
     pub(super) fn from_registration(
         service: Arc<str>,
-        id: Arc<str>,
+        id: super::InstanceId,
         reg: &Registration,
         deadline_ms: u64,
         seq: u64,

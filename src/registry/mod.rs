@@ -206,7 +206,12 @@ fn fmt_duration(d: Duration) -> String {
 /// The instances of one service, sorted by id. A persistent map: cloning it is O(1) and a
 /// change copies only the path to the changed entry, so publishing a snapshot after a change
 /// costs O(log n) whatever the size of the service.
-pub type InstanceMap = imbl::OrdMap<Arc<str>, Arc<Instance>>;
+pub type InstanceMap = imbl::OrdMap<InstanceId, Arc<Instance>>;
+
+/// An instance id. Ids of up to 23 bytes (nearly all) are stored inline, in the map's nodes
+/// and in the instance, instead of one shared heap allocation behind two fat pointers: about
+/// 9 B less per instance at 1 000 000 instances (`cargo bench --bench registry`).
+pub type InstanceId = smol_str::SmolStr;
 
 /// An immutable snapshot of one service, published after each change to it.
 #[derive(Debug)]
@@ -368,7 +373,7 @@ struct State {
     /// to etcd until renewed here, when they are claimed). A mass expiry of instances nobody
     /// has renewed since is no sign of this registry being cut off, so they never count
     /// towards self-preservation.
-    unconfirmed: std::collections::HashSet<(Arc<str>, Arc<str>)>,
+    unconfirmed: std::collections::HashSet<(Arc<str>, InstanceId)>,
     /// Recent expiries, and whether self-preservation holds.
     preservation: preservation::Tracker,
 }
@@ -1024,7 +1029,7 @@ impl State {
             Some((name, _)) => name.clone(),
             None => reg.service.as_str().into(),
         };
-        let id: Arc<str> = reg.id.as_str().into();
+        let id = InstanceId::new(&reg.id);
         self.next_seq += 1;
         let instance = Arc::new(Instance::from_registration(
             service.clone(),

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Instance;
+use super::{Instance, InstanceId};
 
 /// Self-preservation settings (`registry.self_preservation*`).
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +67,7 @@ pub(super) struct Tracker {
     /// The instances of `recent` that may come back, by service and id, as their `seq`. A
     /// later register or deregister of the same service and id takes its entry out: that
     /// instance was replaced or removed on request, so it must not come back.
-    restorable: HashMap<Arc<str>, HashMap<Arc<str>, u64>>,
+    restorable: HashMap<Arc<str>, HashMap<InstanceId, u64>>,
     /// How many entries `restorable` holds: the expiries within the window that still count.
     restorable_count: usize,
     /// Set while preserving.
