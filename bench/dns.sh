@@ -2,7 +2,7 @@
 # DNS answers side by side: beacon, NSD and Knot serving the same 100 services x 10 instances,
 # each with one worker, loaded by dnsperf in the same run. Prints a Markdown table.
 #
-#   bash bench/dns.sh            # SECS=5 per run; WORK=/tmp/beacon-bench
+#   bash bench/dns.sh            # SECS=5 per run, ROUNDS=3 runs per server; WORK=/tmp/beacon-bench
 #
 # It installs dnsperf, nsd and knot with apt-get if they are missing (through the peers'
 # script), builds beacon in release mode, generates the data set with
@@ -14,6 +14,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 peers=${PEERS:-$repo/../shared/bench/peers.sh}
 work=${WORK:-/tmp/beacon-bench}
 secs=${SECS:-5}
+rounds=${ROUNDS:-3}
 threads=${THREADS:-1}
 mkdir -p "$work"
 
@@ -52,23 +53,38 @@ for check in "s7.service.local A" "_s7._tcp.service.local SRV"; do
 done
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
-echo "command: bash bench/dns.sh (SECS=$secs, one worker each: NSD server-count 1, Knot udp/tcp-workers 1, beacon --threads $threads)"
+echo "command: bash bench/dns.sh (SECS=$secs ROUNDS=$rounds, one worker each: NSD server-count 1, Knot udp/tcp-workers 1, beacon --threads $threads)"
+echo "each figure is the median of $rounds runs per server; the three servers take turns within each round, in a rotating order, so drift on a shared machine falls on all of them"
 echo
 echo "| queries | transport | server | qps | avg latency ms | lost | CPU µs/query | qps vs NSD | qps vs Knot | CPU vs NSD | CPU vs Knot |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+median() { # median FORMAT <<<"values...": the middle value (the mean of the two middle ones)
+  tr ' ' '\n' | grep -v '^$' | sort -g | awk -v f="$1\n" '{v[NR] = $1}
+    END {printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
+servers=(nsd:5301:nsd knot:5302:knotd beacon:5303:beacon)
 for file in a srv mix; do
   for mode in udp tcp; do
-    declare -A qps cpu line
-    for server in nsd:5301:nsd knot:5302:knotd beacon:5303:beacon; do
-      IFS=: read -r name port proc <<<"$server"
-      out=$(bash "$peers" perf "$port" "$work/data/queries-$file.txt" "$secs" "$mode" "$proc")
-      qps[$name]=$(sed -E 's/.*qps=([0-9]+).*/\1/' <<<"$out")
-      cpu[$name]=$(sed -E 's/.*cpu_us_per_query=([0-9.]+).*/\1/' <<<"$out")
-      line[$name]=$(awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}} END {printf "%s | %s | %s | %s", v["qps"], v["avg_ms"], v["lost"], v["cpu_us_per_query"]}' <<<"$out")
+    declare -A qps=() cpu=() avg=() lost=()
+    for ((round = 0; round < rounds; round++)); do
+      for ((k = 0; k < 3; k++)); do
+        IFS=: read -r name port proc <<<"${servers[(round + k) % 3]}"
+        out=$(bash "$peers" perf "$port" "$work/data/queries-$file.txt" "$secs" "$mode" "$proc")
+        field() { sed -nE "s/.*[[:space:]]$1=([0-9.]+).*/\1/p" <<<" $out"; }
+        qps[$name]+=" $(field qps)"
+        cpu[$name]+=" $(field cpu_us_per_query)"
+        avg[$name]+=" $(field avg_ms)"
+        lost[$name]+=" $(field lost)"
+      done
+    done
+    declare -A q=() c=()
+    for name in nsd knot beacon; do
+      q[$name]=$(median %.0f <<<"${qps[$name]}")
+      c[$name]=$(median %.2f <<<"${cpu[$name]}")
     done
     for name in nsd knot beacon; do
-      ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
-      echo "| $file | $mode | $name | ${line[$name]} | $(ratio "${qps[$name]}" "${qps[nsd]}") | $(ratio "${qps[$name]}" "${qps[knot]}") | $(ratio "${cpu[$name]}" "${cpu[nsd]}") | $(ratio "${cpu[$name]}" "${cpu[knot]}") |"
+      echo "| $file | $mode | $name | ${q[$name]} | $(median %.3f <<<"${avg[$name]}") | $(median %.0f <<<"${lost[$name]}") | ${c[$name]} | $(ratio "${q[$name]}" "${q[nsd]}") | $(ratio "${q[$name]}" "${q[knot]}") | $(ratio "${c[$name]}" "${c[nsd]}") | $(ratio "${c[$name]}" "${c[knot]}") |"
     done
   done
 done
