@@ -20,13 +20,40 @@
 //!    name is polled over DNS from shortly before its deadline until it is gone, and the SOA
 //!    serial (the registry version, +1 per removal) tells when the expiry task removed it. Lags
 //!    are counted from the earliest possible deadline, so they are never understated.
+//! 4. etcd, side by side in the same run, after beacon's parts (so the two never compete for
+//!    the cores): etcd 3.4 (Debian's `etcd-server`, installed with apt-get if missing), a fresh
+//!    single member for each of a-c on unused 127.0.0.1 ports with the flags of
+//!    ../shared/bench/registry-peer/run.sh, driven by that folder's `regbench` (built with cargo
+//!    into `REGBENCH_TARGET_DIR`, default /tmp/registry-peer-target, as run.sh does) with
+//!    `--conns 4`; each run has a time limit (`--max-secs`, and it is killed 30 s after that):
+//!    - a. renewals: `keepalive --leases REG_INSTANCES --streams 16 --window 128 --secs REG_SECS`
+//!      (LeaseKeepAlive, 3 s of warm-up) on a fresh etcd right after granting the leases, then
+//!      etcd is restarted on the same data directory (SIGTERM, as run.sh) and the leases it holds
+//!      are renewed again. The figure after the restart is the settled one (etcd 3.4 copies its
+//!      backend's read buffer, sized by the last write burst, into every response until a later
+//!      write: see that folder's README); both are reported. Renewals/s and etcd's CPU per
+//!      renewal (/proc/PID/stat).
+//!    - b. memory per instance: `register --count REG_ETCD_MEM --concurrency 256 --settle 5`
+//!      (LeaseGrant, then a ~100-byte Put with that lease, per instance): (VmRSS 5 s after the
+//!      last registration - before) / instances; registrations/s too.
+//!    - c. expiry lag: `expiry --live REG_INSTANCES-1000 --probes 1000 --spread 5`: REG_INSTANCES
+//!      live leases, 1000 of them with a 2 s TTL granted evenly over 5 s, nothing renewed, each
+//!      lag from the grant reply + TTL to the key's DELETE event on a watch (so understated by
+//!      less than one grant round trip, where beacon's are overstated).
 //!
-//! Knobs (environment): `REG_INSTANCES` (part 1, default 100000), `REG_SECS` (measured seconds
-//! per transport in part 1, default 10), `REG_SERVICES` (default 1000), `REG_MEM_MAX` (default
-//! 1000000; 100000 skips the 1M step), `REG_MEM_SECS` (time limit of one registration step,
-//! default 60), `REG_UDP_THREADS` / `REG_UDP_WINDOW` (default 2 / 128), `REG_TCP_CONNS` /
-//! `REG_TCP_WINDOW` (default 4 / 256), `REG_SAMPLES` (3a, default 1000), `REG_EXPIRY` (3b,
-//! default 1000). Every packet goes to 127.0.0.1; the 10.x addresses are only registered data.
+//!    The summary's etcd column marks each figure "this run" or "recorded, not this run" (the
+//!    figures of that folder's README, shown for rows etcd did not measure here, for a run that
+//!    failed, and for all rows with `REG_ETCD=0` or when etcd cannot be run, with the reason).
+//!
+//! Knobs (environment): `REG_INSTANCES` (part 1, and etcd's leases in 4a and 4c, default
+//! 100000), `REG_SECS` (measured seconds per transport in part 1 and per run in 4a, default 10),
+//! `REG_SERVICES` (default 1000), `REG_MEM_MAX` (default 1000000; 100000 skips the 1M step),
+//! `REG_MEM_SECS` (time limit of one registration step, default 60), `REG_UDP_THREADS` /
+//! `REG_UDP_WINDOW` (default 2 / 128), `REG_TCP_CONNS` / `REG_TCP_WINDOW` (default 4 / 256),
+//! `REG_SAMPLES` (3a, default 1000), `REG_EXPIRY` (3b, default 1000), `REG_ETCD` (default 1; 0
+//! skips part 4), `REG_ETCD_MEM` (4b's instances, default 100000; 1000000 gives etcd's 1M memory
+//! row, next to beacon's, and takes about 9 minutes more here), `REGBENCH_TARGET_DIR`. Every
+//! packet goes to 127.0.0.1; the 10.x addresses are only registered data.
 
 mod common;
 
@@ -74,6 +101,9 @@ struct Knobs {
     tcp_window: u64,
     samples: usize,
     expiry: usize,
+    /// Part 4: run etcd (`REG_ETCD`), and the registrations of its memory run (`REG_ETCD_MEM`).
+    etcd: bool,
+    etcd_mem: usize,
 }
 
 impl Knobs {
@@ -91,6 +121,8 @@ impl Knobs {
             tcp_window: env_usize("REG_TCP_WINDOW", 256) as u64,
             samples: env_usize("REG_SAMPLES", 1000),
             expiry: env_usize("REG_EXPIRY", 1000),
+            etcd: env_usize("REG_ETCD", 1) != 0,
+            etcd_mem: env_usize("REG_ETCD_MEM", 100_000),
         };
         assert!(k.instances >= 1 && k.services >= 1, "nothing to measure");
         assert!(
@@ -112,7 +144,7 @@ impl Knobs {
         format!(
             "REG_INSTANCES={} REG_SECS={} REG_SERVICES={} REG_MEM_MAX={} REG_MEM_SECS={} \
              REG_UDP_THREADS={} REG_UDP_WINDOW={} REG_UDP_LOSS_MS={} REG_TCP_CONNS={} \
-             REG_TCP_WINDOW={} REG_SAMPLES={} REG_EXPIRY={}",
+             REG_TCP_WINDOW={} REG_SAMPLES={} REG_EXPIRY={} REG_ETCD={} REG_ETCD_MEM={}",
             self.instances,
             self.secs,
             self.services,
@@ -124,7 +156,9 @@ impl Knobs {
             self.tcp_conns,
             self.tcp_window,
             self.samples,
-            self.expiry
+            self.expiry,
+            u8::from(self.etcd),
+            self.etcd_mem
         )
     }
 
@@ -158,9 +192,10 @@ fn main() {
 
     let heartbeats = heartbeat_part(&knobs, &config);
     let (memory, large) = memory_and_large_part(&knobs, &config);
+    let etcd = etcd_part(&knobs);
 
     println!();
-    summary(&knobs, &heartbeats, &memory, &large);
+    summary(&knobs, &heartbeats, &memory, &large, &etcd);
     println!();
     println!("total {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -1345,13 +1380,288 @@ fn soa_serial(client: &mut DnsClient, query: &mut [u8]) -> Option<u32> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4. etcd
+
+/// regbench's side of every etcd measurement: gRPC connections, as run.sh's `CONNS`.
+const ETCD_CONNS: usize = 4;
+/// `keepalive`: LeaseKeepAlive streams and renewals in flight per stream (run.sh's headline).
+const ETCD_STREAMS: usize = 16;
+const ETCD_WINDOW: usize = 128;
+/// `register`: registrations in flight (run.sh's `REG_CONC`).
+const ETCD_CONCURRENCY: usize = 256;
+/// `expiry`: leases left to expire (TTL 2 s), granted evenly over `ETCD_SPREAD_S` seconds, as
+/// run.sh's steady case.
+const ETCD_PROBES: usize = 1000;
+const ETCD_SPREAD_S: u64 = 5;
+
+/// What etcd's side measured in this run (each `Err` says why that run gave nothing).
+struct EtcdRuns {
+    version: String,
+    /// `keepalive` on a fresh etcd, right after it granted the leases.
+    renew_granted: Result<RegbenchResult, String>,
+    /// The same leases again after etcd restarted on the same data directory: the settled figure.
+    renew_settled: Result<RegbenchResult, String>,
+    /// `register --settle 5`: memory per instance (and registrations/s).
+    memory: Result<RegbenchResult, String>,
+    /// `expiry --live L --probes 1000 --spread 5`.
+    expiry: Result<RegbenchResult, String>,
+}
+
+enum EtcdSide {
+    Ran(EtcdRuns),
+    Recorded { why: String },
+}
+
+/// Long-lived leases of the expiry run: the registry holds `REG_INSTANCES` in all.
+fn etcd_live(knobs: &Knobs) -> usize {
+    knobs.instances.saturating_sub(ETCD_PROBES)
+}
+
+/// `--max-secs` of a run that makes `items` grants or registrations (2 ms each: a quarter of the
+/// slowest rate measured here, 1,939/s at 1M) on top of `fixed` seconds, plus a minute.
+fn etcd_limit(items: usize, fixed: u64) -> u64 {
+    60 + fixed + items as u64 / 500
+}
+
+fn etcd_part(knobs: &Knobs) -> EtcdSide {
+    println!(
+        "4. etcd, the same measurements with {PEER_DIR}'s regbench (after beacon's parts, so the \
+         two never share the cores)"
+    );
+    let side = if knobs.etcd {
+        match Regbench::prepare() {
+            Ok(regbench) => EtcdSide::Ran(run_etcd(knobs, &regbench)),
+            Err(why) => EtcdSide::Recorded { why },
+        }
+    } else {
+        EtcdSide::Recorded {
+            why: "REG_ETCD=0".into(),
+        }
+    };
+    if let EtcdSide::Recorded { why } = &side {
+        println!(
+            "   not run ({why}): the summary shows the figures recorded in {PEER_DIR}/README.md, \
+             labelled \"recorded, not this run\""
+        );
+    }
+    println!();
+    side
+}
+
+fn run_etcd(knobs: &Knobs, regbench: &Regbench) -> EtcdRuns {
+    let show = |what: &str,
+                run: &Result<RegbenchResult, String>,
+                text: &dyn Fn(&RegbenchResult) -> String| match run {
+        Ok(r) => println!("      {what}{}", text(r)),
+        Err(e) => println!("      {what}failed: {e}"),
+    };
+
+    // a. Renewals: N leases granted on a fresh etcd and renewed; then etcd restarted on the same
+    // data directory and the leases it holds renewed again (regbench reuses them).
+    let (n, secs) = (knobs.instances, knobs.secs);
+    let (leases, secs_arg) = (n.to_string(), secs.to_string());
+    let (streams, window) = (ETCD_STREAMS.to_string(), ETCD_WINDOW.to_string());
+    let keepalive = [
+        "keepalive",
+        "--leases",
+        &leases,
+        "--streams",
+        &streams,
+        "--window",
+        &window,
+        "--secs",
+        &secs_arg,
+    ];
+    // The first run grants all N leases; the warm-up is regbench's default 3 s.
+    let limit = etcd_limit(n, 3 + secs);
+    println!(
+        "   a. renewals: `regbench --conns {ETCD_CONNS} {}` (--max-secs {limit}) on a fresh etcd, \
+         then again after restarting etcd on its data directory",
+        keepalive.join(" ")
+    );
+    let renew = |r: &RegbenchResult| {
+        format!(
+            "{} renewals/s (1-s min {}, max {}); etcd {} µs CPU/renewal ({} cores), generator {} \
+             cores; {} leases reused, {} not found",
+            r.get("renewals_per_s"),
+            r.get("min_1s"),
+            r.get("max_1s"),
+            r.get("etcd_cpu_us_per_renewal"),
+            r.get("etcd_cpu_cores"),
+            r.get("gen_cpu_cores"),
+            r.get("reused"),
+            r.get("not_found"),
+        )
+    };
+    let (renew_granted, renew_settled) = match peer_etcd() {
+        Err(e) => (Err(e.clone()), Err(e)),
+        Ok(mut etcd) => {
+            let granted = regbench.run(&etcd, ETCD_CONNS, limit, &keepalive);
+            show("just after granting the leases: ", &granted, &renew);
+            let settled = match &granted {
+                Err(_) => Err("not run: the granting run failed".to_string()),
+                Ok(_) => restart_peer_etcd(&mut etcd)
+                    .and_then(|()| regbench.run(&etcd, ETCD_CONNS, limit, &keepalive)),
+            };
+            show("after the restart (settled): ", &settled, &renew);
+            (granted, settled)
+        }
+    };
+
+    // b. Memory per instance: M registrations (a lease each) on a fresh etcd.
+    let m = knobs.etcd_mem;
+    let (count, concurrency) = (m.to_string(), ETCD_CONCURRENCY.to_string());
+    let register = [
+        "register",
+        "--count",
+        &count,
+        "--concurrency",
+        &concurrency,
+        "--settle",
+        "5",
+    ];
+    let limit = etcd_limit(m, 5);
+    println!(
+        "   b. memory per instance: `regbench --conns {ETCD_CONNS} {}` (--max-secs {limit}) on a \
+         fresh etcd",
+        register.join(" ")
+    );
+    let memory = peer_etcd().and_then(|etcd| regbench.run(&etcd, ETCD_CONNS, limit, &register));
+    show("", &memory, &|r| {
+        format!(
+            "{}/{} registered ({} errors) at {}/s, p50/p99 {}/{} ms, etcd {} µs CPU each; VmRSS \
+             {:.1} → {:.1} MiB: {} B/instance (anon {}, file-backed {})",
+            r.get("done"),
+            r.get("count"),
+            r.get("errors"),
+            r.get("registrations_per_s"),
+            r.get("p50_ms"),
+            r.get("p99_ms"),
+            r.get("etcd_cpu_us_per_registration"),
+            r.num("rss_before_kb") / 1024.0,
+            r.num("rss_after_kb") / 1024.0,
+            r.get("rss_bytes_per_instance"),
+            r.get("anon_bytes_per_instance"),
+            r.get("file_bytes_per_instance"),
+        )
+    });
+
+    // c. Expiry lag: REG_INSTANCES live leases, 1000 of them TTL 2 s granted over 5 s.
+    let live = etcd_live(knobs);
+    let (live_arg, probes, spread) = (
+        live.to_string(),
+        ETCD_PROBES.to_string(),
+        ETCD_SPREAD_S.to_string(),
+    );
+    let expiry_args = [
+        "expiry", "--live", &live_arg, "--probes", &probes, "--spread", &spread,
+    ];
+    // Registering the live ones, the spread, the TTL and regbench's default 30 s of patience.
+    let limit = etcd_limit(live + ETCD_PROBES, ETCD_SPREAD_S + 2 + 30);
+    println!(
+        "   c. expiry lag: `regbench --conns {ETCD_CONNS} {}` (--max-secs {limit}) on a fresh etcd",
+        expiry_args.join(" ")
+    );
+    let expiry = peer_etcd().and_then(|etcd| regbench.run(&etcd, ETCD_CONNS, limit, &expiry_args));
+    show("", &expiry, &|r| {
+        format!(
+            "deadline (grant reply + TTL) → DELETE event p50/p99/max {}/{}/{} ms (min {}); {}/{} \
+             deletes seen; grants took up to {} ms",
+            r.get("p50_ms"),
+            r.get("p99_ms"),
+            r.get("max_ms"),
+            r.get("min_ms"),
+            r.get("deleted"),
+            r.get("attached"),
+            r.get("max_grant_rtt_ms"),
+        )
+    });
+
+    EtcdRuns {
+        version: regbench.etcd_version.clone(),
+        renew_granted,
+        renew_settled,
+        memory,
+        expiry,
+    }
+}
+
+/// Which of etcd's runs measured a summary row (`None`: no run of this one measured it).
+type Measured = Option<fn(&EtcdRuns) -> &Result<RegbenchResult, String>>;
+
+/// The etcd cell of a summary row: this run's figure (`this_run` of the `measured` run) when
+/// etcd ran and that run worked, else the figure recorded in ../shared/bench/registry-peer; each
+/// labelled as such.
+fn etcd_cell(
+    side: &EtcdSide,
+    measured: Measured,
+    this_run: impl Fn(&RegbenchResult) -> String,
+    recorded: &str,
+) -> String {
+    let recorded = format!("recorded, not this run: {recorded}");
+    match (side, measured) {
+        (EtcdSide::Ran(runs), Some(run)) => match run(runs) {
+            Ok(r) => format!("this run: {}", this_run(r)),
+            Err(e) => format!("this run failed ({e}); {recorded}"),
+        },
+        _ => recorded,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Summary
 
-fn summary(knobs: &Knobs, hb: &HeartbeatResults, mem: &MemoryResults, large: &LargeResults) {
+fn summary(
+    knobs: &Knobs,
+    hb: &HeartbeatResults,
+    mem: &MemoryResults,
+    large: &LargeResults,
+    etcd: &EtcdSide,
+) {
+    let etcd_header = match etcd {
+        EtcdSide::Ran(e) => format!(
+            "{} on this machine (**this run** where the cell says so, else recorded in \
+             ../shared/bench/registry-peer)",
+            e.version
+        ),
+        EtcdSide::Recorded { .. } => {
+            "etcd 3.4.23 on this machine (recorded in ../shared/bench/registry-peer, not this run)"
+                .into()
+        }
+    };
     println!("summary");
     println!();
-    println!("| measure | this run | etcd 3.4.23 on this machine (from ../shared/bench/registry-peer, not this run) | target (issue 4) |");
+    println!("| measure | beacon (this run) | {etcd_header} | target (issue 4) |");
     println!("| --- | --- | --- | --- |");
+    let just_granted = match etcd {
+        EtcdSide::Ran(EtcdRuns {
+            renew_granted: Ok(r),
+            ..
+        }) => format!(
+            "; right after granting them: {}/s, {} µs",
+            r.get("renewals_per_s"),
+            r.get("etcd_cpu_us_per_renewal")
+        ),
+        _ => String::new(),
+    };
+    let renewals = etcd_cell(
+        etcd,
+        Some(|e| &e.renew_settled),
+        |r| {
+            format!(
+                "**{}/s** (LeaseKeepAlive, {} leases, {ETCD_STREAMS} streams × {ETCD_WINDOW}, \
+                 settled: etcd restarted after the grants), {} µs etcd CPU/renewal (etcd {} \
+                 cores, generator {}){just_granted}",
+                r.get("renewals_per_s"),
+                r.get("leases"),
+                r.get("etcd_cpu_us_per_renewal"),
+                r.get("etcd_cpu_cores"),
+                r.get("gen_cpu_cores"),
+            )
+        },
+        "29,874-34,638/s (LeaseKeepAlive, 10k-100k leases, settled), 45-55 µs etcd CPU/renewal, \
+         etcd's CPU the limit",
+    );
     for r in [&hb.udp, &hb.tcp] {
         let name = match r.transport {
             Transport::Udp => format!(
@@ -1364,7 +1674,7 @@ fn summary(knobs: &Knobs, hb: &HeartbeatResults, mem: &MemoryResults, large: &La
             ),
         };
         println!(
-            "| {name} | **{:.0}/s**; {:.2} µs server CPU/renewal ({:.2} cores; bench {:.2} cores); {} | 29,874-34,638/s (LeaseKeepAlive, 10k-100k leases, settled), 45-55 µs etcd CPU/renewal, etcd's CPU the limit | ≥ 200,000/s, ≤ 10 µs CPU/renewal |",
+            "| {name} | **{:.0}/s**; {:.2} µs server CPU/renewal ({:.2} cores; bench {:.2} cores); {} | {renewals} | ≥ 200,000/s, ≤ 10 µs CPU/renewal |",
             r.rate(),
             r.cpu_us_per_renewal(),
             r.server_cpu.as_secs_f64() / r.window.as_secs_f64(),
@@ -1386,31 +1696,86 @@ fn summary(knobs: &Knobs, hb: &HeartbeatResults, mem: &MemoryResults, large: &La
             percentile(&r.dns.latency_us, 99.0),
         );
     }
+    let registrations = etcd_cell(
+        etcd,
+        Some(|e| &e.memory),
+        |r| {
+            format!(
+                "{}/s (LeaseGrant + Put, {} instances, {ETCD_CONCURRENCY} in flight: the memory \
+                 run), {} µs etcd CPU each",
+                r.get("registrations_per_s"),
+                r.get("done"),
+                r.get("etcd_cpu_us_per_registration"),
+            )
+        },
+        "3,013-3,843/s (LeaseGrant + Put, 20,000 instances)",
+    );
     println!(
-        "| registrations/s, part 1 ({} over {} TCP connections) | {:.0}/s | 3,013-3,843/s (LeaseGrant + Put) | - |",
+        "| registrations/s, part 1 ({} over {} TCP connections) | {:.0}/s | {registrations} | - |",
         hb.registered.changed,
         knobs.tcp_conns,
         hb.registered.rate()
     );
+    // etcd's memory run, when it has no row of its own count below.
+    let etcd_memory = |total: u64| match etcd {
+        EtcdSide::Ran(EtcdRuns { memory: Ok(r), .. }) if total != knobs.etcd_mem as u64 => {
+            format!(
+                "; this run, at {} instances: {} B/instance",
+                r.get("done"),
+                r.get("rss_bytes_per_instance")
+            )
+        }
+        _ => String::new(),
+    };
+    let measured_at =
+        |total: u64| -> Measured { (total == knobs.etcd_mem as u64).then_some(|e| &e.memory) };
     let mut total = 0u64;
     for (step, after) in &mem.steps {
         total += step.changed;
         let delta = after.rss_kib.saturating_sub(mem.before.rss_kib) * 1024;
         let anon = after.anon_kib.saturating_sub(mem.before.anon_kib) * 1024;
-        let etcd = match total {
+        let recorded = match total {
             100_000 => "2,758 B/instance (one lease each)",
             1_000_000 => "2,493 B/instance (one lease each)",
-            _ => "2,758 B at 100k, 2,493 B at 1M",
+            _ => "2,758 B at 100k, 2,493 B at 1M (one lease each)",
         };
+        let etcd_mem = etcd_cell(
+            etcd,
+            measured_at(total),
+            |r| {
+                format!(
+                    "**{} B/instance** (one lease each; anon {}, file-backed {}); RSS {:.1} → \
+                     {:.1} MiB",
+                    r.get("rss_bytes_per_instance"),
+                    r.get("anon_bytes_per_instance"),
+                    r.get("file_bytes_per_instance"),
+                    r.num("rss_before_kb") / 1024.0,
+                    r.num("rss_after_kb") / 1024.0,
+                )
+            },
+            recorded,
+        ) + &etcd_memory(total);
         println!(
-            "| memory at {total} instances (ΔVmRSS / instances) | **{:.0} B/instance** (anon {:.0} B); RSS {:.1} → {:.1} MiB | {etcd} | ≤ 300 B/instance at 1M |",
+            "| memory at {total} instances (ΔVmRSS / instances) | **{:.0} B/instance** (anon {:.0} B); RSS {:.1} → {:.1} MiB | {etcd_mem} | ≤ 300 B/instance at 1M |",
             delta as f64 / total.max(1) as f64,
             anon as f64 / total.max(1) as f64,
             mem.before.rss_kib as f64 / 1024.0,
             after.rss_kib as f64 / 1024.0,
         );
+        let etcd_rate = etcd_cell(
+            etcd,
+            measured_at(total),
+            |r| {
+                format!(
+                    "{}/s ({} µs etcd CPU each)",
+                    r.get("registrations_per_s"),
+                    r.get("etcd_cpu_us_per_registration")
+                )
+            },
+            "1,939-2,967/s",
+        );
         println!(
-            "| registrations/s up to {total} | {:.0}/s ({:.2} µs server CPU each){} | 1,939-2,967/s | - |",
+            "| registrations/s up to {total} | {:.0}/s ({:.2} µs server CPU each){} | {etcd_rate} | - |",
             step.rate(),
             us(step.server_cpu) / step.changed.max(1) as f64,
             if step.cut_short { ", cut short by REG_MEM_SECS" } else { "" }
@@ -1436,8 +1801,28 @@ fn summary(knobs: &Knobs, hb: &HeartbeatResults, mem: &MemoryResults, large: &La
         row(&large.send_to_reply, 0),
         row(&large.reply_to_answer, 0),
     );
+    let live = etcd_live(knobs);
+    let etcd_expiry = etcd_cell(
+        etcd,
+        Some(|e| &e.expiry),
+        |r| {
+            format!(
+                "**p50 {} / p99 {} / max {} ms** ({} live leases: {live} of 1 h, {} of 2 s \
+                 granted over {ETCD_SPREAD_S} s; {}/{} deletes seen; from grant reply + TTL, so \
+                 understated by < one grant round trip)",
+                r.get("p50_ms"),
+                r.get("p99_ms"),
+                r.get("max_ms"),
+                live + ETCD_PROBES,
+                r.get("probes"),
+                r.get("deleted"),
+                r.get("attached"),
+            )
+        },
+        "p50 261 / p99 499 / max 516 ms (100k live leases, 1,000 at 200/s)",
+    );
     println!(
-        "| expiry: deadline → gone from DNS at {} instances, ms ({} leases of 2 s, 1 per ms) | **{}**; never gone {}, early {}; overstated by < {:.2} ms | p50 261 / p99 499 / max 516 ms (100k live leases, 1,000 at 200/s) | ≤ 100 ms after the deadline at 1M |",
+        "| expiry: deadline → gone from DNS at {} instances, ms ({} leases of 2 s, 1 per ms) | **{}**; never gone {}, early {}; overstated by < {:.2} ms | {etcd_expiry} | ≤ 100 ms after the deadline at 1M |",
         large.instances,
         e.probes,
         row(&e.dns_lag_ms, 2),
@@ -1451,7 +1836,30 @@ fn summary(knobs: &Knobs, hb: &HeartbeatResults, mem: &MemoryResults, large: &La
         e.removals_missing,
     );
     println!();
-    println!("etcd figures: from ../shared/bench/registry-peer/README.md (etcd 3.4.23 measured on this machine, 2026-11-25), not this run; etcd was not run here.");
+    let recorded_note = "../shared/bench/registry-peer/README.md (etcd 3.4.23 measured on this \
+                         machine, 2026-11-25)";
+    match etcd {
+        EtcdSide::Ran(e) => {
+            println!(
+                "etcd side: {} run by this command after beacon's parts, a fresh single-member \
+                 etcd for each of a, b, c (unused 127.0.0.1 ports, \
+                 ../shared/bench/registry-peer/run.sh's flags), driven by that folder's regbench with --conns {ETCD_CONNS}: a. \
+                 `keepalive --leases {} --streams {ETCD_STREAMS} --window {ETCD_WINDOW} --secs {}`, \
+                 then etcd restarted on its data directory and the same again (the settled \
+                 figure); b. `register --count {} --concurrency {ETCD_CONCURRENCY} --settle 5`; \
+                 c. `expiry --live {live} --probes {ETCD_PROBES} --spread {ETCD_SPREAD_S}`.",
+                e.version, knobs.instances, knobs.secs, knobs.etcd_mem
+            );
+            println!(
+                "etcd cells marked \"this run\" were measured above; those marked \"recorded, not \
+                 this run\" are from {recorded_note}."
+            );
+        }
+        EtcdSide::Recorded { why } => println!(
+            "etcd figures: not run here ({why}); every etcd cell is recorded, not this run: from \
+             {recorded_note}."
+        ),
+    }
     println!("targets: issue 4 as listed in that README's \"beacon's goals\" table.");
 }
 

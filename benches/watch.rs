@@ -28,9 +28,10 @@
 //!    apt-get if missing) is started fresh for each W on two unused 127.0.0.1 ports with the
 //!    flags of ../shared/bench/registry-peer/run.sh, and that folder's `regbench` (built with
 //!    cargo into /tmp/registry-peer-target, as run.sh does) runs `--conns min(100, W) fanout
-//!    --watchers W --puts WATCH_CHANGES`: the same measurement (put sent → event received). With
-//!    `WATCH_ETCD=0`, or if etcd cannot be run, the figures recorded in that folder's README are
-//!    printed instead, labelled as such.
+//!    --watchers W --puts WATCH_CHANGES` (`--max-secs 300`, killed 30 s later if still running):
+//!    the same measurement (put sent → event received). With `WATCH_ETCD=0`, or if etcd cannot be
+//!    run, the figures recorded in that folder's README are printed instead, labelled as such.
+//!    The etcd and regbench helpers are in `common` (shared with the registry bench).
 //!
 //! Every connection goes to 127.0.0.1; the 10.x addresses are only registered data.
 
@@ -38,11 +39,8 @@ mod common;
 
 use common::*;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,8 +63,6 @@ const QUIET: Duration = Duration::from_secs(1);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The server's log line for a dropped watcher (src/protocol/watch.rs).
 const DROP_LOG: &str = "dropping a slow watcher";
-/// Where the etcd peer's measurement lives, relative to the repository.
-const PEER_DIR: &str = "../shared/bench/registry-peer";
 
 struct Knobs {
     watchers: Vec<usize>,
@@ -1076,22 +1072,11 @@ fn slow_part(knobs: &Knobs) -> SlowResult {
 // ---------------------------------------------------------------------------------------------
 // 3. etcd
 
-/// One regbench fan-out run: its RESULT fields.
-struct EtcdRun {
-    conns: usize,
-    fields: HashMap<String, String>,
-}
-
-impl EtcdRun {
-    fn get(&self, key: &str) -> &str {
-        self.fields.get(key).map_or("?", String::as_str)
-    }
-}
-
 enum EtcdSide {
     Ran {
         version: String,
-        runs: Vec<(usize, Result<EtcdRun, String>)>,
+        /// Per watcher count: regbench fanout's RESULT fields.
+        runs: Vec<(usize, Result<RegbenchResult, String>)>,
     },
     Recorded {
         why: String,
@@ -1101,8 +1086,8 @@ enum EtcdSide {
 fn etcd_part(knobs: &Knobs) -> EtcdSide {
     println!("3. etcd, same measurement with ../shared/bench/registry-peer's regbench");
     let side = if knobs.etcd {
-        match run_etcd(knobs) {
-            Ok(side) => side,
+        match Regbench::prepare() {
+            Ok(regbench) => run_etcd(knobs, &regbench),
             Err(why) => EtcdSide::Recorded { why },
         }
     } else {
@@ -1119,93 +1104,15 @@ fn etcd_part(knobs: &Knobs) -> EtcdSide {
     side
 }
 
-fn have(command: &str) -> bool {
-    Command::new(command)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn run_etcd(knobs: &Knobs) -> Result<EtcdSide, String> {
-    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join(PEER_DIR);
-    let manifest = peer.join("regbench/Cargo.toml");
-    if !manifest.exists() {
-        return Err(format!("{} is missing", manifest.display()));
-    }
-    let target = std::env::var_os("REGBENCH_TARGET_DIR")
-        .map_or_else(|| PathBuf::from("/tmp/registry-peer-target"), PathBuf::from);
-    let regbench = target.join("release/regbench");
-
-    // What run.sh installs, the way bench/dns.sh installs nsd and knot: Debian's packages.
-    let mut missing = Vec::new();
-    if !have("etcd") {
-        missing.push("etcd-server");
-    }
-    if !regbench.exists() && !have("protoc") {
-        missing.push("protobuf-compiler");
-    }
-    if !missing.is_empty() {
-        println!("   installing {} with apt-get", missing.join(" "));
-        let script = format!(
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {} >/dev/null",
-            missing.join(" ")
-        );
-        let ok = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok || !have("etcd") {
-            return Err(format!("could not install {}", missing.join(" ")));
-        }
-    }
-    let version = Command::new("etcd")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .map(|l| l.replace("etcd Version: ", "etcd "))
-        })
-        .unwrap_or_else(|| "etcd".into());
-
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let build = Instant::now();
-    let built = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--quiet",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", &target)
-        .stdin(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !built || !regbench.exists() {
-        return Err(format!("building {} failed", manifest.display()));
-    }
-    println!(
-        "   {version}; regbench built or up to date in {:.1} s ({})",
-        build.elapsed().as_secs_f64(),
-        regbench.display()
-    );
-
+fn run_etcd(knobs: &Knobs, regbench: &Regbench) -> EtcdSide {
     let mut runs = Vec::new();
     for &w in &knobs.watchers {
-        let run = etcd_fanout(&regbench, w, knobs.changes);
+        let run = etcd_fanout(regbench, w, knobs.changes);
         match &run {
             Ok(r) => println!(
                 "   {w} watchers ({} connections): p50/p99/max {}/{}/{} ms; {}/{} events; put p50 \
                  {} ms; CPU per put: etcd {} ms, generator {} ms",
-                r.conns,
+                r.get("conns"),
                 r.get("p50_ms"),
                 r.get("p99_ms"),
                 r.get("max_ms"),
@@ -1219,92 +1126,32 @@ fn run_etcd(knobs: &Knobs) -> Result<EtcdSide, String> {
         }
         runs.push((w, run));
     }
-    Ok(EtcdSide::Ran { version, runs })
-}
-
-/// Two distinct unused loopback ports.
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind");
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
-}
-
-/// A fresh single-member etcd (run.sh's flags, ports of its own), then regbench's fan-out.
-fn etcd_fanout(regbench: &Path, watchers: usize, puts: usize) -> Result<EtcdRun, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("beacon-watch-etcd")
-        .tempdir()
-        .map_err(|e| format!("cannot create a data directory: {e}"))?;
-    let (port, peer_port) = free_ports();
-    let client_url = format!("http://127.0.0.1:{port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let log = dir.path().join("etcd.log");
-    let mut etcd = Proc::spawn(
-        "etcd",
-        Command::new("etcd")
-            .arg("--name")
-            .arg("regbench")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("regbench={peer_url}")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--quota-backend-bytes", "8589934592"])
-            .args(["--logger", "zap", "--log-outputs"])
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let tail = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(3)..].join(" | ")
-    };
-    let start = Instant::now();
-    while !common::etcd_member_healthy(port) {
-        if let Ok(Some(status)) = etcd.child.try_wait() {
-            return Err(format!("etcd exited ({status}): {}", tail()));
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!("etcd not healthy after 30 s: {}", tail()));
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    EtcdSide::Ran {
+        version: regbench.etcd_version.clone(),
+        runs,
     }
-    // As run.sh: let start-up settle.
-    std::thread::sleep(Duration::from_secs(1));
-    let conns = watchers.min(100);
-    let output = Command::new(regbench)
-        .args(["--endpoint", &client_url])
-        .args(["--etcd-pid", &etcd.child.id().to_string()])
-        .args(["--conns", &conns.to_string(), "--max-secs", "300"])
-        .args(["fanout", "--watchers", &watchers.to_string()])
-        .args(["--puts", &puts.to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run regbench: {e}"))?;
-    drop(etcd); // SIGKILL and reap: the data directory is thrown away.
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
-        return Err(format!(
-            "regbench printed no RESULT ({}): {}",
-            output.status,
-            stdout.trim()
-        ));
-    };
-    let fields = line
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Ok(EtcdRun { conns, fields })
+}
+
+/// A fresh single-member etcd (run.sh's flags, ports of its own), then regbench's fan-out; the
+/// etcd and its data directory are thrown away after.
+fn etcd_fanout(
+    regbench: &Regbench,
+    watchers: usize,
+    puts: usize,
+) -> Result<RegbenchResult, String> {
+    let etcd = peer_etcd()?;
+    regbench.run(
+        &etcd,
+        watchers.min(100),
+        300,
+        &[
+            "fanout",
+            "--watchers",
+            &watchers.to_string(),
+            "--puts",
+            &puts.to_string(),
+        ],
+    )
 }
 
 /// etcd 3.4.23's fan-out rows of ../shared/bench/registry-peer/README.md (2 runs each, 20 puts).
@@ -1350,7 +1197,7 @@ fn summary(knobs: &Knobs, fan: &[FanResult], slow: &SlowResult, etcd: &EtcdSide)
                     e.get("etcd_cpu_ms_per_put"),
                     e.get("gen_cpu_ms_per_put"),
                     e.get("put_p50_ms"),
-                    e.conns,
+                    e.get("conns"),
                 ),
                 Some((_, Err(e))) => format!("failed: {e}"),
                 None => "-".into(),

@@ -1,10 +1,14 @@
-//! What both measurement programs need: the real `beacon serve` process on ephemeral loopback
-//! ports, child processes that die with the program, and number formatting. Each bench uses a
-//! part of it (`mod common;` compiles it into each bench separately), hence the allowance.
+//! What the measurement programs need: the real `beacon serve` process on ephemeral loopback
+//! ports, child processes that die with the program, number formatting, and etcd (a cluster on
+//! loopback, or ../shared/bench/registry-peer's regbench against a fresh single member). Each
+//! bench uses a part of it (`mod common;` compiles it into each bench separately), hence the
+//! allowance.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -466,7 +470,7 @@ pub fn etcd_version() -> Option<String> {
         .map(|l| l.replace("etcd Version: ", "etcd "))
 }
 
-/// A fresh etcd cluster of several members on unused 127.0.0.1 ports, each with its data
+/// A fresh etcd cluster of one or more members on unused 127.0.0.1 ports, each with its data
 /// directory and log in one temporary directory; every member is killed (SIGKILL) and the
 /// directory removed when dropped.
 pub struct EtcdCluster {
@@ -474,9 +478,14 @@ pub struct EtcdCluster {
     /// Client URLs (`http://127.0.0.1:PORT`), one per member, in member order.
     pub endpoints: Vec<String>,
     client_ports: Vec<u16>,
-    logs: Vec<std::path::PathBuf>,
+    peer_ports: Vec<u16>,
+    /// `--initial-cluster-token`, and the flags every member gets on top of the usual ones.
+    token: String,
+    flags: Vec<String>,
+    /// The log of each member's latest start.
+    logs: Vec<PathBuf>,
     /// Removed after the members are gone (fields drop in order).
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl EtcdCluster {
@@ -489,68 +498,117 @@ impl EtcdCluster {
             .map_err(|e| format!("cannot create a data directory: {e}"))?;
         let ports = unused_loopback_ports(2 * size);
         let (client_ports, peer_ports) = ports.split_at(size);
-        let url = |port: &u16| format!("http://127.0.0.1:{port}");
-        let initial: Vec<String> = peer_ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("m{}={}", i + 1, url(p)))
-            .collect();
-        let token = format!("beacon-bench-{}", rand::random::<u32>());
-        let mut members = Vec::new();
-        let mut logs = Vec::new();
-        for i in 0..size {
-            let name = format!("m{}", i + 1);
-            let log = dir.path().join(format!("{name}.log"));
-            members.push(Proc::spawn(
-                "etcd",
-                Command::new("etcd")
-                    .args(["--name", &name])
-                    .arg("--data-dir")
-                    .arg(dir.path().join(&name))
-                    .args(["--listen-client-urls", &url(&client_ports[i])])
-                    .args(["--advertise-client-urls", &url(&client_ports[i])])
-                    .args(["--listen-peer-urls", &url(&peer_ports[i])])
-                    .args(["--initial-advertise-peer-urls", &url(&peer_ports[i])])
-                    .args(["--initial-cluster", &initial.join(",")])
-                    .args(["--initial-cluster-state", "new"])
-                    .args(["--initial-cluster-token", &token])
-                    .args(flags)
-                    .args(["--logger", "zap", "--log-outputs"])
-                    .arg(&log)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            ));
-            logs.push(log);
-        }
         let mut cluster = EtcdCluster {
-            members,
-            endpoints: client_ports.iter().map(url).collect(),
+            members: Vec::new(),
+            endpoints: client_ports.iter().map(|&p| loopback_url(p)).collect(),
             client_ports: client_ports.to_vec(),
-            logs,
-            _dir: dir,
+            peer_ports: peer_ports.to_vec(),
+            token: format!("beacon-bench-{}", rand::random::<u32>()),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            logs: Vec::new(),
+            dir,
         };
+        for i in 0..size {
+            let log = cluster.dir.path().join(format!("m{}.log", i + 1));
+            let member = cluster.launch(i, &log);
+            cluster.members.push(member);
+            cluster.logs.push(log);
+        }
         let start = Instant::now();
         for i in 0..size {
-            while !etcd_member_healthy(cluster.client_ports[i]) {
-                if let Ok(Some(status)) = cluster.members[i].child.try_wait() {
-                    return Err(format!(
-                        "etcd m{} exited ({status}): {}",
-                        i + 1,
-                        cluster.tail(i)
-                    ));
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    return Err(format!(
-                        "etcd m{} not healthy after 30 s: {}",
-                        i + 1,
-                        cluster.tail(i)
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            cluster.wait_healthy(i, start)?;
         }
         Ok(cluster)
+    }
+
+    /// Starts member `i` (on its data directory, fresh or not), logging to `log`.
+    fn launch(&self, i: usize, log: &Path) -> Proc {
+        let name = format!("m{}", i + 1);
+        let initial: Vec<String> = self
+            .peer_ports
+            .iter()
+            .enumerate()
+            .map(|(m, &p)| format!("m{}={}", m + 1, loopback_url(p)))
+            .collect();
+        let (client, peer) = (
+            loopback_url(self.client_ports[i]),
+            loopback_url(self.peer_ports[i]),
+        );
+        Proc::spawn(
+            "etcd",
+            Command::new("etcd")
+                .args(["--name", &name])
+                .arg("--data-dir")
+                .arg(self.dir.path().join(&name))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &self.token])
+                .args(&self.flags)
+                .args(["--logger", "zap", "--log-outputs"])
+                .arg(log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    }
+
+    /// Waits until member `i` reports a leader, at most 30 s after `since`.
+    fn wait_healthy(&mut self, i: usize, since: Instant) -> Result<(), String> {
+        while !etcd_member_healthy(self.client_ports[i]) {
+            if let Ok(Some(status)) = self.members[i].child.try_wait() {
+                return Err(format!(
+                    "etcd m{} exited ({status}): {}",
+                    i + 1,
+                    self.tail(i)
+                ));
+            }
+            if since.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "etcd m{} not healthy after 30 s: {}",
+                    i + 1,
+                    self.tail(i)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops member `i` as ../shared/bench/registry-peer/run.sh does (SIGTERM to its PID, SIGKILL
+    /// if it is still there 30 s later), starts it again on the same data directory and ports
+    /// (its log goes to a file of its own), and waits (up to 30 s) until it reports a leader.
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        let pid = self.pid(i);
+        // SAFETY: kill(2) with a PID of our own child that has not been reaped yet, so the PID
+        // cannot belong to anything else.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let stopping = Instant::now();
+        loop {
+            match self.members[i].child.try_wait() {
+                Ok(None) if stopping.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Ok(None) => {
+                    let _ = self.members[i].child.kill();
+                    let _ = self.members[i].child.wait();
+                    break;
+                }
+                _ => break,
+            }
+        }
+        let log = self.dir.path().join(format!("m{}-restarted.log", i + 1));
+        self.members[i] = self.launch(i, &log);
+        self.logs[i] = log;
+        self.wait_healthy(i, Instant::now())
+    }
+
+    /// The PID of member `i`'s current process.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.members[i].child.id()
     }
 
     /// The last lines of member `i`'s log, for an error message.
@@ -575,6 +633,212 @@ impl EtcdCluster {
                 panic!("etcd m{} exited ({status}): {}", i + 1, self.tail(i));
             }
         }
+    }
+}
+
+fn loopback_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd as the peer: ../shared/bench/registry-peer's regbench against a fresh single-member etcd
+
+/// Where the etcd peer's measurement lives, relative to the repository.
+pub const PEER_DIR: &str = "../shared/bench/registry-peer";
+
+/// What run.sh adds to etcd's command line besides names, URLs, the data directory and the log.
+const PEER_ETCD_FLAGS: [&str; 2] = ["--quota-backend-bytes", "8589934592"];
+
+/// Seconds a regbench run may outlive its own `--max-secs` before it is killed.
+const REGBENCH_GRACE_SECS: u64 = 30;
+
+/// A fresh single-member etcd with run.sh's flags (on unused 127.0.0.1 ports, not run.sh's fixed
+/// ones), after a second for start-up to settle, as run.sh waits.
+pub fn peer_etcd() -> Result<EtcdCluster, String> {
+    let etcd = EtcdCluster::start(1, &PEER_ETCD_FLAGS)?;
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(etcd)
+}
+
+/// `peer`'s member stopped and started again on its data directory, as run.sh's
+/// `restart_etcd`, then a second for start-up to settle.
+pub fn restart_peer_etcd(peer: &mut EtcdCluster) -> Result<(), String> {
+    peer.restart(0)?;
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Whether `command --version` runs and succeeds.
+fn have(command: &str) -> bool {
+    Command::new(command)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// ../shared/bench/registry-peer's load generator, built, and the etcd it runs against.
+pub struct Regbench {
+    binary: PathBuf,
+    /// `etcd --version`'s first line, as "etcd 3.4.23".
+    pub etcd_version: String,
+}
+
+impl Regbench {
+    /// Installs what run.sh installs if it is missing (Debian's etcd-server, and
+    /// protobuf-compiler unless regbench is built already, with apt-get, the way bench/dns.sh
+    /// installs nsd and knot), then builds regbench with cargo into `REGBENCH_TARGET_DIR`
+    /// (default /tmp/registry-peer-target, run.sh's). Prints what it did, indented by three
+    /// spaces. The error says why etcd cannot be run.
+    pub fn prepare() -> Result<Regbench, String> {
+        let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join(PEER_DIR);
+        let manifest = peer.join("regbench/Cargo.toml");
+        if !manifest.exists() {
+            return Err(format!("{} is missing", manifest.display()));
+        }
+        let target = std::env::var_os("REGBENCH_TARGET_DIR")
+            .map_or_else(|| PathBuf::from("/tmp/registry-peer-target"), PathBuf::from);
+        let binary = target.join("release/regbench");
+
+        let mut missing = Vec::new();
+        if !have("etcd") {
+            missing.push("etcd-server");
+        }
+        if !binary.exists() && !have("protoc") {
+            missing.push("protobuf-compiler");
+        }
+        if !missing.is_empty() {
+            println!("   installing {} with apt-get", missing.join(" "));
+            let script = format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {} >/dev/null",
+                missing.join(" ")
+            );
+            let ok = Command::new("sh")
+                .args(["-c", &script])
+                .stdin(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok || !have("etcd") {
+                return Err(format!("could not install {}", missing.join(" ")));
+            }
+        }
+        let etcd_version = etcd_version().unwrap_or_else(|| "etcd".into());
+
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let build = Instant::now();
+        let built = Command::new(&cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--quiet",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", &target)
+            .stdin(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !built || !binary.exists() {
+            return Err(format!("building {} failed", manifest.display()));
+        }
+        println!(
+            "   {etcd_version}; regbench built or up to date in {:.1} s ({})",
+            build.elapsed().as_secs_f64(),
+            binary.display()
+        );
+        Ok(Regbench {
+            binary,
+            etcd_version,
+        })
+    }
+
+    /// Runs `regbench --endpoint URL --etcd-pid PID --conns CONNS --max-secs MAX_SECS ARGS...`
+    /// against `etcd`'s first member (its progress goes to this process's stderr) and returns
+    /// the fields of its `RESULT key=value ...` line. regbench gives up by itself after
+    /// `max_secs`; should it still be running [`REGBENCH_GRACE_SECS`] later, it is killed.
+    pub fn run(
+        &self,
+        etcd: &EtcdCluster,
+        conns: usize,
+        max_secs: u64,
+        args: &[&str],
+    ) -> Result<RegbenchResult, String> {
+        let child = Command::new(&self.binary)
+            .args(["--endpoint", &etcd.endpoints[0]])
+            .args(["--etcd-pid", &etcd.pid(0).to_string()])
+            .args(["--conns", &conns.to_string()])
+            .args(["--max-secs", &max_secs.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        let mut process = Proc {
+            what: "regbench",
+            child,
+        };
+        let mut stdout = process.child.stdout.take().expect("piped stdout");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        });
+        let deadline = Instant::now() + Duration::from_secs(max_secs + REGBENCH_GRACE_SECS);
+        let status = loop {
+            match process.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => break None,
+            }
+        };
+        drop(process); // SIGKILL (if still running) and reap: the pipe closes.
+        let stdout = reader.join().unwrap_or_default();
+        let Some(status) = status else {
+            return Err(format!(
+                "regbench {} still running {REGBENCH_GRACE_SECS} s after its --max-secs \
+                 {max_secs}: killed",
+                args.first().unwrap_or(&"")
+            ));
+        };
+        let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+            return Err(format!(
+                "regbench printed no RESULT ({status}): {}",
+                stdout.trim()
+            ));
+        };
+        Ok(RegbenchResult {
+            fields: line
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+}
+
+/// The fields of one regbench `RESULT` line.
+pub struct RegbenchResult {
+    fields: HashMap<String, String>,
+}
+
+impl RegbenchResult {
+    /// The field `key` as printed, or "?".
+    pub fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map_or("?", String::as_str)
+    }
+
+    /// The field `key` as a number, or NaN.
+    pub fn num(&self, key: &str) -> f64 {
+        self.fields
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
     }
 }
 
