@@ -3,6 +3,7 @@
 # each with one worker, loaded by dnsperf in the same run. Prints a Markdown table.
 #
 #   bash bench/dns.sh            # SECS=5 per run, ROUNDS=3 runs per server; WORK=/tmp/beacon-bench
+#                                # QUERIES="a srv mix" and TRANSPORTS="udp tcp" choose the rows
 #
 # It installs dnsperf, nsd and knot with apt-get if they are missing (through the peers'
 # script), builds beacon in release mode, generates the data set with
@@ -64,8 +65,8 @@ median() { # median FORMAT <<<"values...": the middle value (the mean of the two
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
 servers=(nsd:5301:nsd knot:5302:knotd beacon:5303:beacon)
-for file in a srv mix; do
-  for mode in udp tcp; do
+for file in ${QUERIES:-a srv mix}; do
+  for mode in ${TRANSPORTS:-udp tcp}; do
     declare -A qps=() cpu=() avg=() lost=()
     for ((round = 0; round < rounds; round++)); do
       for ((k = 0; k < 3; k++)); do
