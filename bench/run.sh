@@ -15,7 +15,7 @@
 # release binary, prints both tables and writes them to $WORK/results.md (default
 # /tmp/beacon-bench). The knobs of each part (SECS, ROUNDS, REG_*) pass through the
 # environment; see bench/dns.sh and the header of benches/registry.rs. Loopback only.
-# About 20 minutes on 2 cores.
+# About 10 minutes on 2 cores (REG_ETCD_MEM=1000000 adds etcd at 1M instances: ~10 more).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${WORK:-/tmp/beacon-bench}
