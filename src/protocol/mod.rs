@@ -5,6 +5,7 @@
 //! into a typed [`Request`] with an [`ErrorCode`] for every way that can fail, and applies
 //! requests to the [`Registry`]. It knows nothing about sockets: [`server`] does.
 
+mod fast;
 pub mod server;
 pub mod watch;
 
@@ -787,6 +788,9 @@ impl Handled {
 
 /// Parses, applies and encodes: one request's bytes in, one reply line out.
 pub fn handle(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Handled {
+    if let Some(handled) = fast::try_heartbeat(registry, bytes) {
+        return handled;
+    }
     match parse(bytes, sender) {
         Ok((seq, request)) => reply_to(registry, seq, request),
         Err((seq, e)) => Handled::refused(seq, e),

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fast::try_heartbeat;
 use super::watch::{self, WatchCache, Watching};
 use super::{handle, parse, reply_to, ErrorCode, Handled, ProtocolError, Reply, Request};
 use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
@@ -178,13 +179,17 @@ async fn serve_connection(
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    match parse(&line, peer.ip()) {
-                        Ok((_, Request::Watch(request))) => {
-                            watch_request = Some(request);
-                            break;
+                    if let Some(handled) = try_heartbeat(&registry, &line) {
+                        handled
+                    } else {
+                        match parse(&line, peer.ip()) {
+                            Ok((_, Request::Watch(request))) => {
+                                watch_request = Some(request);
+                                break;
+                            }
+                            Ok((seq, request)) => reply_to(&registry, seq, request),
+                            Err((seq, e)) => Handled::refused(seq, e),
                         }
-                        Ok((seq, request)) => reply_to(&registry, seq, request),
-                        Err((seq, e)) => Handled::refused(seq, e),
                     }
                 }
                 Line::TooLong => Handled {
