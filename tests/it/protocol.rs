@@ -81,6 +81,44 @@ fn heartbeat_deregister_and_list_over_tcp() {
     assert_eq!(replies[4]["instances"], json!([]));
 }
 
+/// A heartbeat in the plain shape takes the server's fast path; the same heartbeat written
+/// otherwise (an upper-case name, an escape, keys in another order with whitespace, an extra
+/// `"v":1`) takes the general one. Over UDP and TCP the replies must be the same, for a live
+/// instance and for an unknown one.
+#[test]
+fn heartbeats_get_the_same_reply_whichever_way_they_are_written() {
+    let server = Server::start(&[]);
+    server.register(
+        json!({"service": "web", "id": "a1", "address": "10.0.0.1", "port": 80, "ttl_ms": 30000}),
+    );
+    for id in ["a1", "zz"] {
+        let shapes = [
+            format!(r#"{{"op":"heartbeat","service":"web","id":"{id}","seq":7}}"#),
+            format!(r#"{{"op":"heartbeat","service":"WEB","id":"{id}","seq":7}}"#),
+            format!(
+                r#"{{"op":"heartbeat","service":"w\u0065b","id":"{id}","seq":7}}"#
+            ),
+            format!(
+                "{{ \"seq\" : 7 ,\n\"id\":\"{id}\", \"v\":1, \"service\":\"web\", \"op\":\"heartbeat\" }}"
+            ),
+        ];
+        let over_udp: Vec<_> = shapes.iter().map(|s| server.udp(s)).collect();
+        let lines: String = shapes.iter().map(|s| s.replace('\n', " ") + "\n").collect();
+        let over_tcp = tcp_requests(server.registry, lines.as_bytes(), shapes.len());
+        let first = &over_udp[0];
+        if id == "a1" {
+            assert_eq!(first["ok"], true, "{first}");
+            assert_eq!(first["ttl_ms"], 30_000);
+        } else {
+            assert_eq!(first["error"], "unknown_instance", "{first}");
+        }
+        assert_eq!(first["seq"], 7);
+        for (i, reply) in over_udp.iter().chain(&over_tcp).enumerate() {
+            assert_eq!(reply, first, "shape {} differs", i % shapes.len());
+        }
+    }
+}
+
 /// Every kind of bad input gets its own error code, over UDP and over TCP, and the
 /// registration made before is still answered afterwards.
 #[test]
