@@ -588,7 +588,7 @@ impl Registry {
         let deadline = now + reg.ttl.as_millis() as u64;
         let (instance, changed) = match state.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(&reg) => {
-                state.renew(&old, deadline);
+                state.renew(&old, now, deadline);
                 (old, false)
             }
             Some(old) => {
@@ -634,7 +634,7 @@ impl Registry {
             Some(instance) => {
                 // A claimed remote instance enters the deadline queue, perhaps as its earliest:
                 // the expiry task must plan for it. Plain renewals never move a deadline earlier.
-                if state.renew(&instance, now + instance.ttl.as_millis() as u64) {
+                if state.renew(&instance, now, now + instance.ttl.as_millis() as u64) {
                     self.shared.expiry_wakeup.notify_one();
                 }
                 Ok(Renewed {
@@ -919,9 +919,9 @@ impl Registry {
                             restored += 1;
                         }
                     }
-                    // Just before the earliest deadline held, not `now`: the instances due now
-                    // (and those brought back) have deadlines at or before `now`, and readers
-                    // must keep answering them.
+                    // Just before the earliest queue key (at or before the earliest deadline
+                    // held), not `now`: the instances due now (and those brought back) have
+                    // deadlines at or before `now`, and readers must keep answering them.
                     let read_clock = state
                         .deadlines
                         .keys()
@@ -1104,14 +1104,23 @@ impl State {
     /// held by another node (remote) or left by a dead one (orphan) becomes this node's: its
     /// provider talks to this node now, so this node takes it over in etcd.
     /// Returns whether the instance was remote (it has just entered the deadline queue).
-    fn renew(&mut self, instance: &Arc<Instance>, deadline: u64) -> bool {
+    ///
+    /// The queue entry is refiled at once (rather than when it comes due) in two cases that
+    /// would otherwise bunch refiles into one long hold of the lock: an entry already due at
+    /// `now` (while self-preservation holds, nothing refiles the overdue ones, and its end
+    /// would refile every renewed one together), and the first renewal of an unconfirmed
+    /// instance (restored ones share one deadline, `now + ttl` at start-up, as do orphans
+    /// taken over together).
+    fn renew(&mut self, instance: &Arc<Instance>, now: u64, deadline: u64) -> bool {
         if instance.is_remote() {
             self.hold_here(instance, deadline);
             self.claim(instance);
             return true;
         }
-        self.move_deadline(instance, deadline);
-        if self.confirm(instance) {
+        let first_renewal = self.confirm(instance);
+        let refile_now = first_renewal || instance.queue_key().0 <= now;
+        self.move_deadline(instance, deadline, refile_now);
+        if first_renewal {
             self.claim(instance);
         }
         false
@@ -1166,10 +1175,11 @@ impl State {
     }
 
     /// Moves the lease of a held instance to `deadline`. A later deadline (every renewal) only
-    /// moves the atomic: the queue entry, now early, is refiled when it comes due.
-    fn move_deadline(&mut self, instance: &Instance, deadline: u64) {
+    /// moves the atomic, unless `refile_now`: the queue entry, now early, is refiled when it
+    /// comes due.
+    fn move_deadline(&mut self, instance: &Instance, deadline: u64, refile_now: bool) {
         let key = instance.queue_key();
-        if deadline < key.0 {
+        if deadline < key.0 || (refile_now && deadline != key.0) {
             if let Some(entry) = self.deadlines.remove(&key) {
                 instance.set_queued_ms(deadline);
                 self.deadlines.insert((deadline, instance.seq), entry);
@@ -1452,6 +1462,42 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1001)).await;
         assert_eq!(r.expire_now(), 0);
         assert!(preserving(&r));
+    }
+
+    /// The queue key of `service`/`id`.
+    fn queued(r: &Registry, service: &str, id: &str) -> u64 {
+        r.lock_state().find(service, id).unwrap().queue_key().0
+    }
+
+    /// Renewals that would otherwise leave many entries to be refiled in one hold of the lock
+    /// refile at once: the first renewal of a restored instance (all restored leases share one
+    /// deadline), and a renewal of an overdue instance while expiry is stopped.
+    #[tokio::test(start_paused = true)]
+    async fn bunched_renewals_refile_at_once() {
+        let r = registry_preserving(defaults());
+        let records: Vec<Vec<u8>> = (0..40)
+            .map(|n| serde_json::to_vec(&reg("web", &format!("i{n}"), 1000)).unwrap())
+            .collect();
+        r.restore(records, 7);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.heartbeat("web", "i0").unwrap();
+        assert_eq!(queued(&r, "web", "i0"), 1100, "first renewal: refiled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.heartbeat("web", "i0").unwrap();
+        assert_eq!(
+            queued(&r, "web", "i0"),
+            1100,
+            "later renewals: left to come due"
+        );
+
+        let r = registry_preserving(defaults());
+        register_many(&r, "web", 40, 1000);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(r.expire_now(), 0);
+        assert!(preserving(&r));
+        r.heartbeat("web", "i3").unwrap();
+        assert_eq!(queued(&r, "web", "i3"), 2200, "overdue: refiled");
+        assert_eq!(r.status().self_preservation.overdue, 39);
     }
 
     #[tokio::test(start_paused = true)]
