@@ -18,6 +18,7 @@ secs=${SECS:-5}
 rounds=${ROUNDS:-3}
 threads=${THREADS:-1}
 mkdir -p "$work"
+[[ -f $peers ]] || { echo "bench/dns.sh: $peers not found: the peers' scripts sit in ../shared/bench next to the repository; set PEERS=/path/to/peers.sh" >&2; exit 1; }
 
 cleanup() {
   [[ -n ${beacon_pid:-} ]] && kill "$beacon_pid" 2>/dev/null || true
