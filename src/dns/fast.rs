@@ -173,8 +173,15 @@ impl Responder {
             TYPE_AAAA => i.address.is_ipv6(),
             _ => true,
         };
+        // Sized for the whole service up front: collecting into an empty Vec grew it through
+        // three reallocations for a service of ten, the costliest part of this path
+        // (callgrind).
         let mut set: Vec<&Arc<Instance>> = match &view {
-            Some(view) => view.live(live_at).filter(wanted).collect(),
+            Some(view) => {
+                let mut set = Vec::with_capacity(view.instances.len());
+                set.extend(view.live(live_at).filter(wanted));
+                set
+            }
             None => Vec::new(),
         };
         // The name exists when the service has a live instance of any family; only an empty
@@ -221,18 +228,19 @@ impl Responder {
                 // section points back to.
                 let first_target = out.len() + 12 + 6;
                 let mut last_target = first_target;
+                // The fixed part of every record, written as one slice (as in `push_address`).
+                let mut fixed = [0u8; 18];
+                fixed[0..2].copy_from_slice(&pointer(12).to_be_bytes());
+                fixed[2..4].copy_from_slice(&TYPE_SRV.to_be_bytes());
+                fixed[4..6].copy_from_slice(&CLASS_IN.to_be_bytes());
+                fixed[6..10].copy_from_slice(&ttl.to_be_bytes());
+                fixed[12..14].copy_from_slice(&SRV_PRIORITY.to_be_bytes());
                 for instance in &set {
-                    push16(&mut out, pointer(12));
-                    push16(&mut out, TYPE_SRV);
-                    push16(&mut out, CLASS_IN);
-                    push32(&mut out, ttl);
-                    push16(
-                        &mut out,
-                        (6 + 1 + instance.id.len() + 1 + service.len() + 2) as u16,
-                    );
-                    push16(&mut out, SRV_PRIORITY);
-                    push16(&mut out, instance.weight);
-                    push16(&mut out, instance.port);
+                    let rdlen = (6 + 1 + instance.id.len() + 1 + service.len() + 2) as u16;
+                    fixed[10..12].copy_from_slice(&rdlen.to_be_bytes());
+                    fixed[14..16].copy_from_slice(&instance.weight.to_be_bytes());
+                    fixed[16..18].copy_from_slice(&instance.port.to_be_bytes());
+                    out.extend_from_slice(&fixed);
                     last_target = out.len();
                     out.push(instance.id.len() as u8);
                     out.extend_from_slice(instance.id.as_bytes());
@@ -278,21 +286,27 @@ impl Responder {
     }
 }
 
+/// One A or AAAA record, written as one slice: a field-by-field write (six capacity checks
+/// and copies per record) was a fifth of this path's instructions for a ten-address answer.
 fn push_address(out: &mut Vec<u8>, name: u16, ttl: u32, address: IpAddr) {
-    match address {
-        IpAddr::V4(v4) => push_record(out, name, TYPE_A, ttl, &v4.octets()),
-        IpAddr::V6(v6) => push_record(out, name, TYPE_AAAA, ttl, &v6.octets()),
-    }
-}
-
-/// One resource record with a compressed owner name and the given RDATA.
-fn push_record(out: &mut Vec<u8>, name: u16, rtype: u16, ttl: u32, rdata: &[u8]) {
-    push16(out, name);
-    push16(out, rtype);
-    push16(out, CLASS_IN);
-    push32(out, ttl);
-    push16(out, rdata.len() as u16);
-    out.extend_from_slice(rdata);
+    let mut record = [0u8; 12 + 16];
+    record[0..2].copy_from_slice(&name.to_be_bytes());
+    record[4..6].copy_from_slice(&CLASS_IN.to_be_bytes());
+    record[6..10].copy_from_slice(&ttl.to_be_bytes());
+    let len = match address {
+        IpAddr::V4(v4) => {
+            record[2..4].copy_from_slice(&TYPE_A.to_be_bytes());
+            record[12..16].copy_from_slice(&v4.octets());
+            4
+        }
+        IpAddr::V6(v6) => {
+            record[2..4].copy_from_slice(&TYPE_AAAA.to_be_bytes());
+            record[12..28].copy_from_slice(&v6.octets());
+            16
+        }
+    };
+    record[10..12].copy_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&record[..12 + len]);
 }
 
 #[cfg(test)]

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Instructions per DNS query in beacon's own code, counted by valgrind's callgrind: unlike CPU
+# time on a shared machine, the count repeats from run to run, so a change of a few percent in
+# the answer path shows (bench/dns.sh's figures drift by about that much between runs).
+#
+#   bash bench/callgrind.sh            # QUERIES=3000 of each file a, srv, mix
+#
+# It builds the release binary, runs it under callgrind (one worker, loopback ports 5323/5324),
+# registers the same 100 services x 10 instances as bench/dns.sh, sends each query file of
+# ../shared/bench/gen-zone.py's data set once with dnsperf (one outstanding query at a time),
+# and prints the instructions of the UDP answer loop and of `Responder::respond` per query.
+# The kernel's share (most of the real cost, see docs/PERFORMANCE.md) is not counted.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+gen=${GEN:-$repo/../shared/bench/gen-zone.py}
+work=${WORK:-/tmp/beacon-bench}
+count=${QUERIES:-3000}
+for tool in valgrind dnsperf; do
+  command -v $tool >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind dnsperf >/dev/null
+  }
+done
+[[ -f $work/data/queries-a.txt ]] || python3 "$gen" "$work/data" >/dev/null
+(cd "$repo" && cargo build --release --quiet)
+
+echo "| queries | answer loop, instructions/query | respond, instructions/query |"
+echo "| --- | --- | --- |"
+for file in a srv mix; do
+  head -n "$count" "$work/data/queries-$file.txt" >"$work/callgrind-queries.txt"
+  out=$work/callgrind.out
+  rm -f "$out"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$repo/target/release/beacon" serve \
+    --dns 127.0.0.1:5323 --listen 127.0.0.1:5324 --threads 1 --resolv-conf /dev/null \
+    --log-level warn >"$work/callgrind-serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 150); do grep -q listening "$work/callgrind-serve.log" && break; sleep 0.2; done
+  python3 - <<'PY'
+import json, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+for n in range(100):
+    for i in range(10):
+        req = {"op": "register", "service": f"s{n}", "id": f"i{i}", "port": 8000 + i,
+               "address": f"10.{(n >> 8) & 255}.{n & 255}.{i + 1}", "ttl_ms": 3600000}
+        s.sendto(json.dumps(req).encode(), ("127.0.0.1", 5324))
+        assert json.loads(s.recv(65535))["ok"]
+PY
+  answered=$(dnsperf -s 127.0.0.1 -p 5323 -d "$work/callgrind-queries.txt" -n 1 -c 1 -q 10 -t 5 |
+    awk '/Queries completed/ {print $3}')
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  per() { callgrind_annotate --auto=no --inclusive=yes "$out" 2>/dev/null |
+    awk -v f="$1" -v n="$answered" '$0 ~ f {gsub(",", "", $1); printf "%.0f", $1 / n; exit}'; }
+  echo "| $file ($answered answered) | $(per 'dns::server::serve_udp_blocking') | $(per 'Responder::respond') |"
+done
