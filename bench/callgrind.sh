@@ -35,17 +35,7 @@ for file in a srv mix; do
     --log-level warn >"$work/callgrind-serve.log" 2>&1 &
   pid=$!
   for _ in $(seq 150); do grep -q listening "$work/callgrind-serve.log" && break; sleep 0.2; done
-  python3 - <<'PY'
-import json, socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(10)
-for n in range(100):
-    for i in range(10):
-        req = {"op": "register", "service": f"s{n}", "id": f"i{i}", "port": 8000 + i,
-               "address": f"10.{(n >> 8) & 255}.{n & 255}.{i + 1}", "ttl_ms": 3600000}
-        s.sendto(json.dumps(req).encode(), ("127.0.0.1", 5324))
-        assert json.loads(s.recv(65535))["ok"]
-PY
+  python3 "$repo/bench/register.py" 5324 # the data set of bench/dns.sh
   answered=$(dnsperf -s 127.0.0.1 -p 5323 -d "$work/callgrind-queries.txt" -n 1 -c 1 -q 10 -t 5 |
     awk '/Queries completed/ {print $3}')
   kill "$pid"

@@ -36,18 +36,7 @@ for _ in $(seq 50); do grep -q listening "$work/beacon.out" 2>/dev/null && break
 
 # The zone's data, registered through the protocol: service sN, id iI, 10.(N>>8).(N&255).(I+1),
 # port 8000+I, weight 1 -- the same names and records gen-zone.py wrote for NSD and Knot.
-python3 - <<'PY'
-import json, socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-for n in range(100):
-    for i in range(10):
-        req = {"op": "register", "service": f"s{n}", "id": f"i{i}", "port": 8000 + i,
-               "address": f"10.{(n >> 8) & 255}.{n & 255}.{i + 1}", "ttl_ms": 3600000}
-        s.sendto(json.dumps(req).encode(), ("127.0.0.1", 5304))
-        reply = json.loads(s.recv(65535))
-        assert reply["ok"], reply
-PY
+python3 "$repo/bench/register.py" 5304
 for check in "s7.service.local A" "_s7._tcp.service.local SRV"; do
   a=$(dig +short @127.0.0.1 -p 5301 $check | sort | tr '\n' ' ')
   b=$(dig +short @127.0.0.1 -p 5303 $check | sort | tr '\n' ' ')
