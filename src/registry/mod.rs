@@ -1041,8 +1041,7 @@ impl State {
         if deadline == REMOTE_DEADLINE {
             self.remote_count += 1;
         } else {
-            self.deadlines
-                .insert((deadline, instance.seq), instance.clone());
+            self.file(instance.clone());
         }
         self.services
             .entry(service.clone())
@@ -1129,10 +1128,8 @@ impl State {
     /// Makes a remote instance one whose lease runs here, until `deadline`.
     fn hold_here(&mut self, instance: &Arc<Instance>, deadline: u64) {
         instance.set_deadline_ms(deadline);
-        instance.set_queued_ms(deadline);
         self.remote_count -= 1;
-        self.deadlines
-            .insert((deadline, instance.seq), instance.clone());
+        self.file(instance.clone());
     }
 
     /// Takes `instance` out of `unconfirmed`; returns whether it was there.
@@ -1174,18 +1171,17 @@ impl State {
         }
     }
 
-    /// Moves the lease of a held instance to `deadline`. A later deadline (every renewal) only
-    /// moves the atomic, unless `refile_now`: the queue entry, now early, is refiled when it
-    /// comes due.
+    /// Moves the lease of a held instance to `deadline`, never earlier than its queue key (a
+    /// renewal's deadline only grows). Only the atomic moves, unless `refile_now`: the queue
+    /// entry, now early, is refiled when it comes due.
     fn move_deadline(&mut self, instance: &Instance, deadline: u64, refile_now: bool) {
-        let key = instance.queue_key();
-        if deadline < key.0 || (refile_now && deadline != key.0) {
-            if let Some(entry) = self.deadlines.remove(&key) {
-                instance.set_queued_ms(deadline);
-                self.deadlines.insert((deadline, instance.seq), entry);
+        debug_assert!(deadline >= instance.queue_key().0);
+        instance.set_deadline_ms(deadline);
+        if refile_now {
+            if let Some(entry) = self.deadlines.remove(&instance.queue_key()) {
+                self.file(entry);
             }
         }
-        instance.set_deadline_ms(deadline);
     }
 
     /// Refiles, at their real deadlines, the entries at the front of the queue that are due at
@@ -1199,12 +1195,13 @@ impl State {
                 return Some(queued);
             }
             let instance = entry.remove();
-            self.refile(instance);
+            self.file(instance);
         }
     }
 
-    /// Files a held instance's entry again, under its current deadline.
-    fn refile(&mut self, instance: Arc<Instance>) {
+    /// Files a held instance in the deadline queue under its current deadline (its entry, if
+    /// it had one, already taken out).
+    fn file(&mut self, instance: Arc<Instance>) {
         let deadline = instance.deadline_ms();
         instance.set_queued_ms(deadline);
         self.deadlines.insert((deadline, instance.seq), instance);
@@ -1238,7 +1235,7 @@ impl State {
             let instance = entry.remove();
             if instance.deadline_ms() > now {
                 // Renewed since it was filed: not due.
-                self.refile(instance);
+                self.file(instance);
                 continue;
             }
             let confirmed = self.is_confirmed(&instance);
