@@ -47,6 +47,17 @@ impl fmt::Display for LabelError {
 
 /// Checks that `raw` is one host-name label and returns it in lower case.
 pub fn label(raw: &str) -> Result<String, LabelError> {
+    check_label(raw)?;
+    Ok(raw.to_ascii_lowercase())
+}
+
+/// Whether [`label`] would return `raw` unchanged: a valid label, already in lower case. No
+/// allocation, for the heartbeat's fast path.
+pub fn is_canonical_label(raw: &str) -> bool {
+    check_label(raw).is_ok() && !raw.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+fn check_label(raw: &str) -> Result<(), LabelError> {
     if raw.is_empty() {
         return Err(LabelError::Empty);
     }
@@ -62,7 +73,7 @@ pub fn label(raw: &str) -> Result<String, LabelError> {
     if raw.starts_with('-') || raw.ends_with('-') {
         return Err(LabelError::EdgeHyphen);
     }
-    Ok(raw.to_ascii_lowercase())
+    Ok(())
 }
 
 /// A suggestion for an id that failed validation: every character that is not allowed becomes

@@ -100,17 +100,10 @@ fn parse(bytes: &[u8]) -> Option<Heartbeat<'_>> {
     Some(Heartbeat { seq, service, id })
 }
 
-/// `raw` as a `&str` if it is a valid label that validation would leave as it is.
+/// `raw` as a `&str` if validation would leave it as it is ([`name::is_canonical_label`]).
 fn canonical_label(raw: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(raw).ok()?;
-    let canonical = !text.is_empty()
-        && text.len() <= name::MAX_LABEL_LEN
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !text.starts_with('-')
-        && !text.ends_with('-');
-    canonical.then_some(text)
+    name::is_canonical_label(text).then_some(text)
 }
 
 struct Scanner<'a> {
