@@ -203,11 +203,15 @@ impl Responder {
         if set.is_empty() {
             // NXDOMAIN, or NODATA for a family the service has no address of: the SOA.
             authorities = 1;
-            push16(&mut out, pointer(apex_offset));
-            push16(&mut out, TYPE_SOA);
-            push16(&mut out, CLASS_IN);
-            push32(&mut out, self.negative_ttl);
-            push16(&mut out, 2 + 1 + 10 + 2 + 20);
+            let mut header = [0u8; 12];
+            record_header(
+                &mut header,
+                pointer(apex_offset),
+                TYPE_SOA,
+                self.negative_ttl,
+                2 + 1 + 10 + 2 + 20,
+            );
+            out.extend_from_slice(&header);
             push16(&mut out, pointer(apex_offset));
             out.push(10);
             out.extend_from_slice(b"hostmaster");
@@ -228,16 +232,12 @@ impl Responder {
                 // section points back to.
                 let first_target = out.len() + 12 + 6;
                 let mut last_target = first_target;
-                // The fixed part of every record, written as one slice (as in `push_address`).
-                let mut fixed = [0u8; 18];
-                fixed[0..2].copy_from_slice(&pointer(12).to_be_bytes());
-                fixed[2..4].copy_from_slice(&TYPE_SRV.to_be_bytes());
-                fixed[4..6].copy_from_slice(&CLASS_IN.to_be_bytes());
-                fixed[6..10].copy_from_slice(&ttl.to_be_bytes());
-                fixed[12..14].copy_from_slice(&SRV_PRIORITY.to_be_bytes());
                 for instance in &set {
+                    // The fixed part written as one slice, as in `push_address`.
                     let rdlen = (6 + 1 + instance.id.len() + 1 + service.len() + 2) as u16;
-                    fixed[10..12].copy_from_slice(&rdlen.to_be_bytes());
+                    let mut fixed = [0u8; 18];
+                    record_header(&mut fixed, pointer(12), TYPE_SRV, ttl, rdlen);
+                    fixed[12..14].copy_from_slice(&SRV_PRIORITY.to_be_bytes());
                     fixed[14..16].copy_from_slice(&instance.weight.to_be_bytes());
                     fixed[16..18].copy_from_slice(&instance.port.to_be_bytes());
                     out.extend_from_slice(&fixed);
@@ -290,23 +290,29 @@ impl Responder {
 /// and copies per record) was a fifth of this path's instructions for a ten-address answer.
 fn push_address(out: &mut Vec<u8>, name: u16, ttl: u32, address: IpAddr) {
     let mut record = [0u8; 12 + 16];
-    record[0..2].copy_from_slice(&name.to_be_bytes());
-    record[4..6].copy_from_slice(&CLASS_IN.to_be_bytes());
-    record[6..10].copy_from_slice(&ttl.to_be_bytes());
     let len = match address {
         IpAddr::V4(v4) => {
-            record[2..4].copy_from_slice(&TYPE_A.to_be_bytes());
+            record_header(&mut record, name, TYPE_A, ttl, 4);
             record[12..16].copy_from_slice(&v4.octets());
-            4
+            12 + 4
         }
         IpAddr::V6(v6) => {
-            record[2..4].copy_from_slice(&TYPE_AAAA.to_be_bytes());
+            record_header(&mut record, name, TYPE_AAAA, ttl, 16);
             record[12..28].copy_from_slice(&v6.octets());
-            16
+            12 + 16
         }
     };
-    record[10..12].copy_from_slice(&(len as u16).to_be_bytes());
-    out.extend_from_slice(&record[..12 + len]);
+    out.extend_from_slice(&record[..len]);
+}
+
+/// Writes the fixed part of a resource record at the start of `record`: a compressed owner
+/// name, type, class IN, TTL and RDATA length (12 bytes).
+fn record_header(record: &mut [u8], name: u16, rtype: u16, ttl: u32, rdata_len: u16) {
+    record[0..2].copy_from_slice(&name.to_be_bytes());
+    record[2..4].copy_from_slice(&rtype.to_be_bytes());
+    record[4..6].copy_from_slice(&CLASS_IN.to_be_bytes());
+    record[6..10].copy_from_slice(&ttl.to_be_bytes());
+    record[10..12].copy_from_slice(&rdata_len.to_be_bytes());
 }
 
 #[cfg(test)]
