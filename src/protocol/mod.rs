@@ -786,14 +786,33 @@ impl Handled {
     }
 }
 
-/// Parses, applies and encodes: one request's bytes in, one reply line out.
+/// Parses, applies and encodes: one request's bytes in, one reply line out. A `watch` is
+/// refused (only a TCP connection can serve it: see [`handle_or_watch`]).
 pub fn handle(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Handled {
+    match handle_or_watch(registry, bytes, sender) {
+        Handling::Reply(handled) => handled,
+        Handling::Watch(seq, request) => reply_to(registry, seq, Request::Watch(request)),
+    }
+}
+
+/// What one request comes to: its reply, or a `watch` handed back to the connection.
+pub enum Handling {
+    /// Any other request, carried out (or refused).
+    Reply(Handled),
+    /// A valid `watch`, with its `seq`.
+    Watch(Option<Value>, WatchRequest),
+}
+
+/// As [`handle`], but a `watch` comes back to the caller. Heartbeats in the plain shape take
+/// the fast path ([`fast`]); everything else is parsed and applied.
+pub fn handle_or_watch(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Handling {
     if let Some(handled) = fast::try_heartbeat(registry, bytes) {
-        return handled;
+        return Handling::Reply(handled);
     }
     match parse(bytes, sender) {
-        Ok((seq, request)) => reply_to(registry, seq, request),
-        Err((seq, e)) => Handled::refused(seq, e),
+        Ok((seq, Request::Watch(request))) => Handling::Watch(seq, request),
+        Ok((seq, request)) => Handling::Reply(reply_to(registry, seq, request)),
+        Err((seq, e)) => Handling::Reply(Handled::refused(seq, e)),
     }
 }
 

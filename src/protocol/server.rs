@@ -11,9 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::fast::try_heartbeat;
 use super::watch::{self, WatchCache, Watching};
-use super::{handle, parse, reply_to, ErrorCode, Handled, ProtocolError, Reply, Request};
+use super::{handle, handle_or_watch, ErrorCode, Handled, Handling, ProtocolError, Reply};
 use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
 use crate::net::{accept_connections, SHUTDOWN_POLL};
 use crate::registry::Registry;
@@ -179,16 +178,11 @@ async fn serve_connection(
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    if let Some(handled) = try_heartbeat(&registry, &line) {
-                        handled
-                    } else {
-                        match parse(&line, peer.ip()) {
-                            Ok((_, Request::Watch(request))) => {
-                                watch_request = Some(request);
-                                break;
-                            }
-                            Ok((seq, request)) => reply_to(&registry, seq, request),
-                            Err((seq, e)) => Handled::refused(seq, e),
+                    match handle_or_watch(&registry, &line, peer.ip()) {
+                        Handling::Reply(handled) => handled,
+                        Handling::Watch(_, request) => {
+                            watch_request = Some(request);
+                            break;
                         }
                     }
                 }
