@@ -1,8 +1,9 @@
 //! Socket plumbing shared by the registration and DNS listeners: batched datagrams, receive
 //! buffers, accepting a bounded number of connections until shutdown, the open-file limit and
-//! TCP keepalives.
+//! TCP keepalives; and the rate limit on refusal log lines.
 
 pub mod batch;
+pub mod log_limit;
 
 /// How often a blocking UDP loop waiting on an idle socket looks at the shutdown token: the
 /// sockets' read timeout.
