@@ -29,6 +29,48 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Prometheus metrics (`--metrics`).
     pub metrics: MetricsConfig,
+    /// Who may change the registry: keys, signed requests, protected mode.
+    pub auth: AuthConfig,
+}
+
+/// Signed requests and protected mode (docs/SECURITY.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The keys file (`--keys`): `NAME SECRET SERVICES` per line. With keys, every change
+    /// (register, heartbeat, deregister) must be signed by a key that covers its service.
+    pub keys_file: Option<PathBuf>,
+    /// With no keys: accept unsigned changes only from loopback sources (true), or from
+    /// anywhere (false, logged as a warning at start-up).
+    pub protected: bool,
+    /// `open`: list, status and watch need no key; `signed`: they need a valid signature of
+    /// any key.
+    pub read: ReadAccess,
+    /// How far a signed request's `ts` may be from the server's clock, either way.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys_file: None,
+            protected: true,
+            read: ReadAccess::Open,
+            window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether reads (`list`, `status`, `watch`) need a key.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadAccess {
+    /// Anyone may read (the default): what DNS answers anyway.
+    #[default]
+    Open,
+    /// Reads need a valid signature of any key.
+    Signed,
 }
 
 /// Prometheus metrics over HTTP. Off while `listen` is unset.
@@ -202,6 +244,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             cluster: ClusterConfig::default(),
             metrics: MetricsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -369,6 +412,10 @@ impl Config {
         let r = &self.registry;
         if r.min_ttl < Duration::from_millis(100) {
             return invalid("registry.min_ttl", "must be at least 100ms".into());
+        }
+        if self.auth.window < Duration::from_secs(1) || self.auth.window > Duration::from_secs(600)
+        {
+            return invalid("auth.window", "must be from 1s to 10m".into());
         }
         if r.max_ttl < r.min_ttl {
             return invalid(

@@ -8,6 +8,8 @@
 //! - [`name`]: validation of service names, instance ids and tags (each one DNS label).
 //! - [`registry`]: the live set, leases, event-driven expiry, versions, read snapshots.
 //! - [`protocol`]: the registration protocol's messages and its UDP/TCP listeners.
+//! - [`auth`]: keys, signed requests, the replay window and protected mode, between
+//!   [`protocol`] and [`registry`].
 //! - [`dns`]: DNS answers from registry snapshots, and the DNS UDP/TCP listeners.
 //! - [`net`]: datagram and connection loops shared by both listeners.
 //! - [`client`]: the client library: one-off requests, providers kept registered with
@@ -19,6 +21,7 @@
 //! - [`serve`]: wires the registry and both interfaces into one server.
 //! - [`cli`]: the command line.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::dns::forward::Forwarder;
 use crate::dns::statics::{StaticZones, ZoneError};
@@ -60,6 +61,9 @@ pub enum ServeError {
     /// The durable store could not be opened or read.
     #[error("config key `data_dir`: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The keys file could not be read or parsed.
+    #[error("config key `auth.keys_file`: {0}")]
+    Keys(#[from] crate::auth::keys::KeyFileError),
     /// Cluster mode could not start.
     #[error("config key `cluster.etcd`: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -181,6 +185,11 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Config>,
 ) -> Result<(), ServeError> {
     let registry = Registry::new(Limits::from(&config.registry));
+    let auth = Arc::new(Auth::from_config(&config.auth)?);
+    describe_auth(&auth);
+    // What an earlier run applied is not remembered: signed requests from before this start
+    // are not taken for instances this run holds no record of (nor for the restored ones).
+    registry.raise_stamp_floor(auth::sign::stamp_floor(auth::wall_clock_ms()));
     let journal = match &config.data_dir {
         Some(dir) => {
             let store = crate::store::Store::open(dir)?;
@@ -282,15 +291,22 @@ pub async fn run(
     ));
     for _ in 0..loops {
         let socket = registry_udp.try_clone().map_err(ServeError::Socket)?;
-        let (registry, shutdown) = (registry.clone(), shutdown.clone());
+        let (registry, auth, shutdown) = (registry.clone(), auth.clone(), shutdown.clone());
         let max_message_bytes = config.registry.max_message_bytes;
         tracker.spawn_blocking(move || {
-            protocol::server::serve_udp_blocking(socket, registry, max_message_bytes, shutdown)
+            protocol::server::serve_udp_blocking(
+                socket,
+                registry,
+                auth,
+                max_message_bytes,
+                shutdown,
+            )
         });
     }
     tracker.spawn(protocol::server::serve_tcp(
         registry_tcp,
         registry.clone(),
+        auth.clone(),
         protocol::server::TcpOptions {
             max_message_bytes: config.registry.max_message_bytes,
             idle_timeout: config.registry.tcp_idle_timeout,
@@ -304,14 +320,21 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(new) = reloads.recv() => match build_responder(&new, &registry, dns_addr) {
-                Ok(responder) => {
-                    describe(&responder);
-                    dns.replace(responder);
-                    tracing::info!("configuration and zones reloaded");
+            Some(new) = reloads.recv() => {
+                match build_responder(&new, &registry, dns_addr) {
+                    Ok(responder) => {
+                        describe(&responder);
+                        dns.replace(responder);
+                        tracing::info!("configuration and zones reloaded");
+                    }
+                    Err(error) => tracing::error!(%error, "reload failed; the running configuration stays"),
                 }
-                Err(error) => tracing::error!(%error, "reload failed; the running configuration stays"),
-            },
+                match auth.reload() {
+                    Ok(keys) if auth.keys_file().is_some() => tracing::info!(keys, "keys file reloaded"),
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, keys = auth.key_count(), "config key `auth.keys_file`: reload failed; the keys in force stay"),
+                }
+            }
         }
     }
     tracker.close();
@@ -321,4 +344,18 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || journal.stop()).await;
     }
     Ok(())
+}
+
+/// Logs who may change the registry: the keys in force, protected mode, or wide open.
+fn describe_auth(auth: &Auth) {
+    if auth.key_count() > 0 {
+        tracing::info!(
+            keys = auth.key_count(),
+            "signed requests: every change must be signed by a key that covers its service"
+        );
+    } else if auth.is_wide_open() {
+        tracing::warn!("auth.protected = false and no keys: anyone who can reach the registration port can register, change or remove any instance");
+    } else {
+        tracing::info!("protected mode: no keys configured, so changes are accepted only from loopback (see docs/SECURITY.md)");
+    }
 }

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::keys::ClientKey;
 use crate::client::{send_to_any, ProviderBuilder};
 use crate::config::Config;
 use crate::protocol::{InstanceInfo, Reply, WireRequest};
@@ -51,6 +52,18 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Show the registry's size and whether self-preservation has stopped expiry.
     Status(StatusArgs),
+    /// Print a new key line `NAME SECRET SERVICES` for the server's keys file (and, as it is,
+    /// for a client's --key-file).
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// The key's name: lower-case letters, digits, '-', '_' and '.'.
+    name: String,
+    /// The services it may change, comma-separated: names, prefix patterns such as `web-*`,
+    /// or `*` for all.
+    services: String,
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +83,10 @@ struct ServeArgs {
     /// Worker threads, 0 for one per core [config: threads].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Keys file: with keys, every change must be signed by a key that covers its service;
+    /// re-read on SIGHUP [config: auth.keys_file].
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
     /// Keep registrations on disk in DIR, so a restart or crash loses none [config: data_dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -104,11 +121,20 @@ struct RegistryArg {
     /// over when one stops answering.
     #[arg(long, env = "BEACON_REGISTRY", default_value = DEFAULT_REGISTRY, value_name = "HOST:PORT[,...]")]
     registry: String,
+    /// Sign requests with the key in FILE (`NAME SECRET`, or a line of the server's keys file
+    /// as it is).
+    #[arg(long, env = "BEACON_KEY_FILE", value_name = "FILE")]
+    key_file: Option<PathBuf>,
 }
 
 impl RegistryArg {
     fn list(&self) -> anyhow::Result<Vec<String>> {
         Ok(crate::client::parse_registries(&self.registry)?)
+    }
+
+    /// The key to sign with, if one was given.
+    fn key(&self) -> anyhow::Result<Option<ClientKey>> {
+        Ok(self.key_file.as_deref().map(ClientKey::load).transpose()?)
     }
 }
 
@@ -253,6 +279,9 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(domain) = &args.domain {
         config.dns.domain = domain.clone();
     }
+    if let Some(keys) = &args.keys {
+        config.auth.keys_file = Some(keys.clone());
+    }
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());
     }
@@ -386,6 +415,7 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
                 &args.registry.list()?,
                 args.provider_builder()?.request(),
                 false,
+                args.registry.key()?.as_ref(),
             )
             .await?;
             if let Some(instance) = reply.instance {
@@ -406,7 +436,8 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
                 id: Some(args.id.clone()),
                 ..WireRequest::default()
             };
-            send_to_any(&args.registry.list()?, &request, false).await?;
+            let key = args.registry.key()?;
+            send_to_any(&args.registry.list()?, &request, false, key.as_ref()).await?;
             println!("deregistered {}/{}", args.service, args.id);
             Ok(0)
         }
@@ -416,7 +447,8 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
                 service: args.service.clone(),
                 ..WireRequest::default()
             };
-            let reply = send_to_any(&args.registry.list()?, &request, true).await?;
+            let key = args.registry.key()?;
+            let reply = send_to_any(&args.registry.list()?, &request, true, key.as_ref()).await?;
             if args.json {
                 println!("{}", String::from_utf8_lossy(&reply.to_json()));
             } else {
@@ -434,7 +466,8 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
                 op: "status".into(),
                 ..WireRequest::default()
             };
-            let reply = send_to_any(&args.registry.list()?, &request, false).await?;
+            let key = args.registry.key()?;
+            let reply = send_to_any(&args.registry.list()?, &request, false, key.as_ref()).await?;
             if args.json {
                 println!("{}", String::from_utf8_lossy(&reply.to_json()));
             } else {
@@ -444,6 +477,12 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
         }
         Command::Announce(args) => announce::run(args).await,
         Command::Watch(args) => watch::run(args).await,
+        Command::Keygen(args) => {
+            let line = crate::auth::keys::generate_line(&args.name, &args.services)
+                .map_err(anyhow::Error::msg)?;
+            println!("{line}");
+            Ok(0)
+        }
     }
 }
 
@@ -456,6 +495,9 @@ impl RegistrationArgs {
     fn provider_builder(&self) -> anyhow::Result<ProviderBuilder> {
         let mut builder =
             ProviderBuilder::new(&self.service, self.port).registries(&self.registry.registry)?;
+        if let Some(key) = self.registry.key()? {
+            builder = builder.key(key);
+        }
         if let Some(address) = self.address {
             builder = builder.address(address);
         }

@@ -39,7 +39,8 @@ pub(super) struct WatchArgs {
 
 /// Watches until SIGINT/SIGTERM (exit 0) or a refusal of the watch itself (an error).
 pub(super) async fn run(args: WatchArgs) -> anyhow::Result<i32> {
-    let mut watcher = Watcher::new(&args.registry.registry, args.services.iter().cloned())?;
+    let mut watcher = Watcher::new(&args.registry.registry, args.services.iter().cloned())?
+        .key(args.registry.key()?);
     if let Some(version) = args.since {
         watcher = watcher.since(version, args.run);
     }

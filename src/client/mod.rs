@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::auth::keys::ClientKey;
 use crate::protocol::{ErrorCode, InstanceInfo, Reply, WireRequest};
 
 pub mod check;
@@ -52,12 +53,13 @@ pub async fn send_to_any(
     registries: &[String],
     request: &WireRequest,
     tcp: bool,
+    key: Option<&ClientKey>,
 ) -> Result<Reply, ClientError> {
     let mut last = ClientError::NoRegistry {
         given: String::new(),
     };
     for registry in registries {
-        let client = Client::new(registry.as_str());
+        let client = Client::new(registry.as_str()).with_key(key.cloned());
         let result = if tcp {
             client.send_tcp(request).await
         } else {
@@ -100,6 +102,9 @@ pub enum ClientError {
         /// The registry.
         addr: SocketAddr,
     },
+    /// The key file could not be read.
+    #[error("{0}")]
+    Key(#[from] crate::auth::keys::KeyFileError),
     /// A socket operation failed.
     #[error("cannot reach the registry at {addr}: {source}")]
     Io {
@@ -144,8 +149,11 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             // A full registry may have room again once other instances expire.
-            ClientError::Refused { code, .. } => *code == ErrorCode::Full,
+            ClientError::Refused { code, .. } => {
+                matches!(code, ErrorCode::Full | ErrorCode::Replayed)
+            }
             ClientError::Resolve { .. } | ClientError::NoRegistry { .. } => false,
+            ClientError::Key(_) => false,
             ClientError::Stopped | ClientError::NoRuntime => false,
             _ => true,
         }
@@ -158,6 +166,7 @@ pub struct Client {
     target: String,
     attempt_timeout: Duration,
     attempts: u32,
+    key: Option<ClientKey>,
 }
 
 impl Client {
@@ -168,7 +177,30 @@ impl Client {
             target: target.into(),
             attempt_timeout: Duration::from_millis(500),
             attempts: 3,
+            key: None,
         }
+    }
+
+    /// Signs every request with `key` (docs/PROTOCOL.md §6); `None` sends them unsigned.
+    pub fn with_key(mut self, key: Option<ClientKey>) -> Client {
+        self.key = key;
+        self
+    }
+
+    /// The request's bytes as sent: signed when the client has a key. Retries send these same
+    /// bytes, so a registry that applied the first copy answers the retry as it answered that
+    /// one.
+    pub fn encode(&self, request: &WireRequest) -> Result<Vec<u8>, serde_json::Error> {
+        let Some(key) = &self.key else {
+            return serde_json::to_vec(request);
+        };
+        let request = WireRequest {
+            key: Some(key.name.clone()),
+            ts: Some(next_timestamp().into()),
+            sig: None,
+            ..request.clone()
+        };
+        Ok(crate::auth::sign::sign(key, &serde_json::to_vec(&request)?))
     }
 
     /// Sets the wait for each attempt's reply and the number of attempts over UDP.
@@ -221,7 +253,7 @@ impl Client {
             seq: Some(seq.into()),
             ..request.clone()
         };
-        let bytes = serde_json::to_vec(&request).map_err(|e| ClientError::BadReply {
+        let bytes = self.encode(&request).map_err(|e| ClientError::BadReply {
             addr,
             reason: e.to_string(),
         })?;
@@ -256,7 +288,7 @@ impl Client {
         let attempt = async {
             let stream = TcpStream::connect(addr).await.map_err(io)?;
             let (read, mut write) = stream.into_split();
-            let mut line = serde_json::to_vec(request).map_err(|e| ClientError::BadReply {
+            let mut line = self.encode(request).map_err(|e| ClientError::BadReply {
                 addr,
                 reason: e.to_string(),
             })?;
@@ -272,6 +304,23 @@ impl Client {
         tokio::time::timeout(self.attempt_timeout * self.attempts.max(4), attempt)
             .await
             .map_err(|_| ClientError::Timeout { addr })?
+    }
+}
+
+/// Unix milliseconds for a signed request's `ts`, strictly greater than any this process used
+/// before: a registry applies a signed request to an instance only if it is newer than the last
+/// one (a request as old is a replay), so two requests in the same millisecond must differ.
+pub fn next_timestamp() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = crate::auth::wall_clock_ms();
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
     }
 }
 

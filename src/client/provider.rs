@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{parse_registries, Client, ClientError};
+use crate::auth::keys::ClientKey;
 use crate::protocol::{ErrorCode, InstanceInfo, WireRequest};
 
 /// The lease a registration gets when it names none: `registry.default_ttl`'s default. Only
@@ -47,6 +48,7 @@ pub struct ProviderBuilder {
     registries: Vec<String>,
     attempt_timeout: Option<Duration>,
     attempts: u32,
+    key: Option<ClientKey>,
 }
 
 impl ProviderBuilder {
@@ -64,7 +66,19 @@ impl ProviderBuilder {
             registries: vec![super::DEFAULT_REGISTRY.to_string()],
             attempt_timeout: None,
             attempts: 3,
+            key: None,
         }
+    }
+
+    /// Signs every request with `key`, as a registry with keys requires (docs/SECURITY.md).
+    pub fn key(mut self, key: ClientKey) -> ProviderBuilder {
+        self.key = Some(key);
+        self
+    }
+
+    /// The key requests are signed with, if any.
+    pub fn signing_key(&self) -> Option<&ClientKey> {
+        self.key.as_ref()
     }
 
     /// Registries to use, as a comma-separated list of `host:port` (the `--registry` flag's
@@ -264,7 +278,11 @@ async fn keep_registered(
     let clients: Vec<Client> = builder
         .registries
         .iter()
-        .map(|r| Client::new(r.as_str()).with_retries(attempt_timeout, builder.attempts))
+        .map(|r| {
+            Client::new(r.as_str())
+                .with_retries(attempt_timeout, builder.attempts)
+                .with_key(builder.key.clone())
+        })
         .collect();
     let mut current = 0;
     let mut registered: Option<InstanceInfo> = None;
@@ -324,7 +342,8 @@ async fn keep_registered(
                 backoff(rounds_failed)
             }
             Err(e @ ClientError::Refused { .. }) if e.is_transient() => {
-                // Full: there may be room once other instances expire.
+                // Full: there may be room once other instances expire. Replayed: an earlier
+                // copy of a request overtook it; the next one is signed anew.
                 status.send_replace(Status::Unreachable {
                     error: e.to_string(),
                 });

@@ -9,6 +9,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::{parse_registries, ClientError};
+use crate::auth::keys::ClientKey;
 use crate::protocol::{InstanceInfo, Reply, WireRequest};
 
 /// Longest pause between reconnection attempts.
@@ -64,6 +65,7 @@ pub struct Watcher {
     run: Option<u64>,
     current: usize,
     failures: u32,
+    key: Option<ClientKey>,
     /// The write half is kept, unused, because dropping it would close the sending side, which
     /// the registry takes as the end of the watch.
     connection: Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>,
@@ -83,8 +85,15 @@ impl Watcher {
             run: None,
             current: 0,
             failures: 0,
+            key: None,
             connection: None,
         })
+    }
+
+    /// Signs the watch request with `key`, as a registry with `auth.read = "signed"` requires.
+    pub fn key(mut self, key: Option<ClientKey>) -> Watcher {
+        self.key = key;
+        self
     }
 
     /// Resumes from `version` seen under registry run `run` (both from an earlier
@@ -168,7 +177,8 @@ impl Watcher {
         &self,
         registry: &str,
     ) -> Result<(BufReader<OwnedReadHalf>, OwnedWriteHalf), ClientError> {
-        let addr = super::Client::new(registry).resolve().await?;
+        let client = super::Client::new(registry).with_key(self.key.clone());
+        let addr = client.resolve().await?;
         let io = |source| ClientError::Io { addr, source };
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
             .await
@@ -184,7 +194,7 @@ impl Watcher {
             run: self.run.map(Into::into),
             ..WireRequest::default()
         };
-        let mut line = serde_json::to_vec(&request).map_err(|e| ClientError::BadReply {
+        let mut line = client.encode(&request).map_err(|e| ClientError::BadReply {
             addr,
             reason: e.to_string(),
         })?;

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{key, parse_key, ClusterError, ClusterLog, Numbered};
 use crate::config::ClusterConfig;
-use crate::registry::{Change, Limits, Registration, RegistrationRequest, Registry, RemoteChange};
+use crate::registry::{Change, Limits, Registration, Registry, RemoteChange};
 
 /// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
 /// `tracker`, then waits for the first sync: a node that answered before it had read etcd
@@ -735,7 +735,7 @@ fn decode(value: &[u8], service: &str, id: &str, limits: &Limits) -> Option<Regi
             return None;
         }
     };
-    match RegistrationRequest::from(reg).validate(limits) {
+    match reg.revalidate(limits) {
         Ok(reg) => Some(reg),
         Err(error) => {
             tracing::warn!(service, id, %error, "etcd value refused by this node's limits; ignored");
@@ -887,7 +887,7 @@ mod tests {
     }
 
     fn registration(node: &Node, id: &str) -> crate::registry::Registration {
-        RegistrationRequest {
+        crate::registry::RegistrationRequest {
             service: "web".into(),
             id: Some(id.into()),
             address: Some("10.0.0.1".parse().unwrap()),

@@ -5,7 +5,8 @@
 //!
 //! This path takes only the plain shape: one JSON object whose keys are `op` (exactly
 //! `"heartbeat"`), `service`, `id`, and optionally `seq` (an unsigned integer of up to 19
-//! digits) and `v` (exactly `1`), each once, in any order, with JSON whitespace anywhere between
+//! digits) and `v` (exactly `1`), and for a signed heartbeat `key`, `ts` and `sig` together,
+//! each once, in any order, with JSON whitespace anywhere between
 //! tokens; strings without escapes; names that are already canonical labels (what
 //! [`crate::name::label`] returns unchanged). Anything else — another op, an escape, an
 //! upper-case name, an unknown or repeated key, a float — returns `None` and takes the general
@@ -13,10 +14,12 @@
 //! compares the replies byte for byte.
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::{Handled, VERSION};
+use super::{Handled, ProtocolError, VERSION};
+use crate::auth::{self, Access, Auth, Claim};
 use crate::name;
 use crate::registry::Registry;
 
@@ -26,13 +29,33 @@ struct Heartbeat<'a> {
     seq: Option<u64>,
     service: &'a str,
     id: &'a str,
+    /// A signed heartbeat's key name and timestamp (its `sig` is checked on the bytes).
+    signed: Option<Claim<'a>>,
 }
 
 /// Answers `bytes` if it is a heartbeat in the plain shape; `None` sends it down the general
 /// path.
-pub(super) fn try_heartbeat(registry: &Registry, bytes: &[u8]) -> Option<Handled> {
+pub(super) fn try_heartbeat(
+    registry: &Registry,
+    auth: &Auth,
+    bytes: &[u8],
+    sender: IpAddr,
+) -> Option<Handled> {
     let heartbeat = parse(bytes)?;
-    Some(match registry.heartbeat(heartbeat.service, heartbeat.id) {
+    let access = Access::Change {
+        service: heartbeat.service,
+    };
+    let origin = match auth.check(access, heartbeat.signed, bytes, sender) {
+        Ok(origin) => origin,
+        Err(error) => {
+            let error = ProtocolError::from(error);
+            let key = heartbeat.signed.map(|claim| claim.key);
+            auth::log_refusal(sender, key, error.code.as_str(), &error.message);
+            return Some(Handled::refused(heartbeat.seq.map(Value::from), error));
+        }
+    };
+    let renewed = registry.heartbeat_from(heartbeat.service, heartbeat.id, &origin);
+    Some(match renewed {
         Ok(renewed) => {
             // Field for field what `Reply`'s serialisation writes for this reply.
             let mut reply = Vec::with_capacity(96);
@@ -51,13 +74,24 @@ pub(super) fn try_heartbeat(registry: &Registry, bytes: &[u8]) -> Option<Handled
                 changed: false,
             }
         }
-        Err(error) => Handled::refused(heartbeat.seq.map(Value::from), error.into()),
+        Err(error) => {
+            let error = ProtocolError::from(error);
+            if matches!(
+                error.code,
+                super::ErrorCode::Unauthorized | super::ErrorCode::Replayed
+            ) {
+                let key = origin.owner.as_deref();
+                auth::log_refusal(sender, key, error.code.as_str(), &error.message);
+            }
+            Handled::refused(heartbeat.seq.map(Value::from), error)
+        }
     })
 }
 
 fn parse(bytes: &[u8]) -> Option<Heartbeat<'_>> {
     let mut scan = Scanner { bytes, at: 0 };
     let (mut op, mut version, mut seq, mut service, mut id) = (false, false, None, None, None);
+    let (mut signer, mut ts, mut sig) = (None, None, false);
     scan.skip_whitespace();
     scan.expect(b'{')?;
     loop {
@@ -82,6 +116,12 @@ fn parse(bytes: &[u8]) -> Option<Heartbeat<'_>> {
             b"seq" if seq.is_none() => seq = Some(scan.integer()?),
             b"service" if service.is_none() => service = Some(scan.string()?),
             b"id" if id.is_none() => id = Some(scan.string()?),
+            b"key" if signer.is_none() => signer = Some(scan.string()?),
+            b"ts" if ts.is_none() => ts = Some(scan.integer()?),
+            b"sig" if !sig => {
+                scan.string()?;
+                sig = true;
+            }
             _ => return None,
         }
         scan.skip_whitespace();
@@ -97,7 +137,21 @@ fn parse(bytes: &[u8]) -> Option<Heartbeat<'_>> {
     }
     let service = canonical_label(service?)?;
     let id = canonical_label(id?)?;
-    Some(Heartbeat { seq, service, id })
+    let signed = match (signer, ts, sig) {
+        (None, None, false) => None,
+        (Some(name), Some(ts_ms), true) => Some(Claim {
+            key: auth::keys::key_name(std::str::from_utf8(name).ok()?).ok()?,
+            ts_ms,
+        }),
+        // Partly signed: the general path says what is missing.
+        _ => return None,
+    };
+    Some(Heartbeat {
+        seq,
+        service,
+        id,
+        signed,
+    })
 }
 
 /// `raw` as a `&str` if validation would leave it as it is ([`name::is_canonical_label`]).
@@ -160,7 +214,7 @@ impl<'a> Scanner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{parse as general_parse, reply_to};
+    use crate::protocol::{parse_signed, reply_to};
     use crate::registry::{Limits, RegistrationRequest};
     use std::time::Duration;
 
@@ -182,10 +236,18 @@ mod tests {
         registry
     }
 
+    const LOCAL: &str = "127.0.0.1";
+
     /// The general path's reply, as `handle` gave it before the fast path.
-    fn general(registry: &Registry, bytes: &[u8]) -> Vec<u8> {
-        let handled = match general_parse(bytes, "127.0.0.1".parse().unwrap()) {
-            Ok((seq, request)) => reply_to(registry, seq, request),
+    fn general(registry: &Registry, auth: &Auth, bytes: &[u8]) -> Vec<u8> {
+        let sender = LOCAL.parse().unwrap();
+        let handled = match parse_signed(bytes, sender) {
+            Ok((seq, request, signer)) => {
+                match super::super::admit(auth, &request, signer.as_ref(), bytes, sender) {
+                    Ok(origin) => reply_to(registry, seq, request, &origin, sender),
+                    Err(e) => Handled::refused(seq, e),
+                }
+            }
             Err((seq, e)) => Handled::refused(seq, e),
         };
         assert!(!handled.changed);
@@ -203,15 +265,77 @@ mod tests {
             r#"{"op":"heartbeat","service":"web","id":"nobody","seq":3}"#,
             r#"{"op":"heartbeat","service":"nothing","id":"a1"}"#,
         ];
+        let auth = Auth::open_loopback();
         for text in taken {
-            let fast = try_heartbeat(&registry, text.as_bytes()).expect(text);
+            let fast = try_heartbeat(&registry, &auth, text.as_bytes(), LOCAL.parse().unwrap())
+                .expect(text);
             assert!(!fast.changed);
             assert_eq!(
                 String::from_utf8(fast.reply).unwrap(),
-                String::from_utf8(general(&registry, text.as_bytes())).unwrap(),
+                String::from_utf8(general(&registry, &auth, text.as_bytes())).unwrap(),
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn signed_heartbeats_take_it_too_and_answer_alike() {
+        use crate::auth::keys::ClientKey;
+        use crate::auth::sign::sign;
+        const SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, format!("web-key {SECRET} web\nother {SECRET} db\n")).unwrap();
+        let config = crate::config::AuthConfig {
+            keys_file: Some(keys),
+            ..Default::default()
+        };
+        let auth = Auth::from_config(&config).unwrap();
+        let now = auth::wall_clock_ms();
+        let signed = |key: &str, ts: u64, service: &str, id: &str| {
+            let unsigned = format!(
+                r#"{{"op":"heartbeat","seq":5,"service":"{service}","id":"{id}","key":"{key}","ts":{ts}}}"#
+            );
+            sign(&ClientKey::new(key, SECRET).unwrap(), unsigned.as_bytes())
+        };
+        let mut altered = signed("web-key", now + 3, "web", "a1");
+        let in_signature = altered.len() - 6;
+        altered[in_signature] = if altered[in_signature] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        // Each case on fresh registries, so the fast path's renewal does not make the general
+        // path's reply a replay (and the reverse).
+        let cases: Vec<Vec<u8>> = vec![
+            signed("web-key", now, "web", "a1"),
+            signed("web-key", now + 1, "web", "nobody"),
+            signed("other", now + 2, "web", "a1"),
+            signed("nobody", now, "web", "a1"),
+            altered,
+            br#"{"op":"heartbeat","service":"web","id":"a1"}"#.to_vec(),
+        ];
+        for bytes in cases {
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            let fast =
+                try_heartbeat(&registry(), &auth, &bytes, LOCAL.parse().unwrap()).expect(&text);
+            assert_eq!(
+                String::from_utf8(fast.reply).unwrap(),
+                String::from_utf8(general(&registry(), &auth, &bytes)).unwrap(),
+                "{text}"
+            );
+        }
+        // The same signed heartbeat twice: both paths answer the repeat alike.
+        let once = signed("web-key", now + 10, "web", "a1");
+        let (fast_registry, general_registry) = (registry(), registry());
+        let first = try_heartbeat(&fast_registry, &auth, &once, LOCAL.parse().unwrap()).unwrap();
+        assert_eq!(first.reply, general(&general_registry, &auth, &once));
+        let again = try_heartbeat(&fast_registry, &auth, &once, LOCAL.parse().unwrap()).unwrap();
+        assert_eq!(again.reply, general(&general_registry, &auth, &once));
+        assert_eq!(again.reply, first.reply);
+        // A partly signed heartbeat goes the general way.
+        let partial = br#"{"op":"heartbeat","service":"web","id":"a1","key":"web-key","ts":1}"#;
+        assert!(try_heartbeat(&registry(), &auth, partial, LOCAL.parse().unwrap()).is_none());
     }
 
     #[test]
@@ -239,9 +363,11 @@ mod tests {
             r#"[1]"#,
             "",
         ];
+        let auth = Auth::open_loopback();
         for text in left {
+            let local = LOCAL.parse().unwrap();
             assert!(
-                try_heartbeat(&registry, text.as_bytes()).is_none(),
+                try_heartbeat(&registry, &auth, text.as_bytes(), local).is_none(),
                 "{text}"
             );
         }
@@ -254,7 +380,8 @@ mod tests {
             Some(Heartbeat {
                 seq: Some(42),
                 service: "web",
-                id: "b-2"
+                id: "b-2",
+                signed: None,
             })
         );
     }

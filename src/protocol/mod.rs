@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::registry::{self, Instance, Registry, RegistryError};
+use crate::auth::{self, Access, Auth, AuthError, Claim};
+use crate::registry::{self, Instance, Origin, Registry, RegistryError};
 
 /// The protocol version this server speaks; requests may carry `"v": 1` or leave it out.
 pub const VERSION: u64 = 1;
@@ -61,6 +62,17 @@ pub enum ErrorCode {
     UnknownInstance,
     /// See [`RegistryError::Full`].
     Full,
+    /// A signature is needed (keys are configured, or protected mode refuses the source), the
+    /// key name is unknown, or an unsigned request names an instance registered with a key.
+    Unauthorized,
+    /// The signature does not match the request and key, or is malformed.
+    BadSignature,
+    /// The key does not cover the service.
+    Forbidden,
+    /// A signed request older than the last one applied to the instance: a replay.
+    Replayed,
+    /// The request's `ts` is outside the window around the server's clock.
+    ClockSkew,
 }
 
 impl From<&RegistryError> for ErrorCode {
@@ -77,6 +89,8 @@ impl From<&RegistryError> for ErrorCode {
             RegistryError::TooManyMeta { .. } => ErrorCode::TooManyMeta,
             RegistryError::UnknownInstance { .. } => ErrorCode::UnknownInstance,
             RegistryError::Full { .. } => ErrorCode::Full,
+            RegistryError::Owned { .. } => ErrorCode::Unauthorized,
+            RegistryError::Replayed { .. } => ErrorCode::Replayed,
         }
     }
 }
@@ -103,6 +117,11 @@ impl ErrorCode {
             ErrorCode::TooManyMeta => "too_many_meta",
             ErrorCode::UnknownInstance => "unknown_instance",
             ErrorCode::Full => "full",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Replayed => "replayed",
+            ErrorCode::ClockSkew => "clock_skew",
         }
     }
 }
@@ -123,6 +142,18 @@ impl ProtocolError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl From<AuthError> for ProtocolError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::Unauthorized(_) => ErrorCode::Unauthorized,
+            AuthError::BadSignature(_) => ErrorCode::BadSignature,
+            AuthError::Forbidden(_) => ErrorCode::Forbidden,
+            AuthError::ClockSkew(_) => ErrorCode::ClockSkew,
+        };
+        ProtocolError::new(code, e.to_string())
     }
 }
 
@@ -182,6 +213,16 @@ pub struct WireRequest {
     /// watch: the registry run (`run` of the pushes) `version` was seen under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<Value>,
+    /// Signed requests: the name of the key that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Signed requests: when it was signed, Unix time in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<Value>,
+    /// Signed requests: the signature, the last member (docs/PROTOCOL.md §6). A client sets
+    /// `key` and `ts` and leaves this out; signing appends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl WireRequest {
@@ -299,7 +340,7 @@ impl InstanceInfo {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            ttl_ms: instance.ttl.as_millis() as u64,
+            ttl_ms: instance.ttl().as_millis() as u64,
             expires_in_ms: (!instance.is_remote()).then(|| instance.remaining_ms(now_ms)),
             remote: instance.is_remote(),
         }
@@ -414,12 +455,41 @@ impl Reply {
     }
 }
 
+/// What a request says of its signature: the members `key` and `ts` (a `sig` is there too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The key's name.
+    pub key: String,
+    /// When it was signed, Unix time in milliseconds.
+    pub ts_ms: u64,
+}
+
+impl Signer {
+    fn claim(&self) -> Claim<'_> {
+        Claim {
+            key: &self.key,
+            ts_ms: self.ts_ms,
+        }
+    }
+}
+
+/// A parsed request: its `seq`, the request, and who says they signed it.
+pub type Parsed = (Option<Value>, Request, Option<Signer>);
+
 /// Parses one request. On failure returns the `seq` it could recover, so even an error reply
 /// can be matched by the client.
 pub fn parse(
     bytes: &[u8],
     sender: IpAddr,
 ) -> Result<(Option<Value>, Request), (Option<Value>, ProtocolError)> {
+    parse_signed(bytes, sender).map(|(seq, request, _)| (seq, request))
+}
+
+/// As [`parse`], with the signature's claim (checked by [`auth`], not here).
+pub fn parse_signed(
+    bytes: &[u8],
+    sender: IpAddr,
+) -> Result<Parsed, (Option<Value>, ProtocolError)> {
     // Well-formed requests (nearly all of them: heartbeats) parse straight into the typed form;
     // only a request that fails that is parsed again as a plain JSON value, to say exactly what
     // is wrong with it.
@@ -428,10 +498,10 @@ pub fn parse(
         if let Err(e) = check_version(wire.v.as_ref()) {
             return Err((seq, e));
         }
-        return match wire.into_request(sender) {
-            Ok(request) => Ok((seq, request)),
-            Err(e) => Err((seq, e)),
-        };
+        return wire
+            .into_parsed(sender)
+            .map_err(|e| (seq.clone(), e))
+            .map(|(r, s)| (seq, r, s));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         (
@@ -458,8 +528,8 @@ pub fn parse(
             ProtocolError::new(ErrorCode::BadRequest, e.to_string()),
         )
     })?;
-    match wire.into_request(sender) {
-        Ok(request) => Ok((seq, request)),
+    match wire.into_parsed(sender) {
+        Ok((request, signer)) => Ok((seq, request, signer)),
         Err(e) => Err((seq, e)),
     }
 }
@@ -477,6 +547,40 @@ fn check_version(v: Option<&Value>) -> Result<(), ProtocolError> {
 }
 
 impl WireRequest {
+    /// The request and its signature's claim: `key`, `ts` and `sig` come together or not at all.
+    fn into_parsed(mut self, sender: IpAddr) -> Result<(Request, Option<Signer>), ProtocolError> {
+        let signer = match (self.key.take(), self.ts.take(), self.sig.take()) {
+            (None, None, None) => None,
+            (Some(key), Some(ts), Some(_)) => {
+                let ts_ms = ts.as_u64().ok_or_else(|| {
+                    bad(format!(
+                        "ts {ts} is not a whole number of milliseconds since 1970"
+                    ))
+                })?;
+                auth::keys::key_name(&key).map_err(|reason| {
+                    ProtocolError::new(ErrorCode::Unauthorized, format!("unknown key: {reason}"))
+                })?;
+                Some(Signer { key, ts_ms })
+            }
+            (key, ts, sig) => {
+                let missing: Vec<&str> = [
+                    ("key", key.is_none()),
+                    ("ts", ts.is_none()),
+                    ("sig", sig.is_none()),
+                ]
+                .iter()
+                .filter(|(_, absent)| *absent)
+                .map(|(name, _)| *name)
+                .collect();
+                return Err(bad(format!(
+                    "a signed request carries key, ts and sig together; missing {}",
+                    missing.join(" and ")
+                )));
+            }
+        };
+        Ok((self.into_request(sender)?, signer))
+    }
+
     fn into_request(self, sender: IpAddr) -> Result<Request, ProtocolError> {
         if let Some(seq) = &self.seq {
             if !seq.is_u64() && !seq.is_null() {
@@ -691,8 +795,17 @@ fn missing(field: &str, op: &str) -> ProtocolError {
     bad(format!("missing field `{field}`, which {op} needs"))
 }
 
-/// Carries out a request against the registry and builds the reply.
+/// Carries out an unsigned request against the registry and builds the reply.
 pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolError> {
+    apply_from(registry, request, &Origin::default())
+}
+
+/// Carries out a request from `origin` (what [`auth`] established) and builds the reply.
+pub fn apply_from(
+    registry: &Registry,
+    request: Request,
+    origin: &Origin,
+) -> Result<Reply, ProtocolError> {
     let op = Some(request.op().to_string());
     let ok = |version: u64| Reply {
         v: VERSION,
@@ -704,7 +817,7 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
     match request {
         Request::Register(raw) => {
             let reg = raw.validate(registry.limits())?;
-            let done = registry.register(reg)?;
+            let done = registry.register_from(reg, origin)?;
             Ok(Reply {
                 changed: Some(done.changed),
                 instance: Some(InstanceInfo::new(&done.instance, registry.now_ms())),
@@ -714,7 +827,7 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
         Request::Heartbeat { service, id } => {
             let service = registry::service_name(&service)?;
             let id = registry::instance_id(&id)?;
-            let renewed = registry.heartbeat(&service, &id)?;
+            let renewed = registry.heartbeat_from(&service, &id, origin)?;
             Ok(Reply {
                 ttl_ms: Some(renewed.ttl.as_millis() as u64),
                 ..ok(renewed.version)
@@ -723,7 +836,7 @@ pub fn apply(registry: &Registry, request: Request) -> Result<Reply, ProtocolErr
         Request::Deregister { service, id } => {
             let service = registry::service_name(&service)?;
             let id = registry::instance_id(&id)?;
-            let version = registry.deregister(&service, &id)?;
+            let version = registry.deregister_from(&service, &id, origin)?;
             Ok(ok(version))
         }
         Request::List { service } => {
@@ -786,12 +899,15 @@ impl Handled {
     }
 }
 
-/// Parses, applies and encodes: one request's bytes in, one reply line out. A `watch` is
-/// refused (only a TCP connection can serve it: see [`handle_or_watch`]).
-pub fn handle(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Handled {
-    match handle_or_watch(registry, bytes, sender) {
+/// Parses, checks access, applies and encodes: one request's bytes in, one reply line out. A
+/// `watch` is refused (only a TCP connection can serve it: see [`handle_or_watch`]).
+pub fn handle(registry: &Registry, auth: &Auth, bytes: &[u8], sender: IpAddr) -> Handled {
+    match handle_or_watch(registry, auth, bytes, sender) {
         Handling::Reply(handled) => handled,
-        Handling::Watch(seq, request) => reply_to(registry, seq, Request::Watch(request)),
+        Handling::Watch(seq, request) => {
+            let origin = Origin::default();
+            reply_to(registry, seq, Request::Watch(request), &origin, sender)
+        }
     }
 }
 
@@ -805,23 +921,75 @@ pub enum Handling {
 
 /// As [`handle`], but a `watch` comes back to the caller. Heartbeats in the plain shape take
 /// the fast path ([`fast`]); everything else is parsed and applied.
-pub fn handle_or_watch(registry: &Registry, bytes: &[u8], sender: IpAddr) -> Handling {
-    if let Some(handled) = fast::try_heartbeat(registry, bytes) {
+pub fn handle_or_watch(registry: &Registry, auth: &Auth, bytes: &[u8], sender: IpAddr) -> Handling {
+    if let Some(handled) = fast::try_heartbeat(registry, auth, bytes, sender) {
         return Handling::Reply(handled);
     }
-    match parse(bytes, sender) {
-        Ok((seq, Request::Watch(request))) => Handling::Watch(seq, request),
-        Ok((seq, request)) => Handling::Reply(reply_to(registry, seq, request)),
-        Err((seq, e)) => Handling::Reply(Handled::refused(seq, e)),
+    let (seq, request, signer) = match parse_signed(bytes, sender) {
+        Ok(parsed) => parsed,
+        Err((seq, e)) => return Handling::Reply(Handled::refused(seq, e)),
+    };
+    let origin = match admit(auth, &request, signer.as_ref(), bytes, sender) {
+        Ok(origin) => origin,
+        Err(e) => return Handling::Reply(Handled::refused(seq, e)),
+    };
+    match request {
+        Request::Watch(request) => Handling::Watch(seq, request),
+        request => Handling::Reply(reply_to(registry, seq, request, &origin, sender)),
     }
 }
 
-/// Applies a parsed request and encodes the reply.
-pub fn reply_to(registry: &Registry, seq: Option<Value>, request: Request) -> Handled {
+/// Asks [`auth`] whether `request` may go on, and logs a refusal.
+fn admit(
+    auth: &Auth,
+    request: &Request,
+    signer: Option<&Signer>,
+    bytes: &[u8],
+    sender: IpAddr,
+) -> Result<Origin, ProtocolError> {
+    let service = match request {
+        Request::Register(r) => Some(&r.service),
+        Request::Heartbeat { service, .. } | Request::Deregister { service, .. } => Some(service),
+        Request::List { .. } | Request::Watch(_) | Request::Status => None,
+    };
+    let service = service
+        .map(|name| registry::service_name(name))
+        .transpose()?;
+    let access = match &service {
+        Some(service) => Access::Change { service },
+        None => Access::Read,
+    };
+    auth.check(access, signer.map(Signer::claim), bytes, sender)
+        .map_err(|e| {
+            let e = ProtocolError::from(e);
+            auth::log_refusal(
+                sender,
+                signer.map(|s| s.key.as_str()),
+                e.code.as_str(),
+                &e.message,
+            );
+            e
+        })
+}
+
+/// Applies a parsed request from `origin` and encodes the reply; a refusal by ownership or
+/// the replay guard is logged with `sender`.
+pub fn reply_to(
+    registry: &Registry,
+    seq: Option<Value>,
+    request: Request,
+    origin: &Origin,
+    sender: IpAddr,
+) -> Handled {
     let writes = matches!(request, Request::Register(_) | Request::Deregister { .. });
-    let reply = match apply(registry, request) {
+    let reply = match apply_from(registry, request, origin) {
         Ok(reply) => Reply { seq, ..reply },
-        Err(e) => Reply::error(seq, e),
+        Err(e) => {
+            if matches!(e.code, ErrorCode::Unauthorized | ErrorCode::Replayed) {
+                auth::log_refusal(sender, origin.owner.as_deref(), e.code.as_str(), &e.message);
+            }
+            Reply::error(seq, e)
+        }
     };
     Handled {
         // A register that only renewed says `changed: false`; a deregister always changes.
@@ -899,6 +1067,7 @@ mod tests {
         ));
         let reply = handle(
             &registry,
+            &Auth::open_loopback(),
             br#"{"op":"fly","seq":7}"#,
             "127.0.0.1".parse().unwrap(),
         )
@@ -914,7 +1083,13 @@ mod tests {
             &crate::config::RegistryConfig::default(),
         ));
         let sender = "127.0.0.1".parse().unwrap();
-        let reply = handle(&registry, br#"{"v":1,"op":"status","seq":3}"#, sender).reply;
+        let reply = handle(
+            &registry,
+            &Auth::open_loopback(),
+            br#"{"v":1,"op":"status","seq":3}"#,
+            sender,
+        )
+        .reply;
         assert_eq!(
             String::from_utf8(reply).unwrap(),
             format!(

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::watch::{self, WatchCache, Watching};
 use super::{handle, handle_or_watch, ErrorCode, Handled, Handling, ProtocolError, Reply};
+use crate::auth::Auth;
 use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
 use crate::net::{accept_connections, SHUTDOWN_POLL};
 use crate::registry::Registry;
@@ -28,6 +29,7 @@ pub const MAX_UDP_REPLY: usize = 65_507;
 pub fn serve_udp_blocking(
     socket: std::net::UdpSocket,
     registry: Registry,
+    auth: Arc<Auth>,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) {
@@ -49,7 +51,7 @@ pub fn serve_udp_blocking(
             let (reply, acknowledges_change) = if request.len() > max_message_bytes {
                 (too_large(Some(request.len()), max_message_bytes), false)
             } else {
-                let handled = handle(&registry, request, peer.ip());
+                let handled = handle(&registry, &auth, request, peer.ip());
                 changed |= handled.changed;
                 let reply = if handled.reply.len() > MAX_UDP_REPLY {
                     reply_too_large(request, handled.reply.len())
@@ -110,6 +112,7 @@ pub struct TcpOptions {
 pub async fn serve_tcp(
     listener: TcpListener,
     registry: Registry,
+    auth: Arc<Auth>,
     options: TcpOptions,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -126,6 +129,7 @@ pub async fn serve_tcp(
                 stream,
                 peer,
                 registry.clone(),
+                auth.clone(),
                 cache.clone(),
                 options,
                 shutdown.clone(),
@@ -141,6 +145,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     registry: Registry,
+    auth: Arc<Auth>,
     cache: Arc<WatchCache>,
     options: TcpOptions,
     shutdown: CancellationToken,
@@ -178,7 +183,7 @@ async fn serve_connection(
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    match handle_or_watch(&registry, &line, peer.ip()) {
+                    match handle_or_watch(&registry, &auth, &line, peer.ip()) {
                         Handling::Reply(handled) => handled,
                         Handling::Watch(_, request) => {
                             watch_request = Some(request);

@@ -31,8 +31,14 @@ pub struct Instance {
     pub tags: Box<[Box<str>]>,
     /// Metadata, sorted by key, published as TXT `key=value` strings.
     pub meta: Box<[(Box<str>, Box<str>)]>,
-    /// Lease: how long the instance stays after its last renewal.
-    pub ttl: Duration,
+    /// Lease in milliseconds (at most `registry.max_ttl`, 7 days): 4 bytes rather than a
+    /// 16-byte `Duration`, which pays for `owner` and `stamp` within the memory budget.
+    ttl_ms: u32,
+    /// The name of the key that registered it (signed requests); `None` when registered
+    /// unsigned. Only a signed request can change an instance that has an owner.
+    pub owner: Option<super::Owner>,
+    /// The stamp of the last signed request applied to it (0: none); see `ownership`.
+    stamp: AtomicU64,
     /// Registry-clock milliseconds at which the lease runs out.
     deadline_ms: AtomicU64,
     /// The deadline this instance is filed under in the registry's deadline queue: at most
@@ -53,6 +59,26 @@ impl Instance {
     /// [`REMOTE_DEADLINE`] for an instance another cluster node holds.
     pub fn deadline_ms(&self) -> u64 {
         self.deadline_ms.load(Ordering::Acquire)
+    }
+
+    /// Lease: how long the instance stays after its last renewal.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.into())
+    }
+
+    /// Lease in milliseconds.
+    pub fn ttl_ms(&self) -> u32 {
+        self.ttl_ms
+    }
+
+    /// The stamp of the last signed request applied to it; 0 if none.
+    pub fn stamp(&self) -> u64 {
+        self.stamp.load(Ordering::Relaxed)
+    }
+
+    /// Written under the registry's lock only.
+    pub(super) fn set_stamp(&self, stamp: u64) {
+        self.stamp.store(stamp, Ordering::Relaxed);
     }
 
     pub(super) fn set_deadline_ms(&self, deadline: u64) {
@@ -89,7 +115,7 @@ impl Instance {
     /// owning node removed it.
     pub fn remaining_ms(&self, now_ms: u64) -> u64 {
         match self.deadline_ms() {
-            REMOTE_DEADLINE => self.ttl.as_millis() as u64 / 3,
+            REMOTE_DEADLINE => u64::from(self.ttl_ms) / 3,
             deadline => deadline.saturating_sub(now_ms),
         }
     }
@@ -108,7 +134,9 @@ impl Instance {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            ttl: self.ttl,
+            ttl: self.ttl(),
+            owner: self.owner.as_ref().map(|o| o.to_string()),
+            stamp: self.stamp(),
         }
     }
 
@@ -117,7 +145,8 @@ impl Instance {
         self.address == reg.address
             && self.port == reg.port
             && self.weight == reg.weight
-            && self.ttl == reg.ttl
+            && self.ttl() == reg.ttl
+            && self.owner.as_deref().map(|o| &**o) == reg.owner.as_deref()
             && self.tags.len() == reg.tags.len()
             && self.tags.iter().zip(&reg.tags).all(|(a, b)| **a == **b)
             && self.meta.len() == reg.meta.len()
@@ -131,6 +160,7 @@ impl Instance {
     pub(super) fn from_registration(
         service: Arc<str>,
         id: super::InstanceId,
+        owner: Option<super::Owner>,
         reg: &Registration,
         deadline_ms: u64,
         seq: u64,
@@ -147,7 +177,10 @@ impl Instance {
                 .iter()
                 .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
                 .collect(),
-            ttl: reg.ttl,
+            // Validation caps the TTL at 7 days, far below u32::MAX milliseconds.
+            ttl_ms: u32::try_from(reg.ttl.as_millis()).unwrap_or(u32::MAX),
+            owner,
+            stamp: AtomicU64::new(reg.stamp),
             deadline_ms: AtomicU64::new(deadline_ms),
             queued_ms: AtomicU64::new(deadline_ms),
             seq,
@@ -231,6 +264,32 @@ pub struct Registration {
     /// Lease.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// The name of the key it was registered with; `None` when unsigned. Kept with the
+    /// registration (on disk and in etcd), so every node enforces ownership alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The stamp of the signed register that made it (0: none): on another node, or after a
+    /// restart, a captured older request for it is still refused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stamp: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Registration {
+    /// Checks a registration kept elsewhere (on disk, in etcd) against the limits in force now,
+    /// keeping its owner and stamp.
+    pub fn revalidate(self, limits: &Limits) -> Result<Registration, RegistryError> {
+        let (owner, stamp) = (self.owner.clone(), self.stamp);
+        let reg = RegistrationRequest::from(self).validate(limits)?;
+        Ok(Registration {
+            owner,
+            stamp,
+            ..reg
+        })
+    }
 }
 
 impl From<Registration> for RegistrationRequest {
@@ -351,6 +410,8 @@ impl RegistrationRequest {
             tags,
             meta,
             ttl,
+            owner: None,
+            stamp: 0,
         })
     }
 }

@@ -19,6 +19,7 @@
 //! a frozen "read clock" ([`Registry::read_now_ms`]) so they keep answering the instances held.
 
 mod instance;
+mod ownership;
 mod preservation;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,6 +35,7 @@ pub use instance::{
     default_id, instance_id, service_name, Instance, Limits, Registration, RegistrationRequest,
     MAX_META_ENTRY_BYTES, REMOTE_DEADLINE,
 };
+pub use ownership::{Origin, Owner};
 pub use preservation::SelfPreservation;
 
 use crate::name::LabelError;
@@ -196,6 +198,25 @@ pub enum RegistryError {
     Full {
         /// `registry.max_instances`.
         max: usize,
+    },
+    /// An unsigned request for an instance registered with a key.
+    #[error("instance {id:?} of service {service:?} was registered with key {owner:?}: only a signed request can change it")]
+    Owned {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// The key's name (never its secret).
+        owner: String,
+    },
+    /// A signed request older than (or a different one as old as) the last applied to the
+    /// instance, or to an instance that left: a replay.
+    #[error("a newer request for instance {id:?} of service {service:?} was already applied: this one is a replay, or was overtaken (sign a new request)")]
+    Replayed {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
     },
 }
 
@@ -376,6 +397,10 @@ struct State {
     unconfirmed: std::collections::HashSet<(Arc<str>, InstanceId)>,
     /// Recent expiries, and whether self-preservation holds.
     preservation: preservation::Tracker,
+    /// One shared name per key that registered instances.
+    owners: ownership::Owners,
+    /// The last stamps of signed instances that left, for the replay window.
+    tombstones: ownership::Tombstones,
 }
 
 impl Registry {
@@ -493,8 +518,8 @@ impl Registry {
             let reg = serde_json::from_slice::<Registration>(&record)
                 .map_err(|e| e.to_string())
                 .and_then(|stored| {
-                    RegistrationRequest::from(stored)
-                        .validate(&self.shared.limits)
+                    stored
+                        .revalidate(&self.shared.limits)
                         .map_err(|e| e.to_string())
                 });
             let reg = match reg {
@@ -512,6 +537,12 @@ impl Registry {
             if let Some(old) = state.find(&reg.service, &reg.id) {
                 state.remove(&old);
             }
+            let mut reg = reg;
+            if reg.owner.is_some() {
+                // What this run applies is not remembered across runs: no signed request
+                // from before the start is taken for it (see `raise_stamp_floor`).
+                reg.stamp = reg.stamp.max(state.tombstones.floor());
+            }
             let instance = state.insert(&reg, now + reg.ttl.as_millis() as u64);
             state
                 .unconfirmed
@@ -523,6 +554,14 @@ impl Registry {
         drop(state);
         self.shared.expiry_wakeup.notify_one();
         restored
+    }
+
+    /// From now on, a signed request for an instance this registry holds no record of must
+    /// have a stamp above `floor`. `serve` sets it to the start time before restoring, since a
+    /// new run does not remember which signed requests an earlier one applied: a request
+    /// captured before a restart cannot be replayed after it.
+    pub fn raise_stamp_floor(&self, floor: u64) {
+        self.lock_state().tombstones.raise_floor(floor);
     }
 
     /// From now on every change this registry makes is also sent to `log`.
@@ -581,14 +620,47 @@ impl Registry {
     /// stored one only renews the lease; any difference replaces the instance and bumps the
     /// version. Either way the lease restarts.
     pub fn register(&self, reg: Registration) -> Result<Registered, RegistryError> {
+        self.register_from(reg, &Origin::default())
+    }
+
+    /// As [`Registry::register`], for a request from `origin`: the instance becomes its key's
+    /// (or no key's, unsigned), and a signed request is applied at most once (see `ownership`).
+    pub fn register_from(
+        &self,
+        mut reg: Registration,
+        origin: &Origin,
+    ) -> Result<Registered, RegistryError> {
+        reg.owner = origin.owner.as_deref().map(String::from);
+        reg.stamp = origin.stamp;
         let now = self.now_ms();
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
+        let current = state.find(&reg.service, &reg.id);
+        let admission = state
+            .tombstones
+            .admit(&reg.service, &reg.id, current.as_deref(), origin);
+        match (admission, current) {
+            (Err(e), _) => {
+                self.publish(&mut state);
+                return Err(e);
+            }
+            // The same request again: answered with the instance as it stands, not applied.
+            (Ok(ownership::Admission::Repeat { .. }), Some(instance)) => {
+                self.publish(&mut state);
+                return Ok(Registered {
+                    instance,
+                    version: state.version,
+                    changed: false,
+                });
+            }
+            _ => {}
+        }
         state.preservation.superseded(&reg.service, &reg.id);
         let deadline = now + reg.ttl.as_millis() as u64;
         let (instance, changed) = match state.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(&reg) => {
                 state.renew(&old, now, deadline);
+                old.set_stamp(reg.stamp);
                 (old, false)
             }
             Some(old) => {
@@ -627,21 +699,43 @@ impl Registry {
 
     /// Renews the lease of a live instance by service and id (both already validated).
     pub fn heartbeat(&self, service: &str, id: &str) -> Result<Renewed, RegistryError> {
+        self.heartbeat_from(service, id, &Origin::default())
+    }
+
+    /// As [`Registry::heartbeat`], for a request from `origin`. The same signed request again
+    /// (a retransmission) gets the same answer without renewing the lease once more.
+    pub fn heartbeat_from(
+        &self,
+        service: &str,
+        id: &str,
+        origin: &Origin,
+    ) -> Result<Renewed, RegistryError> {
         let now = self.now_ms();
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
         let result = match state.find(service, id) {
-            Some(instance) => {
-                // A claimed remote instance enters the deadline queue, perhaps as its earliest:
-                // the expiry task must plan for it. Plain renewals never move a deadline earlier.
-                if state.renew(&instance, now, now + instance.ttl.as_millis() as u64) {
-                    self.shared.expiry_wakeup.notify_one();
-                }
-                Ok(Renewed {
-                    ttl: instance.ttl,
+            Some(instance) => match state.tombstones.admit(service, id, Some(&instance), origin) {
+                Err(e) => Err(e),
+                Ok(ownership::Admission::Repeat { .. }) => Ok(Renewed {
+                    ttl: instance.ttl(),
                     version: state.version,
-                })
-            }
+                }),
+                Ok(ownership::Admission::Apply) => {
+                    // A claimed remote instance enters the deadline queue, perhaps as its
+                    // earliest: the expiry task must plan for it. Plain renewals never move a
+                    // deadline earlier.
+                    if state.renew(&instance, now, now + u64::from(instance.ttl_ms())) {
+                        self.shared.expiry_wakeup.notify_one();
+                    }
+                    if origin.is_signed() {
+                        instance.set_stamp(origin.stamp);
+                    }
+                    Ok(Renewed {
+                        ttl: instance.ttl(),
+                        version: state.version,
+                    })
+                }
+            },
             None => Err(RegistryError::UnknownInstance {
                 service: service.to_string(),
                 id: id.to_string(),
@@ -653,21 +747,55 @@ impl Registry {
 
     /// Removes a live instance at once. Returns the new global version.
     pub fn deregister(&self, service: &str, id: &str) -> Result<u64, RegistryError> {
+        self.deregister_from(service, id, &Origin::default())
+    }
+
+    /// As [`Registry::deregister`], for a request from `origin`. The same signed request again
+    /// (a retransmission) gets the version of the removal it made.
+    pub fn deregister_from(
+        &self,
+        service: &str,
+        id: &str,
+        origin: &Origin,
+    ) -> Result<u64, RegistryError> {
         let now = self.now_ms();
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
-        state.preservation.superseded(service, id);
-        let result = match state.find(service, id) {
-            Some(instance) => {
-                state.remove(&instance);
-                state.log_delete(&instance);
-                state.bump();
-                Ok(state.version)
-            }
-            None => Err(RegistryError::UnknownInstance {
+        let current = state.find(service, id);
+        let admission = state
+            .tombstones
+            .admit(service, id, current.as_deref(), origin);
+        let result = match (admission, current) {
+            (Err(e), _) => Err(e),
+            (
+                Ok(ownership::Admission::Repeat {
+                    removed_at: Some(version),
+                }),
+                _,
+            ) => Ok(version),
+            (Ok(ownership::Admission::Repeat { .. }), Some(_)) => Err(RegistryError::Replayed {
                 service: service.to_string(),
                 id: id.to_string(),
             }),
+            (Ok(_), Some(instance)) => {
+                state.preservation.superseded(service, id);
+                state.remove(&instance);
+                state.log_delete(&instance);
+                state.bump();
+                if origin.is_signed() {
+                    let by = Some((origin.stamp, state.version));
+                    state.tombstones.record(&instance, by);
+                }
+                Ok(state.version)
+            }
+            (Ok(_), None) => {
+                // Named by a deregister: an expiry of it is not to be brought back.
+                state.preservation.superseded(service, id);
+                Err(RegistryError::UnknownInstance {
+                    service: service.to_string(),
+                    id: id.to_string(),
+                })
+            }
         };
         self.publish(&mut state);
         result
@@ -701,7 +829,7 @@ impl Registry {
                 }
                 RemoteChange::Orphaned { service, id } => {
                     if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
-                        state.hold_here(&instance, now + instance.ttl.as_millis() as u64);
+                        state.hold_here(&instance, now + u64::from(instance.ttl_ms()));
                         state
                             .unconfirmed
                             .insert((instance.service.clone(), instance.id.clone()));
@@ -738,7 +866,7 @@ impl Registry {
             match state.find(service, id) {
                 None => missing.push((service.to_string(), id.to_string())),
                 Some(instance) if instance.is_remote() => {
-                    state.hold_here(&instance, now + instance.ttl.as_millis() as u64);
+                    state.hold_here(&instance, now + u64::from(instance.ttl_ms()));
                     wake = true;
                 }
                 Some(_) => {}
@@ -1031,9 +1159,12 @@ impl State {
         };
         let id = InstanceId::new(&reg.id);
         self.next_seq += 1;
+        let owner = reg.owner.as_deref().map(|name| self.owners.get(name));
+        self.tombstones.revive(&reg.service, &reg.id);
         let instance = Arc::new(Instance::from_registration(
             service.clone(),
             id.clone(),
+            owner,
             reg,
             deadline,
             self.next_seq,
@@ -1067,6 +1198,7 @@ impl State {
         }
         self.dirty.insert(instance.service.clone());
         self.confirm(instance);
+        self.tombstones.record(instance, None);
     }
 
     /// Sends a registration this registry made to the change log. Every insertion and removal

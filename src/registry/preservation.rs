@@ -202,6 +202,7 @@ mod tests {
         Arc::new(Instance::from_registration(
             "web".into(),
             id.into(),
+            None,
             &reg,
             0,
             seq,
