@@ -37,6 +37,10 @@ pub struct Sockets {
     pub registry_tcp: std::net::TcpListener,
     /// Prometheus metrics over HTTP, when asked for ([`Sockets::with_metrics`]).
     pub metrics: Option<std::net::TcpListener>,
+    /// Unix milliseconds when the registration sockets were bound: no request reached this
+    /// run before, so signed requests made earlier are not taken for instances it holds no
+    /// record of (see [`Registry::raise_stamp_floor`]).
+    pub bound_at_ms: u64,
 }
 
 /// Why the server could not start.
@@ -77,8 +81,10 @@ impl Sockets {
     /// port and TCP is bound on the same one (retried a few times if TCP's is taken).
     pub fn bind(dns: SocketAddr, registry: SocketAddr) -> Result<Sockets, ServeError> {
         let (dns_udp, dns_tcp) = bind_pair(dns, "dns.listen")?;
+        let bound_at_ms = auth::wall_clock_ms();
         let (registry_udp, registry_tcp) = bind_pair(registry, "registry.listen")?;
         Ok(Sockets {
+            bound_at_ms,
             dns_udp,
             dns_tcp,
             registry_udp,
@@ -189,7 +195,7 @@ pub async fn run(
     describe_auth(&auth);
     // What an earlier run applied is not remembered: signed requests from before this start
     // are not taken for instances this run holds no record of (nor for the restored ones).
-    registry.raise_stamp_floor(auth::sign::stamp_floor(auth::wall_clock_ms()));
+    registry.raise_stamp_floor(auth::sign::stamp_floor(sockets.bound_at_ms));
     let journal = match &config.data_dir {
         Some(dir) => {
             let store = crate::store::Store::open(dir)?;

@@ -2,6 +2,7 @@
 //! wire protocol, its command line and real DNS clients. One test binary with modules, so the
 //! crate is linked once.
 
+mod auth;
 mod cli;
 mod cluster;
 mod dns;
