@@ -1,5 +1,5 @@
 //! Who may change the registry: keys, signed requests, the replay window and protected mode.
-//! docs/SECURITY.md has the threat model, docs/PROTOCOL.md §6 the signature byte for byte.
+//! docs/SECURITY.md has the threat model, docs/PROTOCOL.md §8 the signature byte for byte.
 //!
 //! `auth` sits between [`crate::protocol`] and [`crate::registry`]: the protocol hands it a
 //! parsed request's claim (key name and timestamp) and its bytes, and gets back an
@@ -189,7 +189,7 @@ impl Auth {
         let now = wall_clock_ms();
         if claim.ts_ms.abs_diff(now) > self.window_ms {
             return Err(AuthError::ClockSkew(format!(
-                "ts {} is {} from this server's clock, {now} (Unix ms); at most {} is accepted (auth.window)",
+                "ts {} is {} this server's clock, {now} (Unix ms); at most {} either way is accepted (auth.window)",
                 claim.ts_ms,
                 describe_skew(claim.ts_ms, now),
                 humantime::format_duration(Duration::from_millis(self.window_ms)),
@@ -235,7 +235,7 @@ pub fn wall_clock_ms() -> u64 {
 fn describe_skew(ts: u64, now: u64) -> String {
     let by = humantime::format_duration(Duration::from_millis(ts.abs_diff(now)));
     if ts > now {
-        format!("{by} ahead")
+        format!("{by} ahead of")
     } else {
         format!("{by} behind")
     }

@@ -1,4 +1,4 @@
-//! The signature's wire form (docs/PROTOCOL.md §6).
+//! The signature's wire form (docs/PROTOCOL.md §8).
 //!
 //! A signed request is the JSON request with the members `key` (the key's name) and `ts` (Unix
 //! time in milliseconds), signed as it is: its exact bytes `U`, which end with `}`. The
@@ -123,6 +123,30 @@ mod tests {
             assert!(verify(key.mac(), parts).is_ok());
         }
         serde_json::from_slice::<serde_json::Value>(&signed).unwrap();
+    }
+
+    /// The worked example of docs/PROTOCOL.md §8.2, byte for byte.
+    #[test]
+    fn the_documented_example_signs_as_documented() {
+        let key = ClientKey::new("web-key", SECRET).unwrap();
+        let unsigned = br#"{"op":"heartbeat","service":"web","id":"web-1","seq":7,"key":"web-key","ts":1765000000000}"#;
+        assert_eq!(unsigned.len(), 90);
+        let mut mac = key.mac();
+        mac.update(unsigned);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "62d372a6515ef16052a3c4786cdeb329332afa60150981dcdb24e8db7aacc11a"
+        );
+        assert_eq!(
+            String::from_utf8(sign(&key, unsigned)).unwrap(),
+            r#"{"op":"heartbeat","service":"web","id":"web-1","seq":7,"key":"web-key","ts":1765000000000,"sig":"YtNyplFe8WBSo8R4bN6zKTMq+mAVCYHc2yTo23qswRo="}"#
+        );
     }
 
     #[test]

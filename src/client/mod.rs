@@ -181,7 +181,7 @@ impl Client {
         }
     }
 
-    /// Signs every request with `key` (docs/PROTOCOL.md §6); `None` sends them unsigned.
+    /// Signs every request with `key` (docs/PROTOCOL.md §8); `None` sends them unsigned.
     pub fn with_key(mut self, key: Option<ClientKey>) -> Client {
         self.key = key;
         self

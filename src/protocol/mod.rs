@@ -219,7 +219,7 @@ pub struct WireRequest {
     /// Signed requests: when it was signed, Unix time in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<Value>,
-    /// Signed requests: the signature, the last member (docs/PROTOCOL.md §6). A client sets
+    /// Signed requests: the signature, the last member (docs/PROTOCOL.md §8). A client sets
     /// `key` and `ts` and leaves this out; signing appends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
