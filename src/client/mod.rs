@@ -116,14 +116,24 @@ pub enum ClientError {
         /// What was wrong.
         reason: String,
     },
-    /// The registry refused the request.
-    #[error("{message} ({})", code.as_str())]
+    /// The registry refused the request. For a code this client does not know
+    /// ([`ErrorCode::Unknown`]), the message ends with the server's code text.
+    #[error("{message}{}", code_suffix(*code))]
     Refused {
         /// Machine-readable reason.
         code: ErrorCode,
         /// The registry's explanation.
         message: String,
     },
+}
+
+/// ` (code)` after a refusal's message; nothing for an unknown code, whose text the message
+/// already carries (see `parse_reply`).
+fn code_suffix(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::Unknown => String::new(),
+        code => format!(" ({})", code.as_str()),
+    }
 }
 
 impl ClientError {
@@ -276,10 +286,24 @@ impl Client {
 }
 
 fn parse_reply(addr: SocketAddr, bytes: &[u8]) -> Result<Reply, ClientError> {
-    serde_json::from_slice(bytes).map_err(|e| ClientError::BadReply {
+    let mut reply: Reply = serde_json::from_slice(bytes).map_err(|e| ClientError::BadReply {
         addr,
         reason: e.to_string(),
-    })
+    })?;
+    if reply.error == Some(ErrorCode::Unknown) {
+        // A newer server's code: keep its text with the message, so the refusal still says
+        // what the server said.
+        let code = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(String::from))
+            .unwrap_or_default();
+        let message = reply
+            .message
+            .as_deref()
+            .unwrap_or("refused without a reason");
+        reply.message = Some(format!("{message} ({code})"));
+    }
+    Ok(reply)
 }
 
 fn into_result(reply: Reply) -> Result<Reply, ClientError> {
@@ -292,4 +316,38 @@ fn into_result(reply: Reply) -> Result<Reply, ClientError> {
             .message
             .unwrap_or_else(|| "refused without a reason".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:8601".parse().unwrap()
+    }
+
+    #[test]
+    fn a_refusal_with_a_code_this_client_does_not_know_shows_the_server_message() {
+        let bytes = br#"{"v":1,"seq":9,"ok":false,"error":"clock_skew","message":"your clock is 40 s ahead"}"#;
+        let reply = parse_reply(addr(), bytes).expect("an unknown code still parses");
+        assert_eq!(reply.error, Some(ErrorCode::Unknown));
+        let error = into_result(reply).unwrap_err();
+        assert!(matches!(
+            error,
+            ClientError::Refused {
+                code: ErrorCode::Unknown,
+                ..
+            }
+        ));
+        assert!(!error.is_unreachable(), "a refusal is an answer");
+        assert_eq!(error.to_string(), "your clock is 40 s ahead (clock_skew)");
+    }
+
+    #[test]
+    fn a_refusal_with_a_known_code_names_it_after_the_message() {
+        let bytes =
+            br#"{"v":1,"ok":false,"error":"full","message":"the registry holds 2 instances"}"#;
+        let error = into_result(parse_reply(addr(), bytes).unwrap()).unwrap_err();
+        assert_eq!(error.to_string(), "the registry holds 2 instances (full)");
+    }
 }

@@ -61,6 +61,10 @@ pub enum ErrorCode {
     UnknownInstance,
     /// See [`RegistryError::Full`].
     Full,
+    /// A code this build does not know, from a newer server: never sent, only read, so an
+    /// older client still shows a newer server's refusal (with its message) as a refusal.
+    #[serde(other)]
+    Unknown,
 }
 
 impl From<&RegistryError> for ErrorCode {
@@ -103,6 +107,7 @@ impl ErrorCode {
             ErrorCode::TooManyMeta => "too_many_meta",
             ErrorCode::UnknownInstance => "unknown_instance",
             ErrorCode::Full => "full",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }
