@@ -434,7 +434,8 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
                 op: "status".into(),
                 ..WireRequest::default()
             };
-            let reply = send_to_any(&args.registry.list()?, &request, false).await?;
+            // Over TCP, like list: the reply is several times the request, over UDP's bound.
+            let reply = send_to_any(&args.registry.list()?, &request, true).await?;
             if args.json {
                 println!("{}", String::from_utf8_lossy(&reply.to_json()));
             } else {

@@ -2,8 +2,9 @@
 //! command line's client commands are built on.
 //!
 //! - [`Client`]: one request to one registry. Small requests go over UDP with retries (every
-//!   operation is idempotent, so a retry after a lost reply is harmless); `list` goes over TCP,
-//!   where any reply size fits.
+//!   operation is idempotent, so a retry after a lost reply is harmless), repeated over TCP
+//!   when the server says the reply is too large for UDP (`reply_too_large`: over UDP a reply
+//!   is at most 3× its request); `list` and `status` go over TCP, where any reply size fits.
 //! - [`Provider`] (built by [`ProviderBuilder`]): a registration kept alive in the background,
 //!   with heartbeats, re-registration and failover across several registries.
 //! - [`Watcher`]: the live set of some services, pushed at every change, across reconnects.
@@ -201,7 +202,8 @@ impl Client {
             .ok_or_else(|| resolve_error("no address found".into()))
     }
 
-    /// Sends `request` over UDP, retrying on silence, and returns the `ok` reply.
+    /// Sends `request` over UDP, retrying on silence, and returns the `ok` reply; over TCP
+    /// again when the server answers `reply_too_large`.
     pub async fn send(&self, request: &WireRequest) -> Result<Reply, ClientError> {
         let addr = self.resolve().await?;
         self.send_to(addr, request).await
@@ -231,10 +233,11 @@ impl Client {
             seq: Some(seq.into()),
             ..request.clone()
         };
-        let bytes = serde_json::to_vec(&request).map_err(|e| ClientError::BadReply {
+        let mut bytes = serde_json::to_vec(&request).map_err(|e| ClientError::BadReply {
             addr,
             reason: e.to_string(),
         })?;
+        pad_for_udp(&mut bytes, &request.op);
         let mut buf = vec![0u8; 65_536];
         for _ in 0..self.attempts {
             socket.send(&bytes).await.map_err(io)?;
@@ -252,6 +255,11 @@ impl Client {
                 };
                 let reply = parse_reply(addr, &buf[..len])?;
                 if reply.seq.as_ref().and_then(|s| s.as_u64()) == Some(seq) || reply.seq.is_none() {
+                    if reply.error == Some(ErrorCode::ReplyTooLarge) {
+                        // Carried out (a register or deregister too), but the reply is over
+                        // the server's UDP bound: the same request again over TCP is safe.
+                        return self.send_tcp_to(addr, &request).await;
+                    }
                     return into_result(reply);
                 }
             }
@@ -262,6 +270,14 @@ impl Client {
     /// Sends `request` over TCP and returns the `ok` reply; for replies of any size.
     pub async fn send_tcp(&self, request: &WireRequest) -> Result<Reply, ClientError> {
         let addr = self.resolve().await?;
+        self.send_tcp_to(addr, request).await
+    }
+
+    async fn send_tcp_to(
+        &self,
+        addr: SocketAddr,
+        request: &WireRequest,
+    ) -> Result<Reply, ClientError> {
         let io = |source| ClientError::Io { addr, source };
         let attempt = async {
             let stream = TcpStream::connect(addr).await.map_err(io)?;
@@ -282,6 +298,28 @@ impl Client {
         tokio::time::timeout(self.attempt_timeout * self.attempts.max(4), attempt)
             .await
             .map_err(|_| ClientError::Timeout { addr })?
+    }
+}
+
+/// The smallest UDP request this client sends: shorter ones are padded with spaces (JSON
+/// whitespace). The server answers a datagram with at most 3× its bytes and sends nothing when
+/// even its `reply_too_large` refusal would be longer; at this size that refusal always fits, so
+/// the client is told to use TCP instead of waiting out its retries on silence.
+pub const MIN_UDP_REQUEST: usize = 64;
+
+/// What a `register` is padded to: its reply repeats the instance with every default filled
+/// in (about 200 bytes more than a minimal request), and at this size it fits the server's 3×
+/// bound, so registering takes one datagram rather than a refusal and a TCP connection.
+const MIN_UDP_REGISTER: usize = 128;
+
+fn pad_for_udp(bytes: &mut Vec<u8>, op: &str) {
+    let min = if op == "register" {
+        MIN_UDP_REGISTER
+    } else {
+        MIN_UDP_REQUEST
+    };
+    if bytes.len() < min {
+        bytes.resize(min, b' ');
     }
 }
 
@@ -349,5 +387,20 @@ mod tests {
             br#"{"v":1,"ok":false,"error":"full","message":"the registry holds 2 instances"}"#;
         let error = into_result(parse_reply(addr(), bytes).unwrap()).unwrap_err();
         assert_eq!(error.to_string(), "the registry holds 2 instances (full)");
+    }
+
+    #[test]
+    fn short_udp_requests_are_padded_with_json_whitespace() {
+        let mut heartbeat = br#"{"op":"heartbeat","seq":1,"service":"a","id":"b"}"#.to_vec();
+        pad_for_udp(&mut heartbeat, "heartbeat");
+        assert_eq!(heartbeat.len(), MIN_UDP_REQUEST);
+        let mut register = br#"{"op":"register","seq":1,"service":"a","port":1}"#.to_vec();
+        pad_for_udp(&mut register, "register");
+        assert_eq!(register.len(), MIN_UDP_REGISTER);
+        let parsed: WireRequest = serde_json::from_slice(&register).unwrap();
+        assert_eq!(parsed.op, "register");
+        let mut long = vec![b'{'; 300];
+        pad_for_udp(&mut long, "register");
+        assert_eq!(long.len(), 300, "a long request is left as it is");
     }
 }
