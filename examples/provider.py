@@ -6,7 +6,9 @@ host, port = os.environ.get("BEACON_REGISTRY", "127.0.0.1:8601").rsplit(":", 1)
 service, ttl = sys.argv[1], int(sys.argv[3]) if len(sys.argv) > 3 else 10000  # ttl: lease in ms
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sock.settimeout(1)
 def call(**request):  # one JSON object per datagram, one reply datagram ({} when it was lost)
-    sock.sendto(json.dumps(dict(request, service=service)).encode(), (host, int(port)))
+    # Padded with spaces (JSON whitespace) to 128 bytes: over UDP the registry replies with at
+    # most 3x the request's bytes, and a register's reply (~200 bytes) repeats the instance.
+    sock.sendto(json.dumps(dict(request, service=service)).ljust(128).encode(), (host, int(port)))
     try: return json.loads(sock.recv(65535))
     except OSError: return {}  # timeout, or registry unreachable: the next beat tries again
 def stop(*_):  # SIGTERM/SIGINT: deregister, so DNS drops us now, not when the lease runs out

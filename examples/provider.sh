@@ -5,7 +5,8 @@ registry=${BEACON_REGISTRY:-127.0.0.1:8601} service=$1 port=$2 ttl=${3:-10000} i
 printf -v beat '%d.%03d' $((ttl / 3000)) $((ttl / 3 % 1000))  # heartbeat every ttl/3 (seconds)
 exec 3<>"/dev/udp/${registry%:*}/${registry##*:}"  # fd 3: a UDP socket to the registry
 call() {  # send {"op":OP,"service":...,MEMBERS} as one datagram; reply = the reply datagram, or ""
-  printf '{"op":"%s","service":"%s"%s}' "$1" "$service" "$2" >&3
+  printf -v request '{"op":"%s","service":"%s"%s}' "$1" "$service" "$2"
+  printf '%-128s' "$request" >&3  # padded with spaces (JSON whitespace): replies are <= 3x requests
   reply=$(timeout 1 dd bs=64k count=1 <&3 2>/dev/null); }  # bash's read would take 1 byte of it
 trap '[ -n "$id" ] && call deregister ",\"id\":\"$id\""; kill $! 2>/dev/null; exit 0' TERM INT
 while :; do  # register at start, and again whenever a heartbeat is answered "unknown_instance"

@@ -466,8 +466,9 @@ async fn client_command(command: Command) -> anyhow::Result<i32> {
                 op: "status".into(),
                 ..WireRequest::default()
             };
+            // Over TCP, like list: the reply is several times the request, over UDP's bound.
             let key = args.registry.key()?;
-            let reply = send_to_any(&args.registry.list()?, &request, false, key.as_ref()).await?;
+            let reply = send_to_any(&args.registry.list()?, &request, true, key.as_ref()).await?;
             if args.json {
                 println!("{}", String::from_utf8_lossy(&reply.to_json()));
             } else {

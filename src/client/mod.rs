@@ -2,8 +2,9 @@
 //! command line's client commands are built on.
 //!
 //! - [`Client`]: one request to one registry. Small requests go over UDP with retries (every
-//!   operation is idempotent, so a retry after a lost reply is harmless); `list` goes over TCP,
-//!   where any reply size fits.
+//!   operation is idempotent, so a retry after a lost reply is harmless), repeated over TCP
+//!   when the server says the reply is too large for UDP (`reply_too_large`: over UDP a reply
+//!   is at most 3× its request); `list` and `status` go over TCP, where any reply size fits.
 //! - [`Provider`] (built by [`ProviderBuilder`]): a registration kept alive in the background,
 //!   with heartbeats, re-registration and failover across several registries.
 //! - [`Watcher`]: the live set of some services, pushed at every change, across reconnects.
@@ -121,14 +122,24 @@ pub enum ClientError {
         /// What was wrong.
         reason: String,
     },
-    /// The registry refused the request.
-    #[error("{message} ({})", code.as_str())]
+    /// The registry refused the request. For a code this client does not know
+    /// ([`ErrorCode::Unknown`]), the message ends with the server's code text.
+    #[error("{message}{}", code_suffix(*code))]
     Refused {
         /// Machine-readable reason.
         code: ErrorCode,
         /// The registry's explanation.
         message: String,
     },
+}
+
+/// ` (code)` after a refusal's message; nothing for an unknown code, whose text the message
+/// already carries (see `parse_reply`).
+fn code_suffix(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::Unknown => String::new(),
+        code => format!(" ({})", code.as_str()),
+    }
 }
 
 impl ClientError {
@@ -223,7 +234,8 @@ impl Client {
             .ok_or_else(|| resolve_error("no address found".into()))
     }
 
-    /// Sends `request` over UDP, retrying on silence, and returns the `ok` reply.
+    /// Sends `request` over UDP, retrying on silence, and returns the `ok` reply; over TCP
+    /// again when the server answers `reply_too_large`.
     pub async fn send(&self, request: &WireRequest) -> Result<Reply, ClientError> {
         let addr = self.resolve().await?;
         self.send_to(addr, request).await
@@ -253,10 +265,11 @@ impl Client {
             seq: Some(seq.into()),
             ..request.clone()
         };
-        let bytes = self.encode(&request).map_err(|e| ClientError::BadReply {
+        let mut bytes = self.encode(&request).map_err(|e| ClientError::BadReply {
             addr,
             reason: e.to_string(),
         })?;
+        pad_for_udp(&mut bytes, &request.op);
         let mut buf = vec![0u8; 65_536];
         for _ in 0..self.attempts {
             socket.send(&bytes).await.map_err(io)?;
@@ -274,6 +287,12 @@ impl Client {
                 };
                 let reply = parse_reply(addr, &buf[..len])?;
                 if reply.seq.as_ref().and_then(|s| s.as_u64()) == Some(seq) || reply.seq.is_none() {
+                    if reply.error == Some(ErrorCode::ReplyTooLarge) {
+                        // Carried out (a register or deregister too), but the reply is over
+                        // the server's UDP bound: the same bytes again over TCP are safe (a
+                        // signed request's repeat is answered, not applied again).
+                        return self.exchange_tcp(addr, bytes).await;
+                    }
                     return into_result(reply);
                 }
             }
@@ -284,14 +303,31 @@ impl Client {
     /// Sends `request` over TCP and returns the `ok` reply; for replies of any size.
     pub async fn send_tcp(&self, request: &WireRequest) -> Result<Reply, ClientError> {
         let addr = self.resolve().await?;
+        self.send_tcp_to(addr, request).await
+    }
+
+    async fn send_tcp_to(
+        &self,
+        addr: SocketAddr,
+        request: &WireRequest,
+    ) -> Result<Reply, ClientError> {
+        let line = self.encode(request).map_err(|e| ClientError::BadReply {
+            addr,
+            reason: e.to_string(),
+        })?;
+        self.exchange_tcp(addr, line).await
+    }
+
+    /// Sends one request's bytes as a line over TCP and reads the reply line.
+    async fn exchange_tcp(
+        &self,
+        addr: SocketAddr,
+        mut line: Vec<u8>,
+    ) -> Result<Reply, ClientError> {
         let io = |source| ClientError::Io { addr, source };
         let attempt = async {
             let stream = TcpStream::connect(addr).await.map_err(io)?;
             let (read, mut write) = stream.into_split();
-            let mut line = self.encode(request).map_err(|e| ClientError::BadReply {
-                addr,
-                reason: e.to_string(),
-            })?;
             line.push(b'\n');
             write.write_all(&line).await.map_err(io)?;
             let mut reply = Vec::new();
@@ -324,11 +360,47 @@ pub fn next_timestamp() -> u64 {
     }
 }
 
+/// The smallest UDP request this client sends: shorter ones are padded with spaces (JSON
+/// whitespace). The server answers a datagram with at most 3× its bytes and sends nothing when
+/// even its `reply_too_large` refusal would be longer; at this size that refusal always fits, so
+/// the client is told to use TCP instead of waiting out its retries on silence.
+pub const MIN_UDP_REQUEST: usize = 64;
+
+/// What a `register` is padded to: its reply repeats the instance with every default filled
+/// in (about 200 bytes more than a minimal request), and at this size it fits the server's 3×
+/// bound, so registering takes one datagram rather than a refusal and a TCP connection.
+const MIN_UDP_REGISTER: usize = 128;
+
+fn pad_for_udp(bytes: &mut Vec<u8>, op: &str) {
+    let min = if op == "register" {
+        MIN_UDP_REGISTER
+    } else {
+        MIN_UDP_REQUEST
+    };
+    if bytes.len() < min {
+        bytes.resize(min, b' ');
+    }
+}
+
 fn parse_reply(addr: SocketAddr, bytes: &[u8]) -> Result<Reply, ClientError> {
-    serde_json::from_slice(bytes).map_err(|e| ClientError::BadReply {
+    let mut reply: Reply = serde_json::from_slice(bytes).map_err(|e| ClientError::BadReply {
         addr,
         reason: e.to_string(),
-    })
+    })?;
+    if reply.error == Some(ErrorCode::Unknown) {
+        // A newer server's code: keep its text with the message, so the refusal still says
+        // what the server said.
+        let code = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(String::from))
+            .unwrap_or_default();
+        let message = reply
+            .message
+            .as_deref()
+            .unwrap_or("refused without a reason");
+        reply.message = Some(format!("{message} ({code})"));
+    }
+    Ok(reply)
 }
 
 fn into_result(reply: Reply) -> Result<Reply, ClientError> {
@@ -341,4 +413,53 @@ fn into_result(reply: Reply) -> Result<Reply, ClientError> {
             .message
             .unwrap_or_else(|| "refused without a reason".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:8601".parse().unwrap()
+    }
+
+    #[test]
+    fn a_refusal_with_a_code_this_client_does_not_know_shows_the_server_message() {
+        let bytes = br#"{"v":1,"seq":9,"ok":false,"error":"lease_revoked","message":"the lease was revoked"}"#;
+        let reply = parse_reply(addr(), bytes).expect("an unknown code still parses");
+        assert_eq!(reply.error, Some(ErrorCode::Unknown));
+        let error = into_result(reply).unwrap_err();
+        assert!(matches!(
+            error,
+            ClientError::Refused {
+                code: ErrorCode::Unknown,
+                ..
+            }
+        ));
+        assert!(!error.is_unreachable(), "a refusal is an answer");
+        assert_eq!(error.to_string(), "the lease was revoked (lease_revoked)");
+    }
+
+    #[test]
+    fn a_refusal_with_a_known_code_names_it_after_the_message() {
+        let bytes =
+            br#"{"v":1,"ok":false,"error":"full","message":"the registry holds 2 instances"}"#;
+        let error = into_result(parse_reply(addr(), bytes).unwrap()).unwrap_err();
+        assert_eq!(error.to_string(), "the registry holds 2 instances (full)");
+    }
+
+    #[test]
+    fn short_udp_requests_are_padded_with_json_whitespace() {
+        let mut heartbeat = br#"{"op":"heartbeat","seq":1,"service":"a","id":"b"}"#.to_vec();
+        pad_for_udp(&mut heartbeat, "heartbeat");
+        assert_eq!(heartbeat.len(), MIN_UDP_REQUEST);
+        let mut register = br#"{"op":"register","seq":1,"service":"a","port":1}"#.to_vec();
+        pad_for_udp(&mut register, "register");
+        assert_eq!(register.len(), MIN_UDP_REGISTER);
+        let parsed: WireRequest = serde_json::from_slice(&register).unwrap();
+        assert_eq!(parsed.op, "register");
+        let mut long = vec![b'{'; 300];
+        pad_for_udp(&mut long, "register");
+        assert_eq!(long.len(), 300, "a long request is left as it is");
+    }
 }

@@ -73,6 +73,10 @@ pub enum ErrorCode {
     Replayed,
     /// The request's `ts` is outside the window around the server's clock.
     ClockSkew,
+    /// A code this build does not know, from a newer server: never sent, only read, so an
+    /// older client still shows a newer server's refusal (with its message) as a refusal.
+    #[serde(other)]
+    Unknown,
 }
 
 impl From<&RegistryError> for ErrorCode {
@@ -122,6 +126,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Replayed => "replayed",
             ErrorCode::ClockSkew => "clock_skew",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }

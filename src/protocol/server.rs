@@ -15,11 +15,15 @@ use super::watch::{self, WatchCache, Watching};
 use super::{handle, handle_or_watch, ErrorCode, Handled, Handling, ProtocolError, Reply};
 use crate::auth::Auth;
 use crate::net::batch::{RecvBatch, SendBatch, MAX_DATAGRAM};
+use crate::net::log_limit::REFUSALS;
 use crate::net::{accept_connections, SHUTDOWN_POLL};
 use crate::registry::Registry;
 
-/// Largest reply sent in one datagram; a larger one (a long `list`) becomes `reply_too_large`.
-pub const MAX_UDP_REPLY: usize = 65_507;
+/// Over UDP a reply is at most this many times the bytes of the datagram it answers. A UDP
+/// source address can be forged, so without a bound a 13-byte `list` sent in a victim's name
+/// would send the victim kilobytes (the port would be a reflector); 3× still lets every
+/// heartbeat, deregister and refusal of a well-formed request through as it is.
+pub const MAX_UDP_AMPLIFICATION: usize = 3;
 
 /// Answers registration requests on `socket` until `shutdown`, on the calling thread, with
 /// blocking, batched socket calls (`recvmmsg`/`sendmmsg`): heartbeats are the registry's hot
@@ -53,12 +57,10 @@ pub fn serve_udp_blocking(
             } else {
                 let handled = handle(&registry, &auth, request, peer.ip());
                 changed |= handled.changed;
-                let reply = if handled.reply.len() > MAX_UDP_REPLY {
-                    reply_too_large(request, handled.reply.len())
-                } else {
-                    handled.reply
-                };
-                (reply, handled.changed)
+                (handled.reply, handled.changed)
+            };
+            let Some(reply) = udp_reply(request, reply, peer) else {
+                continue;
             };
             if acknowledges_change {
                 acknowledgements.push(reply, peer);
@@ -78,6 +80,44 @@ pub fn serve_udp_blocking(
     }
 }
 
+/// What goes back for the datagram `request`, whose reply is `reply`: the reply itself if it is
+/// at most [`MAX_UDP_AMPLIFICATION`] times the request's bytes; otherwise a `reply_too_large`
+/// refusal, if that fits; otherwise nothing. A `malformed` datagram (not a JSON object: noise,
+/// or a probe) gets nothing either: no client of the protocol sends one, so no one is waiting
+/// for the answer. Whatever goes unanswered is logged, within [`REFUSALS`]' budget.
+///
+/// The request was handled before this is decided: a register or deregister whose reply is
+/// replaced has been carried out, and repeating it over TCP is safe (docs/PROTOCOL.md §1).
+fn udp_reply(request: &[u8], reply: Vec<u8>, peer: SocketAddr) -> Option<Vec<u8>> {
+    let limit = request.len().saturating_mul(MAX_UDP_AMPLIFICATION);
+    let why = if reply.starts_with(MALFORMED_REPLY) {
+        "not a JSON object"
+    } else if reply.len() <= limit {
+        return Some(reply);
+    } else {
+        let refusal = reply_too_large(request, reply.len());
+        if refusal.len() <= limit {
+            return Some(refusal);
+        }
+        "even reply_too_large would be over 3x the request"
+    };
+    if let Some(suppressed) = REFUSALS.allow() {
+        tracing::warn!(
+            %peer, bytes = request.len(), suppressed,
+            "registration datagram left unanswered: {why}"
+        );
+    }
+    None
+}
+
+/// How every `malformed` reply begins: it never carries `seq`, so the bytes up to the code are
+/// fixed (a unit test holds this to [`Reply`]'s serialisation). Matching the reply spares the
+/// UDP loop a second look at the request.
+const MALFORMED_REPLY: &[u8] = br#"{"v":1,"ok":false,"error":"malformed","#;
+
+/// The short refusal that stands in for a reply over 3× its request: as short as it can be
+/// while saying what to do, so it fits the bound for as many requests as possible. It keeps the
+/// request's `seq` (so the client can match it) when the request had a valid one.
 fn reply_too_large(request: &[u8], len: usize) -> Vec<u8> {
     let seq = serde_json::from_slice::<serde_json::Value>(request)
         .ok()
@@ -86,9 +126,7 @@ fn reply_too_large(request: &[u8], len: usize) -> Vec<u8> {
         seq,
         ProtocolError {
             code: ErrorCode::ReplyTooLarge,
-            message: format!(
-                "the reply is {len} bytes, more than one datagram holds; send this request over TCP"
-            ),
+            message: format!("reply is {len} bytes, over 3x the request; repeat over TCP"),
         },
     )
     .to_json()
@@ -334,6 +372,89 @@ fn too_large(len: Option<usize>, max: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Limits, Registry};
+
+    fn peer() -> SocketAddr {
+        "192.0.2.1:4000".parse().unwrap()
+    }
+
+    #[test]
+    fn a_reply_within_3x_goes_back_unchanged() {
+        let request = br#"{"op":"heartbeat","service":"web","id":"a","seq":12}"#;
+        let reply = vec![b'x'; 3 * request.len()];
+        assert_eq!(udp_reply(request, reply.clone(), peer()), Some(reply));
+    }
+
+    #[test]
+    fn a_larger_reply_becomes_reply_too_large_with_the_seq_or_nothing() {
+        let request = br#"{"op":"list","seq":12,"service":"web"}   "#;
+        let reply = vec![b'x'; 3 * request.len() + 1];
+        let sent = udp_reply(request, reply, peer()).expect("the refusal fits");
+        assert!(sent.len() <= 3 * request.len());
+        assert_eq!(
+            String::from_utf8(sent).unwrap(),
+            r#"{"v":1,"seq":12,"ok":false,"error":"reply_too_large","message":"reply is 124 bytes, over 3x the request; repeat over TCP"}"#
+        );
+
+        let request = br#"{"op":"list"}"#;
+        assert_eq!(udp_reply(request, vec![b'x'; 40], peer()), None);
+    }
+
+    #[test]
+    fn a_malformed_datagram_gets_nothing_however_short_the_refusal() {
+        let registry = Registry::new(Limits::from(&crate::config::RegistryConfig::default()));
+        let sender = peer().ip();
+        for garbage in [
+            &b"x"[..],
+            b"[1,2,3]",
+            b"{\"op\":\"list\"",
+            b"not json at all, but long enough",
+        ] {
+            let reply = handle(
+                &registry,
+                &crate::auth::Auth::open_loopback(),
+                garbage,
+                sender,
+            )
+            .reply;
+            assert!(reply.starts_with(MALFORMED_REPLY), "{reply:?}");
+            assert_eq!(udp_reply(garbage, reply, peer()), None);
+        }
+        let reply = handle(
+            &registry,
+            &crate::auth::Auth::open_loopback(),
+            br#"{"op":"list","seq":"#,
+            sender,
+        )
+        .reply;
+        assert!(reply.starts_with(MALFORMED_REPLY));
+        // Any other refusal is answered, when it fits.
+        let request = br#"{"op":"heartbeat","service":"web","id":"nobody","seq":1}"#;
+        let reply = handle(
+            &registry,
+            &crate::auth::Auth::open_loopback(),
+            request,
+            sender,
+        )
+        .reply;
+        assert!(!reply.starts_with(MALFORMED_REPLY));
+        assert!(udp_reply(request, reply, peer()).is_some());
+    }
+
+    #[test]
+    fn a_padded_client_request_always_hears_reply_too_large() {
+        // The client pads a UDP request to this size so that a refusal with its (u32) seq and
+        // any reply size fits the bound: it never waits out its retries on silence.
+        let mut request = br#"{"op":"status","seq":4294967295}"#.to_vec();
+        request.resize(crate::client::MIN_UDP_REQUEST, b' ');
+        let refusal = reply_too_large(&request, usize::MAX);
+        assert!(
+            refusal.len() <= 3 * request.len(),
+            "{} bytes: {}",
+            refusal.len(),
+            String::from_utf8_lossy(&refusal)
+        );
+    }
 
     #[test]
     fn lines_split_across_reads_and_long_lines_are_skipped() {

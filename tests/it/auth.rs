@@ -14,7 +14,7 @@ use beacon::auth::sign;
 use serde_json::{json, Value};
 
 use crate::support::{
-    addresses, beacon_bin, eventually, run, serve_fails, tcp_requests, udp_request, Server,
+    addresses, beacon_bin, eventually, padded, run, serve_fails, tcp_requests, udp_request, Server,
 };
 
 const WEB_SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
@@ -78,7 +78,9 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     assert_eq!(addresses(server.dns, "web").await, ["10.0.0.7"]);
 
     let deregister = json!({"op":"deregister","service":"web","id":"web-1","seq":9});
-    let unsigned = deregister.to_string();
+    // Padded, as the client library pads short requests: over UDP a reply is never more than
+    // 3× the datagram (PROTOCOL §1).
+    let unsigned = padded(&deregister.to_string(), 128);
     let unknown = signed("nobody", WEB_SECRET, now + 1, deregister.clone());
     let other_service = signed("db-key", DB_SECRET, now + 2, deregister.clone());
     let mut altered = web(now + 3, deregister.clone());
@@ -125,9 +127,9 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
 
     // Unsigned heartbeats and registers are refused the same way, through the fast path too.
     let heartbeat = json!({"op":"heartbeat","service":"web","id":"web-1"}).to_string();
-    assert_eq!(error(&server.udp(&heartbeat)), "unauthorized");
+    assert_eq!(error(&server.udp(&padded(&heartbeat, 128))), "unauthorized");
     assert_eq!(
-        error(&server.udp(&register_web1().to_string())),
+        error(&server.udp(&padded(&register_web1().to_string(), 128))),
         "unauthorized"
     );
     // A signed heartbeat by the owner, and by an operator's key covering every service.
@@ -149,7 +151,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     assert!(addresses(server.dns, "web").await.is_empty());
     // A partly signed request names what is missing.
     let partial = json!({"op":"heartbeat","service":"web","id":"web-1","key":"web-key","ts":now});
-    let reply = server.udp(&partial.to_string());
+    let reply = server.udp(&padded(&partial.to_string(), 128));
     assert_eq!(error(&reply), "bad_request");
     assert!(reply["message"].as_str().unwrap().contains("missing sig"));
 }
@@ -386,7 +388,7 @@ async fn signed_reads_need_a_key_and_dns_stays_open() {
         true
     );
     for op in ["list", "status"] {
-        let reply = server.udp(&json!({"op": op}).to_string());
+        let reply = server.udp(&padded(&json!({"op": op}).to_string(), 128));
         assert_eq!(error(&reply), "unauthorized", "{reply}");
         assert!(reply["message"].as_str().unwrap().contains("signed reads"));
         // Any key will do for a read, even one that covers no service of the answer.

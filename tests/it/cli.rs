@@ -65,7 +65,7 @@ fn register_list_deregister_from_the_command_line() {
     ]);
     assert_eq!(code, 0);
     assert!(out.contains("deregistered web/web-5"));
-    assert_eq!(server.udp(r#"{"op":"list"}"#)["instances"], json!([]));
+    assert_eq!(server.tcp(r#"{"op":"list"}"#)["instances"], json!([]));
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn registry_address_comes_from_the_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        server.udp(r#"{"op":"list","service":"env"}"#)["instances"][0]["port"],
+        server.tcp(r#"{"op":"list","service":"env"}"#)["instances"][0]["port"],
         1
     );
 }

@@ -11,7 +11,8 @@
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -455,16 +456,16 @@ impl Drop for Nodes {
 }
 
 /// The `list` reply of `server` for `service`, or None if it did not answer within a second.
+/// Over TCP, as clients send a list: over UDP a reply is at most 3× its request.
 fn list(server: &Server, service: &str) -> Option<Value> {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    let request = json!({"op": "list", "service": service}).to_string();
-    socket.send_to(request.as_bytes(), server.registry).ok()?;
-    let mut buf = vec![0u8; 65_536];
-    let len = socket.recv(&mut buf).ok()?;
-    serde_json::from_slice(&buf[..len]).ok()
+    let second = Duration::from_secs(1);
+    let mut stream = TcpStream::connect_timeout(&server.registry, second).ok()?;
+    stream.set_read_timeout(Some(second)).ok()?;
+    let request = json!({"op": "list", "service": service}).to_string() + "\n";
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
 }
 
 /// The ids `list` on `server` shows for `service`, with whether each is remote.

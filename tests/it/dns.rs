@@ -98,7 +98,7 @@ async fn tag_filter_answers_only_tagged_instances() {
 async fn negative_answers_carry_the_soa_with_the_negative_ttl() {
     let server = Server::start(&[]);
     server.register(json!({"service": "v4only", "id": "a", "address": "10.0.0.1", "port": 80}));
-    let version = server.udp(r#"{"op":"list"}"#)["version"].as_u64().unwrap() as u32;
+    let version = server.tcp(r#"{"op":"list"}"#)["version"].as_u64().unwrap() as u32;
 
     let nodata = query(server.dns, "v4only.service.local.", RecordType::AAAA).await;
     assert_eq!(

@@ -21,7 +21,7 @@ fn register_fleet(server: &Server) {
 }
 
 fn status(server: &Server) -> Value {
-    let reply = server.udp(r#"{"op":"status"}"#);
+    let reply = server.tcp(r#"{"op":"status"}"#);
     assert_eq!(reply["ok"], true, "{reply}");
     reply
 }
@@ -68,7 +68,7 @@ async fn a_registry_cut_off_from_its_providers_keeps_answering_until_renewals_re
     if let Some(out) = dig(server.dns, &["+short", "cut3.service.local", "A"]) {
         assert_eq!(out.lines().count(), 10, "{out}");
     }
-    let list = server.udp(r#"{"op":"list","service":"cut0"}"#);
+    let list = server.tcp(r#"{"op":"list","service":"cut0"}"#);
     assert_eq!(
         list["instances"].as_array().map(Vec::len),
         Some(10),

@@ -3,7 +3,14 @@
 
 use serde_json::json;
 
-use crate::support::{tcp_requests, Server};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::support::{padded, raw_query_from, run, tcp_requests, Server};
+
+/// How long a test waits to be sure no reply comes.
+const SILENCE: Duration = Duration::from_millis(500);
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[test]
 fn register_replies_with_the_accepted_values() {
@@ -239,8 +246,15 @@ fn every_bad_input_gets_a_named_error_and_disturbs_nothing() {
             r#"{"op":"deregister","service":"nobody","id":"x"}"#,
         ),
     ];
+    // Over UDP a datagram that is not a JSON object gets no reply at all; every other request
+    // is padded (JSON whitespace) so that its refusal fits in 3× its bytes.
     for (code, request) in cases {
-        let reply = server.udp(request);
+        if *code == "malformed" {
+            let reply = raw_query_from(LOCALHOST, server.registry, request.as_bytes(), SILENCE);
+            assert_eq!(reply, None, "{request} must get no reply over UDP");
+            continue;
+        }
+        let reply = server.udp(&padded(request, 256));
         assert_eq!(reply["ok"], false, "{request} -> {reply}");
         assert_eq!(reply["error"], *code, "{request} -> {reply}");
         assert!(
@@ -259,8 +273,10 @@ fn every_bad_input_gets_a_named_error_and_disturbs_nothing() {
     }
 
     // The id error suggests a label that would be accepted.
-    let reply =
-        server.udp(r#"{"op":"register","service":"web","id":"web-10.0.0.2-8080","port":80}"#);
+    let reply = server.udp(&padded(
+        r#"{"op":"register","service":"web","id":"web-10.0.0.2-8080","port":80}"#,
+        256,
+    ));
     assert!(
         reply["message"]
             .as_str()
@@ -271,12 +287,14 @@ fn every_bad_input_gets_a_named_error_and_disturbs_nothing() {
 
     // The registry is full at 2 instances: a new one is refused, a renewal is not.
     server.register(json!({"service": "web", "id": "second", "address": "10.0.0.2", "port": 80}));
-    let full = server
-        .udp(r#"{"op":"register","service":"web","id":"third","address":"10.0.0.3","port":80}"#);
+    let full = server.udp(&padded(
+        r#"{"op":"register","service":"web","id":"third","address":"10.0.0.3","port":80}"#,
+        256,
+    ));
     assert_eq!(full["error"], "full", "{full}");
     server.register(json!({"service": "web", "id": "keep", "address": "10.0.0.1", "port": 80}));
 
-    let list = server.udp(r#"{"op":"list","service":"web"}"#);
+    let list = server.tcp(r#"{"op":"list","service":"web"}"#);
     let ids: Vec<&str> = list["instances"]
         .as_array()
         .unwrap()
@@ -309,20 +327,146 @@ fn oversized_requests_are_refused_and_the_connection_goes_on() {
     assert_eq!(replies[1]["seq"], 9);
 }
 
+/// The UDP port is no reflector: whatever the request, the reply datagram is at most 3× its
+/// bytes. A `list` whose reply is larger is answered `reply_too_large` (with its `seq`) when
+/// that fits, and not at all when even that would be over; over TCP the same list comes whole.
 #[test]
-fn udp_list_too_large_for_a_datagram_says_use_tcp() {
+fn udp_replies_are_never_more_than_3x_the_request() {
     let server = Server::start(&[]);
-    for i in 0..400 {
+    for i in 0..20 {
         server.register(json!({
             "service": "big", "id": format!("i{i}"), "address": "10.0.0.1", "port": 80,
-            "meta": {"padding": "p".repeat(200)}
         }));
     }
-    let reply = server.udp(r#"{"op":"list","seq":3}"#);
-    assert_eq!(reply["error"], "reply_too_large", "{reply}");
-    assert_eq!(reply["seq"], 3);
-    let replies = tcp_requests(server.registry, b"{\"op\":\"list\"}\n", 1);
-    assert_eq!(replies[0]["instances"].as_array().unwrap().len(), 400);
+    let full = server.tcp(r#"{"op":"list"}"#);
+    let full_len = full.to_string().len();
+    assert!(
+        full_len > 3 * 500,
+        "the list must be over 3x the longest request below: {full_len} bytes"
+    );
+
+    // The 13-byte list of the reflection report: nothing fits in 39 bytes, so no reply.
+    let list = br#"{"op":"list"}"#;
+    assert_eq!(list.len(), 13);
+    let reply = raw_query_from(LOCALHOST, server.registry, list, SILENCE);
+    if let Some(reply) = &reply {
+        assert!(reply.len() <= 39, "{}", String::from_utf8_lossy(reply));
+    }
+    assert_eq!(reply, None, "even reply_too_large is over 39 bytes");
+
+    // The same list with a seq, padded to longer and longer datagrams: never over 3×, and as
+    // soon as the refusal fits, the refusal (not the list) with the seq.
+    let mut answered = 0;
+    for len in [21, 30, 40, 45, 50, 60, 100, 200, 500] {
+        let request = padded(r#"{"op":"list","seq":3}"#, len);
+        let Some(reply) = raw_query_from(LOCALHOST, server.registry, request.as_bytes(), SILENCE)
+        else {
+            continue;
+        };
+        answered += 1;
+        assert!(
+            reply.len() <= 3 * len,
+            "{len}-byte request, {} bytes back",
+            reply.len()
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(reply["error"], "reply_too_large", "{reply}");
+        assert_eq!(reply["seq"], 3);
+        let message = reply["message"].as_str().unwrap();
+        assert!(message.contains("repeat over TCP"), "{message}");
+    }
+    assert!(
+        answered >= 3,
+        "the longer requests must hear reply_too_large"
+    );
+    assert_eq!(full["instances"].as_array().unwrap().len(), 20);
+}
+
+/// A datagram not worth an answer (one garbage byte) gets none, the refusal is logged with the
+/// source address, and the server answers the next request as before.
+#[test]
+fn a_garbage_datagram_gets_no_reply_and_is_logged() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = Server::start_logged("127.0.0.1:0", "127.0.0.1:0", &[], log.path());
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let source = socket.local_addr().unwrap();
+    socket.set_read_timeout(Some(SILENCE)).unwrap();
+    socket.send_to(b"x", server.registry).unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "no reply to one garbage byte"
+    );
+
+    let heartbeat = br#"{"op":"heartbeat","service":"web","id":"nobody","seq":4}"#;
+    socket.send_to(heartbeat, server.registry).unwrap();
+    let len = socket.recv(&mut buf).expect("the next request is answered");
+    let reply: serde_json::Value = serde_json::from_slice(&buf[..len]).unwrap();
+    assert_eq!(reply["error"], "unknown_instance", "{reply}");
+    assert_eq!(reply["seq"], 4);
+
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("left unanswered"))
+        .unwrap_or_else(|| panic!("no log line for the dropped datagram in {text:?}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&source.to_string()), "{line}");
+    assert!(line.contains("not a JSON object"), "{line}");
+}
+
+/// A register as small as the client library or the CLI can make it still succeeds over UDP
+/// (the client pads it), and every op whose reply is over UDP's bound comes back whole: the
+/// client repeats it over TCP when told `reply_too_large`.
+#[tokio::test]
+async fn the_client_library_and_cli_still_work_within_the_bound() {
+    use beacon::client::Client;
+    use beacon::protocol::WireRequest;
+
+    let server = Server::start(&[]);
+    let registry = server.registry.to_string();
+    let (code, out, err) = run(&[
+        "register",
+        "--registry",
+        &registry,
+        "--service",
+        "web",
+        "--port",
+        "8080",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("registered web/127-0-0-1-8080"), "{out}");
+    for i in 0..20 {
+        server.register(
+            json!({"service": "big", "id": format!("i{i}"), "address": "10.0.0.1", "port": 80}),
+        );
+    }
+    let client = Client::new(registry.as_str());
+    let list = WireRequest {
+        op: "list".into(),
+        ..WireRequest::default()
+    };
+    let reply = client
+        .send(&list)
+        .await
+        .expect("a list through UDP then TCP");
+    assert_eq!(reply.instances.unwrap().len(), 21);
+    let status = WireRequest {
+        op: "status".into(),
+        ..WireRequest::default()
+    };
+    let reply = client
+        .send(&status)
+        .await
+        .expect("a status through UDP then TCP");
+    assert_eq!(reply.instance_count, Some(21));
+    let (code, out, err) = run(&["status", "--registry", &registry]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("instances") && l.ends_with(" 21")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -108,14 +108,45 @@ impl Server {
         udp_request(self.registry, request.as_bytes())
     }
 
-    /// Registers over UDP and asserts the reply is ok.
+    /// Sends a raw request over TCP (one line) and returns the reply: for replies over UDP's
+    /// bound of 3× the request, such as `list` and `status`.
+    pub fn tcp(&self, request: &str) -> Value {
+        let mut replies = tcp_requests(self.registry, format!("{request}\n").as_bytes(), 1);
+        replies.remove(0)
+    }
+
+    /// Registers over UDP and asserts the reply is ok. The request is padded with spaces (JSON
+    /// whitespace) to 128 bytes, as the client library pads it: a register's reply repeats the
+    /// instance with its defaults, over 3× a minimal request, and the server would refuse it.
     pub fn register(&self, request: Value) -> Value {
         let mut request = request;
         request["op"] = "register".into();
-        let reply = self.udp(&request.to_string());
+        let reply = self.udp(&padded(&request.to_string(), 128));
         assert_eq!(reply["ok"], true, "register refused: {reply}");
         reply
     }
+
+    /// Like [`Server::start_on`], but the server's log (its stderr) is appended to `log`, for
+    /// tests that read it or print it when they fail.
+    pub fn start_logged(
+        dns: &str,
+        registry: &str,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> Server {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the server's log");
+        let named = format!(" (log: {})", log.display());
+        Server::spawn(dns, registry, extra, stderr.into(), &named)
+    }
+}
+
+/// `request` followed by spaces up to `len` bytes (JSON allows whitespace after the object).
+pub fn padded(request: &str, len: usize) -> String {
+    format!("{request:<len$}")
 }
 
 impl Drop for Server {
@@ -463,26 +494,6 @@ impl Running {
     /// Whether the process has exited (it is reaped if so).
     pub fn has_exited(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(Some(_)))
-    }
-}
-
-#[cfg(feature = "etcd")]
-impl Server {
-    /// Like [`Server::start_on`], but the server's log (its stderr) is appended to `log`, for
-    /// tests that print it when they fail.
-    pub fn start_logged(
-        dns: &str,
-        registry: &str,
-        extra: &[&str],
-        log: &std::path::Path,
-    ) -> Server {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the server's log");
-        let named = format!(" (log: {})", log.display());
-        Server::spawn(dns, registry, extra, stderr.into(), &named)
     }
 }
 
