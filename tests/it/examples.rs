@@ -19,28 +19,72 @@ const TTL_MS: u64 = 1500;
 enum Script {
     Python,
     Shell,
+    /// `signed_provider.py`: signs with the key in BEACON_KEY_FILE.
+    SignedPython,
+    /// `signed_provider.sh`: signs with openssl.
+    SignedShell,
+}
+
+/// A key the signed scripts use (in BEACON_KEY_FILE) and the server knows (--keys): one
+/// `beacon keygen` line serves both.
+struct Keys {
+    dir: tempfile::TempDir,
+}
+
+impl Keys {
+    fn new(services: &str) -> Keys {
+        let dir = tempfile::tempdir().expect("a directory for the keys");
+        let line = beacon::auth::keys::generate_line("example-key", services).unwrap();
+        std::fs::write(dir.path().join("keys"), format!("{line}\n")).unwrap();
+        Keys { dir }
+    }
+
+    fn file(&self) -> String {
+        self.dir.path().join("keys").display().to_string()
+    }
+
+    /// The `serve` arguments for `script`: the keys file for a signed one.
+    fn serve_args(&self, script: Script) -> Vec<String> {
+        if script.signs() {
+            vec!["--keys".into(), self.file()]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl Script {
+    fn signs(self) -> bool {
+        matches!(self, Script::SignedPython | Script::SignedShell)
+    }
+
     fn path(self) -> String {
         let file = match self {
             Script::Python => "provider.py",
             Script::Shell => "provider.sh",
+            Script::SignedPython => "signed_provider.py",
+            Script::SignedShell => "signed_provider.sh",
         };
         format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))
     }
 
     /// Fails (never skips) when the interpreter is missing.
     fn require_interpreter(self) {
-        let (program, hint) = match self {
-            Script::Python => (
+        let (program, version, hint) = match self {
+            Script::Python | Script::SignedPython => (
                 "python3",
+                "--version",
                 "install python3 (Debian: apt-get install python3; .ci/run does)",
             ),
-            Script::Shell => ("bash", "install bash"),
+            Script::Shell => ("bash", "--version", "install bash"),
+            Script::SignedShell => (
+                "openssl",
+                "version",
+                "install openssl (Debian: apt-get install openssl; .ci/run does)",
+            ),
         };
         let found = Command::new(program)
-            .arg("--version")
+            .arg(version)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -62,12 +106,24 @@ struct Provider {
 impl Provider {
     /// Runs `script SERVICE PORT TTL_MS` with `BEACON_REGISTRY=registry`.
     fn start(script: Script, registry: SocketAddr, service: &str, port: u16) -> Provider {
+        Provider::start_with_key(script, registry, service, port, &Keys::new("*"))
+    }
+
+    /// As [`Provider::start`], with `keys` in BEACON_KEY_FILE.
+    fn start_with_key(
+        script: Script,
+        registry: SocketAddr,
+        service: &str,
+        port: u16,
+        keys: &Keys,
+    ) -> Provider {
         script.require_interpreter();
         let log = tempfile::NamedTempFile::new().expect("temporary file for stderr");
         let child = Running::spawn(
             Command::new(script.path())
                 .args([service, &port.to_string(), &TTL_MS.to_string()])
                 .env("BEACON_REGISTRY", registry.to_string())
+                .env("BEACON_KEY_FILE", keys.file())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log.reopen().expect("reopen the stderr file")),
@@ -108,9 +164,11 @@ async fn answered(dns: SocketAddr, service: &str, port: u16) -> bool {
 /// Registers, stays past two leases through heartbeats alone, and on SIGTERM deregisters (the
 /// name leaves well before the lease could run out) and exits 0.
 async fn heartbeats_then_deregisters_on_sigterm(script: Script, service: &str) {
-    let server = Server::start(&[]);
+    let keys = Keys::new("*");
+    let args = keys.serve_args(script);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let port = 8080;
-    let mut provider = Provider::start(script, server.registry, service, port);
+    let mut provider = Provider::start_with_key(script, server.registry, service, port, &keys);
     let up = eventually(Duration::from_secs(5), || {
         answered(server.dns, service, port)
     })
@@ -150,15 +208,18 @@ async fn heartbeats_then_deregisters_on_sigterm(script: Script, service: &str) {
 /// The registry is killed (SIGKILL) and restarted empty on the same ports: the script's next
 /// heartbeat is answered `unknown_instance` and it registers again.
 async fn registers_again_after_a_registry_restart(script: Script, service: &str) {
-    let mut server = Server::start(&[]);
+    let keys = Keys::new("*");
+    let args = keys.serve_args(script);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::start(&args);
     let (dns, registry) = (server.dns, server.registry);
     let port = 9090;
-    let provider = Provider::start(script, registry, service, port);
+    let provider = Provider::start_with_key(script, registry, service, port, &keys);
     let up = eventually(Duration::from_secs(5), || answered(dns, service, port)).await;
     assert!(up, "never registered; stderr: {}", provider.stderr());
 
     server.kill();
-    let server = Server::start_on(&dns.to_string(), &registry.to_string(), &[]);
+    let server = Server::start_on(&dns.to_string(), &registry.to_string(), &args);
     assert_eq!((server.dns, server.registry), (dns, registry));
     let restarted = Instant::now();
     let back = eventually(Duration::from_secs(5), || answered(dns, service, port)).await;
@@ -193,4 +254,47 @@ async fn python_provider_registers_again_after_a_registry_restart() {
 #[tokio::test]
 async fn shell_provider_registers_again_after_a_registry_restart() {
     registers_again_after_a_registry_restart(Script::Shell, "sh-phoenix").await;
+}
+
+#[tokio::test]
+async fn signed_python_provider_heartbeats_and_deregisters_on_sigterm() {
+    heartbeats_then_deregisters_on_sigterm(Script::SignedPython, "spy-beat").await;
+}
+
+#[tokio::test]
+async fn signed_shell_provider_heartbeats_and_deregisters_on_sigterm() {
+    heartbeats_then_deregisters_on_sigterm(Script::SignedShell, "ssh-beat").await;
+}
+
+#[tokio::test]
+async fn signed_python_provider_registers_again_after_a_registry_restart() {
+    registers_again_after_a_registry_restart(Script::SignedPython, "spy-phoenix").await;
+}
+
+#[tokio::test]
+async fn signed_shell_provider_registers_again_after_a_registry_restart() {
+    registers_again_after_a_registry_restart(Script::SignedShell, "ssh-phoenix").await;
+}
+
+/// A signing script whose key does not cover its service stops at once, saying why, and
+/// registers nothing.
+#[tokio::test]
+async fn a_signed_provider_refused_for_good_stops_and_says_why() {
+    for script in [Script::SignedPython, Script::SignedShell] {
+        let keys = Keys::new("db");
+        let server = Server::start(&["--keys", &keys.file()]);
+        let mut provider = Provider::start_with_key(script, server.registry, "web", 80, &keys);
+        let status = provider.exit_status(Duration::from_secs(5));
+        assert!(
+            status.is_some_and(|s| s.code() == Some(1)),
+            "must exit 1, got {status:?}; stderr: {}",
+            provider.stderr()
+        );
+        let stderr = provider.stderr();
+        assert!(
+            stderr.contains("forbidden") && stderr.contains("may not change service"),
+            "{stderr}"
+        );
+        assert!(gone(server.dns, "web").await);
+    }
 }
