@@ -60,8 +60,8 @@ pub enum ServeError {
     /// The durable store could not be opened or read.
     #[error("config key `data_dir`: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// Cluster mode could not start.
-    #[error("config key `cluster.etcd`: {0}")]
+    /// Cluster mode could not start (the error names the key).
+    #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     /// Handing a bound socket to the runtime failed.
     #[error("cannot use a bound socket: {0}")]
