@@ -98,6 +98,168 @@ pub struct ClusterConfig {
     /// How long one etcd request may take before the node counts etcd as unreachable.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM file of the certificate authority that signed etcd's server certificates: the only
+    /// one trusted. Needed for `https://` endpoints (the system's trust store is not used).
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate this node presents to etcd (`--client-cert-auth`); with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Never printed.
+    pub key_file: Option<PathBuf>,
+    /// etcd user this node authenticates as (etcd auth enabled); with `password_file`.
+    pub username: Option<String>,
+    /// File holding the password of `username` (one trailing newline is not part of it), so
+    /// the password is in neither the config file nor a command line. Never printed.
+    pub password_file: Option<PathBuf>,
+}
+
+/// A value that must not reach a log line, an error message or a `Debug` print (a password, a
+/// private key): its `Debug` prints `<redacted>`, and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps `value`.
+    pub fn new(value: T) -> Secret<T> {
+        Secret(value)
+    }
+
+    /// The value, for the one call that needs it (handing it to the etcd client).
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What the cluster's security settings point at, read from their files
+/// ([`ClusterConfig::credentials`]).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterCredentials {
+    /// `ca_file`'s certificates (PEM).
+    pub ca: Option<Vec<u8>>,
+    /// `cert_file`'s certificate chain (PEM) and `key_file`'s key (PEM).
+    pub identity: Option<(Vec<u8>, Secret<Vec<u8>>)>,
+    /// `username` and the password from `password_file`.
+    pub user: Option<(String, Secret<String>)>,
+}
+
+impl ClusterConfig {
+    /// Reads the files of `ca_file`, `cert_file`, `key_file` and `password_file`. Each failure
+    /// names its key and the path, never what the file holds.
+    pub fn credentials(&self) -> Result<ClusterCredentials, ConfigError> {
+        let read = |key: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|error| ConfigError::Invalid {
+                key,
+                reason: format!("cannot read {}: {error}", path.display()),
+            })
+        };
+        // A PEM file of another kind (a key given as the certificate, say) would only fail
+        // later, inside the TLS handshake, with a message that names no setting: check the
+        // labels here. The files are parsed by rustls, not here.
+        let pem = |key: &'static str, path: &Path, bytes: &[u8], what: &str, label: &str| {
+            let text = String::from_utf8_lossy(bytes);
+            let found = text.lines().any(|line| {
+                line.strip_prefix("-----BEGIN ")
+                    .and_then(|rest| rest.strip_suffix("-----"))
+                    .is_some_and(|l| l.ends_with(label))
+            });
+            if found {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("{} holds no PEM {what}", path.display()),
+                })
+            }
+        };
+        let mut credentials = ClusterCredentials::default();
+        if let Some(path) = &self.ca_file {
+            let ca = read("cluster.ca_file", path)?;
+            pem("cluster.ca_file", path, &ca, "certificate", "CERTIFICATE")?;
+            credentials.ca = Some(ca);
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert_path), Some(key_path)) => {
+                let cert = read("cluster.cert_file", cert_path)?;
+                pem(
+                    "cluster.cert_file",
+                    cert_path,
+                    &cert,
+                    "certificate",
+                    "CERTIFICATE",
+                )?;
+                let key = Secret::new(read("cluster.key_file", key_path)?);
+                pem(
+                    "cluster.key_file",
+                    key_path,
+                    key.expose(),
+                    "private key",
+                    "PRIVATE KEY",
+                )?;
+                credentials.identity = Some((cert, key));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.key_file",
+                    reason: "must be set with cluster.cert_file (the certificate's private key)"
+                        .into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.cert_file",
+                    reason: "must be set with cluster.key_file (the key's certificate)".into(),
+                })
+            }
+            (None, None) => {}
+        }
+        match (&self.username, &self.password_file) {
+            (Some(username), Some(path)) => {
+                if username.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key: "cluster.username",
+                        reason: "is empty".into(),
+                    });
+                }
+                let invalid = |reason: String| ConfigError::Invalid {
+                    key: "cluster.password_file",
+                    reason,
+                };
+                let bytes = read("cluster.password_file", path)?;
+                let mut password = String::from_utf8(bytes)
+                    .map_err(|_| invalid(format!("{} is not UTF-8 text", path.display())))?;
+                // `echo secret > file` adds a newline that is no part of the password.
+                if password.ends_with('\n') {
+                    password.pop();
+                    if password.ends_with('\r') {
+                        password.pop();
+                    }
+                }
+                if password.is_empty() {
+                    return Err(invalid(format!("{} is empty", path.display())));
+                }
+                credentials.user = Some((username.clone(), Secret::new(password)));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.password_file",
+                    reason: "must be set with cluster.username (the user's password)".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.username",
+                    reason: "must be set with cluster.password_file (whose password it is)".into(),
+                })
+            }
+            (None, None) => {}
+        }
+        Ok(credentials)
+    }
 }
 
 impl Default for ClusterConfig {
@@ -108,6 +270,11 @@ impl Default for ClusterConfig {
             node: String::new(),
             lease_ttl: Duration::from_secs(10),
             timeout: Duration::from_secs(2),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
         }
     }
 }
@@ -385,6 +552,30 @@ impl Config {
                 );
             }
         }
+        // TLS is all or nothing: etcd-client refuses TLS settings for an http:// endpoint, and
+        // an https:// one without a CA to trust could verify no certificate.
+        let https = c.etcd.iter().filter(|e| e.starts_with("https://")).count();
+        if https > 0 && https < c.etcd.len() {
+            return invalid(
+                "cluster.etcd",
+                "mixes http:// and https:// endpoints: members of one cluster serve one scheme"
+                    .into(),
+            );
+        }
+        if https > 0 && c.ca_file.is_none() {
+            return invalid(
+                "cluster.ca_file",
+                "https:// endpoints need the CA that signed etcd's certificates (PEM)".into(),
+            );
+        }
+        if !c.etcd.is_empty() && https == 0 && (c.ca_file.is_some() || c.cert_file.is_some()) {
+            return invalid(
+                "cluster.etcd",
+                "endpoints must be https:// when cluster.ca_file or cluster.cert_file is set"
+                    .into(),
+            );
+        }
+        c.credentials()?;
         if !c.etcd.is_empty() && self.data_dir.is_some() {
             return invalid(
                 "data_dir",
@@ -564,10 +755,129 @@ mod tests {
             assert!(err.contains(key), "{toml}: {err}");
         }
         let ok = Config::from_toml(
-            "[cluster]\netcd = [\"http://10.0.0.1:2379\", \"https://etcd.example:2379\"]\n",
+            "[cluster]\netcd = [\"http://10.0.0.1:2379\", \"http://etcd.example:2379\"]\n",
         )
         .unwrap();
         assert_eq!(ok.cluster.etcd.len(), 2);
+    }
+
+    /// A directory with a CA, a client certificate and key, and a password file (contents are
+    /// only PEM-shaped: validation reads the files, rustls parses them).
+    fn security_files() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("ca.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("client.pem"), cert).unwrap();
+        std::fs::write(
+            dir.path().join("client.key"),
+            "-----BEGIN EC PRIVATE KEY-----\nKEYBYTES\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("password"), "s3cret-pa55\n").unwrap();
+        dir
+    }
+
+    fn secured(dir: &Path, keys: &[(&str, &str)]) -> String {
+        let mut toml = String::from("[cluster]\netcd = [\"https://127.0.0.1:2379\"]\n");
+        for (key, file) in keys {
+            let value = match *key {
+                "username" => file.to_string(),
+                _ => dir.join(file).display().to_string(),
+            };
+            toml.push_str(&format!("{key} = {value:?}\n"));
+        }
+        toml
+    }
+
+    #[test]
+    fn security_settings_are_read_and_checked() {
+        let dir = security_files();
+        let all = [
+            ("ca_file", "ca.pem"),
+            ("cert_file", "client.pem"),
+            ("key_file", "client.key"),
+            ("username", "beacon"),
+            ("password_file", "password"),
+        ];
+        let config = Config::from_toml(&secured(dir.path(), &all)).unwrap();
+        let credentials = config.cluster.credentials().unwrap();
+        assert!(credentials.ca.is_some() && credentials.identity.is_some());
+        let (user, password) = credentials.user.clone().unwrap();
+        assert_eq!(user, "beacon");
+        assert_eq!(
+            password.expose(),
+            "s3cret-pa55",
+            "the trailing newline is not in it"
+        );
+
+        // Secrets never show in a Debug print.
+        let printed = format!("{credentials:?} {config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!printed.contains("KEYBYTES"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+
+        for (keys, named) in [
+            // Halves of a pair.
+            (vec![all[0], all[1]], "cluster.key_file"),
+            (vec![all[0], all[2]], "cluster.cert_file"),
+            (vec![all[0], all[3]], "cluster.password_file"),
+            (vec![all[0], all[4]], "cluster.username"),
+            (vec![all[0], ("username", ""), all[4]], "cluster.username"),
+            // https:// without a CA to trust.
+            (vec![], "cluster.ca_file"),
+            (vec![all[1], all[2]], "cluster.ca_file"),
+            // Files that cannot be read, or hold the wrong thing.
+            (vec![("ca_file", "missing.pem")], "cluster.ca_file"),
+            (vec![("ca_file", "client.key")], "cluster.ca_file"),
+            (
+                vec![all[0], ("cert_file", "client.key"), all[2]],
+                "cluster.cert_file",
+            ),
+            (
+                vec![all[0], all[1], ("key_file", "ca.pem")],
+                "cluster.key_file",
+            ),
+            (
+                vec![all[0], all[3], ("password_file", "missing")],
+                "cluster.password_file",
+            ),
+        ] {
+            let toml = secured(dir.path(), &keys);
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains(named), "{toml}: {err}");
+        }
+
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let err = Config::from_toml(&secured(
+            dir.path(),
+            &[all[0], all[3], ("password_file", "empty")],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cluster.password_file") && err.contains("empty"),
+            "{err}"
+        );
+
+        // TLS settings with http:// endpoints, or the two schemes mixed.
+        let ca = dir.path().join("ca.pem").display().to_string();
+        for toml in [
+            format!("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nca_file = {ca:?}\n"),
+            format!(
+                "[cluster]\netcd = [\"http://127.0.0.1:2379\", \"https://127.0.0.1:2380\"]\n\
+                 ca_file = {ca:?}\n"
+            ),
+        ] {
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains("cluster.etcd"), "{toml}: {err}");
+        }
+        // Authentication alone over http:// is allowed (etcd allows it).
+        let toml = format!(
+            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nusername = \"beacon\"\n\
+             password_file = {:?}\n",
+            dir.path().join("password")
+        );
+        Config::from_toml(&toml).unwrap();
     }
 
     #[test]

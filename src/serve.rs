@@ -68,8 +68,8 @@ pub enum ServeError {
     /// The keys file could not be read or parsed.
     #[error("config key `auth.keys_file`: {0}")]
     Keys(#[from] crate::auth::keys::KeyFileError),
-    /// Cluster mode could not start.
-    #[error("config key `cluster.etcd`: {0}")]
+    /// Cluster mode could not start (the error names the key).
+    #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     /// Handing a bound socket to the runtime failed.
     #[error("cannot use a bound socket: {0}")]

@@ -91,7 +91,8 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Cluster mode: share one catalog with other nodes through these etcd endpoints,
-    /// comma-separated (http://HOST:PORT) [config: cluster.etcd; needs the `etcd` feature].
+    /// comma-separated (http://HOST:PORT; https:// with the config's cluster.ca_file)
+    /// [config: cluster.etcd; needs the `etcd` feature].
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     etcd: Vec<String>,
     /// Serve Prometheus metrics on GET /metrics at this address [config: metrics.listen].

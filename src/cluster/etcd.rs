@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{key, parse_key, ClusterError, ClusterLog, Numbered};
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, ClusterCredentials, ConfigError};
 use crate::registry::{Change, Limits, Registration, Registry, RemoteChange};
 
 /// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
@@ -29,13 +29,20 @@ use crate::registry::{Change, Limits, Registration, Registry, RemoteChange};
 /// would deny every instance the other nodes hold (a restarted node, NXDOMAIN). It waits as
 /// long as the sync makes progress (a large catalog takes a while), but not for an etcd that
 /// cannot be reached: once every endpoint has failed once, or after 60 s, the
-/// node starts stale and syncs in the background.
+/// node starts stale and syncs in the background. An etcd that refuses this node's settings
+/// (its password, its certificate, or a certificate of etcd's that does not verify against
+/// `cluster.ca_file`) is a start-up error naming the setting: no retry would mend it.
 pub async fn start(
     config: &ClusterConfig,
     registry: Registry,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), ClusterError> {
+    let credentials = config.credentials()?;
+    let security = Security {
+        tls: tls_options(config, &credentials)?,
+        credentials,
+    };
     let (log, changes) = ClusterLog::new(config.timeout);
     let log = Arc::new(log);
     let (synced_tx, synced) = tokio::sync::oneshot::channel();
@@ -47,11 +54,13 @@ pub async fn start(
         config.node.clone()
     };
     let mut task = Node::new(config.clone(), node, registry, log, changes);
+    task.security = security;
     task.first_sync = Some(synced_tx);
     tracker.spawn(task.run(shutdown));
     match tokio::time::timeout(FIRST_SYNC_LIMIT, synced).await {
-        Ok(Ok(true)) | Ok(Err(_)) => {} // synced, or shut down first
-        Ok(Ok(false)) => tracing::warn!(
+        Ok(Ok(FirstSync::Synced)) | Ok(Err(_)) => {} // synced, or shut down first
+        Ok(Ok(FirstSync::Refused(error))) => return Err(error),
+        Ok(Ok(FirstSync::Unreachable)) => tracing::warn!(
             endpoints = config.etcd.len(),
             "etcd not reached at start (every endpoint failed): serving from memory (stale) \
              until it is"
@@ -62,6 +71,298 @@ pub async fn start(
         ),
     }
     Ok(())
+}
+
+/// How the first sync went, as `start` learns it.
+enum FirstSync {
+    /// In sync with etcd.
+    Synced,
+    /// Every endpoint failed once, none of them by refusing this node's settings.
+    Unreachable,
+    /// Every endpoint failed once, and one refused this node's settings (the first refusal).
+    Refused(ClusterError),
+}
+
+/// How this node proves itself to etcd and checks etcd in turn; empty without the settings.
+#[derive(Default)]
+struct Security {
+    /// `ca_file`, `cert_file` and `key_file` for etcd-client (rustls inside tonic). Holds the
+    /// private key, and its `Debug` would print it: never printed.
+    tls: Option<TlsOptions>,
+    /// What the settings' files hold: the user, and the PEM files for [`probe_tls`].
+    credentials: ClusterCredentials,
+}
+
+/// etcd-client's TLS settings from the files' contents, each file parsed here first so that a
+/// garbled one is named: rustls skips a CA certificate it cannot parse without a word, and
+/// every handshake would then fail as if etcd's certificate were wrong.
+fn tls_options(
+    config: &ClusterConfig,
+    credentials: &ClusterCredentials,
+) -> Result<Option<TlsOptions>, ClusterError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let unusable = |key: &'static str, path: &Option<std::path::PathBuf>, what: &str| {
+        let path = path.as_deref().unwrap_or(std::path::Path::new("?"));
+        ClusterError::Config(ConfigError::Invalid {
+            key,
+            reason: format!(
+                "{} is not {what} in PEM that rustls can read",
+                path.display()
+            ),
+        })
+    };
+    let certificates = |pem: &[u8]| {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|certificates| !certificates.is_empty())
+    };
+    if credentials.ca.is_none() && credentials.identity.is_none() {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &credentials.ca {
+        if !certificates(ca) {
+            return Err(unusable("cluster.ca_file", &config.ca_file, "certificates"));
+        }
+        tls = tls.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &credentials.identity {
+        if !certificates(cert) {
+            return Err(unusable(
+                "cluster.cert_file",
+                &config.cert_file,
+                "a certificate",
+            ));
+        }
+        // The parser's own error is left out: it may quote the file, and this one is a key.
+        if PrivateKeyDer::from_pem_slice(key.expose()).is_err() {
+            return Err(unusable(
+                "cluster.key_file",
+                &config.key_file,
+                "a private key",
+            ));
+        }
+        tls = tls.identity(Identity::from_pem(cert, key.expose()));
+    }
+    Ok(Some(tls))
+}
+
+/// If `error` is etcd, or the TLS handshake with it, refusing this node's settings — which no
+/// retry mends, unlike an etcd that is down or slow — the error naming the setting to fix.
+/// etcd says so in its gRPC status messages (etcd's `rpctypes`); TLS, in the rustls error
+/// somewhere in the error's source chain.
+fn refusal(
+    error: &etcd_client::Error,
+    config: &ClusterConfig,
+    endpoint: &str,
+) -> Option<ClusterError> {
+    let refused = |key: &'static str, reason: String| {
+        Some(ClusterError::Refused {
+            key,
+            reason: format!("etcd at {endpoint}: {reason}"),
+        })
+    };
+    let user = config.username.as_deref().unwrap_or_default();
+    let source: &(dyn std::error::Error + 'static) = match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            // etcd's messages (its `rpctypes`) are stable and tell the cases apart better than
+            // the codes: authentication failures and a missing user share InvalidArgument.
+            let m = status.message();
+            if m.contains("authentication failed") {
+                return refused(
+                    "cluster.password_file",
+                    format!(
+                        "user {user:?} with the password of cluster.password_file refused ({m})"
+                    ),
+                );
+            }
+            if m.contains("user name is empty") {
+                return refused(
+                    "cluster.username",
+                    format!(
+                        "etcd has authentication enabled: set cluster.username and \
+                         cluster.password_file ({m})"
+                    ),
+                );
+            }
+            if m.contains("authentication is not enabled") {
+                return refused(
+                    "cluster.username",
+                    format!(
+                        "etcd has authentication disabled: leave cluster.username and \
+                         cluster.password_file unset, or enable it on etcd ({m})"
+                    ),
+                );
+            }
+            if m.contains("permission denied") {
+                let who = match &config.username {
+                    Some(user) => format!("user {user:?}"),
+                    // etcd then takes the client certificate's common name for the user.
+                    None => "this node (without cluster.username)".to_string(),
+                };
+                return refused(
+                    "cluster.username",
+                    format!(
+                        "{who} may not read and write cluster.prefix {:?}: grant its role \
+                         readwrite on that prefix ({m})",
+                        config.prefix
+                    ),
+                );
+            }
+            status
+        }
+        etcd_client::Error::TransportError(error) => error,
+        _ => return None,
+    };
+    tls_refusal(tls_error(source)?, config, endpoint)
+}
+
+/// The error naming the setting to fix if `tls` is a TLS failure that a setting of this node
+/// causes (see [`refusal`]).
+fn tls_refusal(
+    tls: &rustls::Error,
+    config: &ClusterConfig,
+    endpoint: &str,
+) -> Option<ClusterError> {
+    let refused = |key: &'static str, reason: String| {
+        Some(ClusterError::Refused {
+            key,
+            reason: format!("etcd at {endpoint}: {reason}"),
+        })
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. },
+        ) => refused(
+            "cluster.etcd",
+            format!("etcd's certificate does not name the endpoint's host ({tls})"),
+        ),
+        rustls::Error::InvalidCertificate(_) => refused(
+            "cluster.ca_file",
+            format!(
+                "etcd's certificate does not verify against {} ({tls})",
+                config
+                    .ca_file
+                    .as_deref()
+                    .map_or("no CA".into(), |p| p.display().to_string())
+            ),
+        ),
+        // etcd's alerts about the client's certificate (Go's TLS sends BadCertificate for a
+        // missing one too).
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnsupportedCertificate
+            | rustls::AlertDescription::CertificateRevoked
+            | rustls::AlertDescription::CertificateExpired
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::CertificateRequired
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::AccessDenied,
+        ) => match config.cert_file {
+            None => refused(
+                "cluster.cert_file",
+                format!(
+                    "etcd wants a client certificate: set cluster.cert_file and \
+                     cluster.key_file ({tls})"
+                ),
+            ),
+            Some(_) => refused(
+                "cluster.cert_file",
+                format!(
+                    "etcd refused this node's client certificate (cluster.cert_file, \
+                     cluster.key_file) ({tls})"
+                ),
+            ),
+        },
+        rustls::Error::InconsistentKeys(_) => Some(ClusterError::Refused {
+            key: "cluster.key_file",
+            reason: format!("is not the private key of cluster.cert_file's certificate ({tls})"),
+        }),
+        _ => None,
+    }
+}
+
+/// The TLS error of one plain connection to `endpoint` made with this node's TLS settings, if
+/// it fails with one. etcd refuses a client certificate after a TLS 1.3 handshake that the
+/// client has already finished, and gRPC then reports only "connection closed": the alert
+/// that says why is lost inside hyper. So when a session fails that way before the first sync,
+/// this reads etcd's alert. Blocking, bounded by `timeout` per step: run it on the blocking
+/// pool. It uses rustls as etcd-client does (same crate, same provider), only to read the
+/// alert; etcd's traffic never goes through it.
+fn probe_tls(
+    endpoint: &str,
+    credentials: &ClusterCredentials,
+    timeout: Duration,
+) -> Option<rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+
+    let authority = endpoint.strip_prefix("https://")?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
+        _ => (authority, 2379),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(credentials.ca.as_deref()?) {
+        roots.add(certificate.ok()?).ok()?;
+    }
+    // The provider tonic's `tls-ring` builds etcd-client's connections with, so the probe
+    // offers what they offer (rustls deprecates it for lacking post-quantum key exchange).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots);
+    let mut config = match &credentials.identity {
+        Some((chain, key)) => {
+            let chain = CertificateDer::pem_slice_iter(chain)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let key = PrivateKeyDer::from_pem_slice(key.expose()).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let address = (host, port).to_socket_addrs().ok()?.next()?;
+    let tcp = std::net::TcpStream::connect_timeout(&address, timeout).ok()?;
+    tcp.set_read_timeout(Some(timeout)).ok()?;
+    tcp.set_write_timeout(Some(timeout)).ok()?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    // HTTP/2's connection preface and an empty SETTINGS frame: etcd answers with its own
+    // SETTINGS if it took the certificate, and with an alert if it did not.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let error = tls
+        .write_all(PREFACE)
+        .and_then(|()| tls.read(&mut [0u8; 64]))
+        .err()?;
+    tls_error(&error).cloned()
+}
+
+/// The rustls error in `error`'s source chain, if any. An `io::Error`'s `source` skips the
+/// error it wraps (tokio-rustls wraps rustls's in one), so that one is looked into too.
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+    {
+        if let Some(tls) = tls_error(inner) {
+            return Some(tls);
+        }
+    }
+    error.source().and_then(tls_error)
 }
 
 fn hostname() -> String {
@@ -202,9 +503,14 @@ struct Node {
     sync_page: i64,
     /// Sessions started: each talks to the next endpoint of `cluster.etcd`.
     sessions: usize,
-    /// Told when the first sync is done (true), or every endpoint failed once before it
-    /// (false): `start` waits for it.
-    first_sync: Option<tokio::sync::oneshot::Sender<bool>>,
+    /// Told when the first sync is done, or every endpoint failed once before it: `start`
+    /// waits for it.
+    first_sync: Option<tokio::sync::oneshot::Sender<FirstSync>>,
+    /// The first refusal of this node's settings before the first sync: what `start` reports
+    /// if no endpoint syncs.
+    first_refusal: Option<ClusterError>,
+    /// TLS settings and user.
+    security: Security,
 }
 
 impl Node {
@@ -229,6 +535,8 @@ impl Node {
             sync_page: SYNC_PAGE,
             sessions: 0,
             first_sync: None,
+            first_refusal: None,
+            security: Security::default(),
         }
     }
 
@@ -240,13 +548,35 @@ impl Node {
                 error = self.session(&mut stale_since) => error,
                 _ = shutdown.cancelled() => return,
             };
+            let endpoint =
+                self.config.etcd[(self.sessions.max(1) - 1) % self.config.etcd.len()].clone();
+            let mut refused = refusal(&error, &self.config, &endpoint);
+            if refused.is_none() && self.first_sync.is_some() && self.security.tls.is_some() {
+                // A client certificate etcd refused looks like a closed connection from here.
+                let credentials = self.security.credentials.clone();
+                let timeout = self.config.timeout;
+                let probe = endpoint.clone();
+                let probed =
+                    tokio::task::spawn_blocking(move || probe_tls(&probe, &credentials, timeout));
+                if let Ok(Some(tls)) = probed.await {
+                    refused = tls_refusal(&tls, &self.config, &endpoint);
+                }
+            }
             // A session only ends on an error; whatever it had synced stays in the registry.
             if stale_since.is_none() {
-                tracing::warn!(
-                    node = %self.node, %error,
-                    "etcd unreachable: answering from the last view (stale) and taking \
-                     registrations locally; they are written when etcd is back"
-                );
+                match &refused {
+                    // Say which setting to fix (a password changed on etcd since, say).
+                    Some(refused) => tracing::warn!(
+                        node = %self.node, %refused,
+                        "etcd refused this node: answering from the last view (stale) and \
+                         taking registrations locally; retrying"
+                    ),
+                    None => tracing::warn!(
+                        node = %self.node, %error,
+                        "etcd unreachable: answering from the last view (stale) and taking \
+                         registrations locally; they are written when etcd is back"
+                    ),
+                }
                 stale_since = Some(std::time::Instant::now());
                 pause = Duration::from_millis(100);
             } else {
@@ -254,9 +584,22 @@ impl Node {
             }
             self.registry.set_stale(true);
             self.log.set_unreachable(true);
+            if self.first_sync.is_some() && self.first_refusal.is_none() {
+                self.first_refusal = refused;
+            }
             if self.sessions >= self.config.etcd.len() {
                 if let Some(first_sync) = self.first_sync.take() {
-                    let _ = first_sync.send(false);
+                    // Refused by one endpoint and reached by none: a setting is wrong, and
+                    // `start` stops the node. Unreachable only: it starts stale.
+                    match self.first_refusal.take() {
+                        Some(refused) => {
+                            let _ = first_sync.send(FirstSync::Refused(refused));
+                            return;
+                        }
+                        None => {
+                            let _ = first_sync.send(FirstSync::Unreachable);
+                        }
+                    }
                 }
             }
             // Every session begins with a sync that writes what the registry holds, so what was
@@ -294,6 +637,19 @@ impl Node {
             .with_keep_alive_while_idle(true)
             // A member cut off from the others must not serve a watch that never moves.
             .with_require_leader(true);
+        let options = match &self.security.tls {
+            Some(tls) => options.with_tls(tls.clone()),
+            None => options,
+        };
+        let options = match &self.security.credentials.user {
+            // etcd's tokens run out (after 5 idle minutes by default, and when a member
+            // restarts): etcd-client then authenticates again and retries, rather than the
+            // session failing and the node going stale for a moment.
+            Some((user, password)) => options
+                .with_user(user.clone(), password.expose().clone())
+                .with_auto_token_refresh(true),
+            None => options,
+        };
         // One member per session, the next one after a failure: etcd-client's balanced channel
         // keeps routing requests to a member that is down, and they fail (etcdv3/etcd-client
         // #39), so a node given every member at once would fail session after session while
@@ -324,8 +680,9 @@ impl Node {
         self.registry.set_stale(false);
         self.log.set_unreachable(false);
         if let Some(first_sync) = self.first_sync.take() {
-            let _ = first_sync.send(true);
+            let _ = first_sync.send(FirstSync::Synced);
         }
+        self.first_refusal = None;
         match stale_since.take() {
             Some(since) => tracing::info!(
                 node = %self.node, lease = format_args!("{lease:x}"), revision,
@@ -747,7 +1104,7 @@ fn decode(value: &[u8], service: &str, id: &str, limits: &Limits) -> Option<Regi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RegistryConfig;
+    use crate::config::{RegistryConfig, Secret};
 
     /// One etcd member on loopback, killed when dropped.
     struct Etcd {
@@ -896,6 +1253,41 @@ mod tests {
         }
         .validate(node.registry.limits())
         .unwrap()
+    }
+
+    /// PEM files that only look right (the config's check reads their labels) are named by
+    /// their key when rustls cannot read them, and a key file's content is never quoted.
+    #[test]
+    fn unreadable_pem_files_are_named() {
+        let garbled = b"-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n";
+        let key = b"-----BEGIN PRIVATE KEY-----\nSECRETKEYBYTES!\n-----END PRIVATE KEY-----\n";
+        let config = ClusterConfig::default();
+        let check = |credentials: ClusterCredentials| match tls_options(&config, &credentials) {
+            Ok(_) => panic!("accepted"),
+            Err(error) => error.to_string(),
+        };
+        let err = check(ClusterCredentials {
+            ca: Some(garbled.to_vec()),
+            ..Default::default()
+        });
+        assert!(err.contains("cluster.ca_file"), "{err}");
+        let err = check(ClusterCredentials {
+            identity: Some((garbled.to_vec(), Secret::new(key.to_vec()))),
+            ..Default::default()
+        });
+        assert!(err.contains("cluster.cert_file"), "{err}");
+        // A certificate rustls reads (the label and base64 are all it checks here).
+        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let err = check(ClusterCredentials {
+            identity: Some((cert.to_vec(), Secret::new(key.to_vec()))),
+            ..Default::default()
+        });
+        assert!(err.contains("cluster.key_file"), "{err}");
+        assert!(!err.contains("SECRETKEYBYTES"), "{err}");
+        assert!(matches!(
+            tls_options(&config, &ClusterCredentials::default()),
+            Ok(None)
+        ));
     }
 
     #[test]

@@ -32,16 +32,28 @@ use crate::registry::{Change, ChangeLog};
 #[cfg(feature = "etcd")]
 pub use etcd::start;
 
-/// Why cluster mode could not start.
+/// Why cluster mode could not start. Each message names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// This binary was built without the etcd client.
     #[error(
-        "cluster.etcd is set, but this beacon was built without the `etcd` feature; \
-         rebuild with `cargo build --release --features etcd` (needs protoc, Debian's \
-         protobuf-compiler)"
+        "config key `cluster.etcd`: set, but this beacon was built without the `etcd` \
+         feature; rebuild with `cargo build --release --features etcd` (needs protoc, \
+         Debian's protobuf-compiler)"
     )]
     NotBuilt,
+    /// A security setting's file could not be read or used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// etcd, or the TLS handshake with it, refused this node's settings (a password, a
+    /// certificate, a role): no retry can mend that, so the node does not start.
+    #[error("config key `{key}`: {reason}")]
+    Refused {
+        /// The setting to fix, as written in the config file.
+        key: &'static str,
+        /// What etcd or TLS said, and where. Never holds a secret.
+        reason: String,
+    },
 }
 
 /// Starts cluster mode; in a build without the `etcd` feature, that is an error.

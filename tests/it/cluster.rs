@@ -109,16 +109,144 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// etcd's `root` password in the tests that turn authentication on.
+const ROOT_PASSWORD: &str = "root-pw-of-the-test";
+
+/// Where the `openssl` command is not installed, the TLS test prints why and passes (on CI,
+/// which installs it, that is a failure).
+fn openssl_installed() -> bool {
+    let found = Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl is not installed on CI"
+        );
+        eprintln!("openssl not installed: skipping the TLS cluster test");
+    }
+    found
+}
+
+/// Certificates made at test time with the `openssl` command, P-256 keys, valid for a day:
+/// `ca` signs etcd's `server` certificate (for 127.0.0.1) and the `client` certificate beacon
+/// and etcdctl present; `other-ca` signs `stranger`, a client certificate etcd must refuse.
+struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    fn make() -> Certificates {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("openssl.cnf"),
+            "[req]\ndistinguished_name = dn\n[dn]\n\
+             [ca]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n\
+             [server]\nsubjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth, clientAuth\n\
+             [client]\nextendedKeyUsage = clientAuth\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (pem, key_file, subject) = (
+                format!("{ca}.pem"),
+                format!("{ca}.key"),
+                format!("/CN=beacon test {ca}"),
+            );
+            let mut args = vec![
+                "req",
+                "-x509",
+                "-config",
+                "openssl.cnf",
+                "-extensions",
+                "ca",
+            ];
+            args.extend(key);
+            args.extend([
+                "-days", "1", "-subj", &subject, "-keyout", &key_file, "-out", &pem,
+            ]);
+            openssl(&args);
+        }
+        for (name, ca, extensions) in [
+            ("server", "ca", "server"),
+            ("client", "ca", "client"),
+            ("stranger", "other-ca", "client"),
+        ] {
+            let (csr, key_file, pem) = (
+                format!("{name}.csr"),
+                format!("{name}.key"),
+                format!("{name}.pem"),
+            );
+            let subject = format!("/CN=beacon test {name}");
+            let mut args = vec!["req", "-config", "openssl.cnf"];
+            args.extend(key);
+            args.extend(["-subj", &subject, "-keyout", &key_file, "-out", &csr]);
+            openssl(&args);
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "openssl.cnf",
+                "-extensions",
+                extensions,
+                "-out",
+                &pem,
+            ]);
+        }
+        Certificates { dir }
+    }
+
+    /// The path of one of the files, such as `ca.pem` or `client.key`.
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
 struct Member {
     name: String,
     client: u16,
     peer: u16,
+    /// Clients speak TLS to it (peers keep plain HTTP on loopback).
+    tls: bool,
     process: Option<Running>,
 }
 
 impl Member {
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
     }
 }
 
@@ -127,12 +255,27 @@ struct EtcdCluster {
     dir: tempfile::TempDir,
     token: String,
     members: Vec<Member>,
+    /// With TLS: the directory of [`Certificates`].
+    certificates: Option<PathBuf>,
+    /// Flags every etcdctl call of the test gets: TLS files, and root's name and password once
+    /// authentication is on.
+    ctl_flags: Vec<String>,
 }
 
 impl EtcdCluster {
     /// Starts three members and waits until they have elected a leader. A member that cannot
     /// bind its ports (taken meanwhile) fails the attempt, and another is made on other ports.
     fn start() -> EtcdCluster {
+        EtcdCluster::start_with(None)
+    }
+
+    /// Like [`EtcdCluster::start`], but the members serve clients TLS only, to clients whose
+    /// certificate the test CA signed (`--client-cert-auth`).
+    fn start_tls(certificates: &Certificates) -> EtcdCluster {
+        EtcdCluster::start_with(Some(certificates))
+    }
+
+    fn start_with(certificates: Option<&Certificates>) -> EtcdCluster {
         static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         for attempt in 1..=3 {
             let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
@@ -144,9 +287,18 @@ impl EtcdCluster {
                         name: format!("m{i}"),
                         client: free_port(),
                         peer: free_port(),
+                        tls: certificates.is_some(),
                         process: None,
                     })
                     .collect(),
+                certificates: certificates.map(|c| c.dir.path().to_path_buf()),
+                ctl_flags: certificates.map_or_else(Vec::new, |c| {
+                    vec![
+                        format!("--cacert={}", c.path("ca.pem")),
+                        format!("--cert={}", c.path("client.pem")),
+                        format!("--key={}", c.path("client.key")),
+                    ]
+                }),
             };
             for i in 0..3 {
                 cluster.spawn(i);
@@ -177,11 +329,23 @@ impl EtcdCluster {
         let client = member.url();
         let peer = format!("http://127.0.0.1:{}", member.peer);
         let data = self.dir.path().join(&member.name);
+        let mut etcd = Command::new("etcd");
+        if let Some(dir) = &self.certificates {
+            etcd.arg("--cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--key-file")
+                .arg(dir.join("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.pem"))
+                .arg("--client-cert-auth")
+                // Authentication tokens run out after a second instead of five minutes: the
+                // nodes must get new ones as they go, without a session failing.
+                .args(["--auth-token-ttl", "1"]);
+        }
         // With a data directory from an earlier run (a restart) etcd ignores the initial-*
         // flags and rejoins as the member it was.
         let process = Running::spawn(
-            Command::new("etcd")
-                .args(["--name", &member.name])
+            etcd.args(["--name", &member.name])
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--listen-client-urls", &client])
@@ -226,7 +390,7 @@ impl EtcdCluster {
 
     /// (member id, the leader it follows) as member `i` reports them.
     fn status(&self, i: usize) -> Option<(u64, u64)> {
-        let out = etcdctl(
+        let out = self.ctl(
             &self.members[i].url(),
             &["endpoint", "status", "-w", "json"],
         )?;
@@ -257,7 +421,9 @@ impl EtcdCluster {
     /// Whether every running member answers a quorum read and they agree on a running leader.
     fn healthy(&self) -> bool {
         self.leader().is_some()
-            && etcdctl(&self.running_endpoints(), &["endpoint", "health"]).is_some()
+            && self
+                .ctl(&self.running_endpoints(), &["endpoint", "health"])
+                .is_some()
     }
 
     /// Waits until [`EtcdCluster::healthy`]; false at once if a member exited (it could not
@@ -295,7 +461,7 @@ impl EtcdCluster {
     /// The leases of the keys under `prefix` (0 for a key without one), read through the
     /// running members.
     fn leases(&self, prefix: &str) -> Option<Vec<i64>> {
-        let out = etcdctl(
+        let out = self.ctl(
             &self.running_endpoints(),
             &["get", "--prefix", prefix, "-w", "json"],
         )?;
@@ -306,6 +472,42 @@ impl EtcdCluster {
                 .map(|kv| kv["lease"].as_i64().unwrap_or(0))
                 .collect(),
         )
+    }
+
+    /// [`etcdctl`] with this cluster's flags ([`EtcdCluster::ctl_flags`]).
+    fn ctl(&self, endpoints: &str, args: &[&str]) -> Option<String> {
+        let mut all: Vec<&str> = self.ctl_flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(endpoints, &all)
+    }
+
+    /// Turns etcd authentication on, as an operator does: a `root` user, and `user` with
+    /// `password` in a role of the same name that may read and write under `prefix` and
+    /// nothing else. etcdctl goes on as root.
+    fn enable_auth(&mut self, prefix: &str, user: &str, password: &str) {
+        let endpoints = self.running_endpoints();
+        let user_password = format!("{user}:{password}");
+        for args in [
+            &["user", "add", &format!("root:{ROOT_PASSWORD}")][..],
+            &["user", "add", &user_password],
+            &["role", "add", user],
+            &[
+                "role",
+                "grant-permission",
+                user,
+                "--prefix=true",
+                "readwrite",
+                prefix,
+            ],
+            &["user", "grant-role", user, user],
+            &["auth", "enable"],
+        ] {
+            assert!(
+                self.ctl(&endpoints, args).is_some(),
+                "etcdctl {args:?} failed"
+            );
+        }
+        self.ctl_flags.push(format!("--user=root:{ROOT_PASSWORD}"));
     }
 
     fn logs(&self) -> String {
@@ -343,10 +545,15 @@ impl Nodes {
     /// Starts the three nodes with `[cluster] prefix` and `lease_ttl` and waits until each is
     /// in sync with etcd.
     fn start(etcd: &EtcdCluster, prefix: &str, lease_ttl: &str) -> Nodes {
+        Nodes::start_with(etcd, prefix, lease_ttl, "")
+    }
+
+    /// Like [`Nodes::start`], with more lines for the `[cluster]` table.
+    fn start_with(etcd: &EtcdCluster, prefix: &str, lease_ttl: &str, cluster: &str) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "log_level = \"info,beacon::cluster=debug\"\n\
-             [cluster]\nprefix = \"{prefix}\"\nlease_ttl = \"{lease_ttl}\"\n"
+             [cluster]\nprefix = \"{prefix}\"\nlease_ttl = \"{lease_ttl}\"\n{cluster}"
         );
         std::fs::write(dir.path().join("beacon.toml"), config).unwrap();
         let mut nodes = Nodes {
@@ -1187,6 +1394,177 @@ async fn a_rolling_restart_fails_no_query() {
         assert!(
             answers(*ns, "rolling", &expected).await,
             "{ns} answers every provider at the end"
+        );
+    }
+}
+
+/// A secured etcd, as production runs one: three members that serve clients TLS only, and
+/// only clients whose certificate their CA signed, with authentication on and beacon's user in
+/// a role that may read and write its prefix and nothing else. Three nodes given `ca_file`,
+/// `cert_file`, `key_file`, `username` and `password_file` share the catalog — every RPC they
+/// make (leases, transactions, reads, watches, a lease's time to live) passes that role. A
+/// node given another CA, a certificate another CA signed, or a wrong password stops at
+/// start-up with one line naming the setting, and never prints a password.
+#[tokio::test]
+async fn a_secured_etcd_shares_the_catalog_and_refuses_wrong_settings() {
+    if !etcd_installed() || !openssl_installed() {
+        return;
+    }
+    const PASSWORD: &str = "beacon-pw-of-the-test";
+    const WRONG_PASSWORD: &str = "not-the-beacon-pw";
+    let prefix = "/it-secure/";
+    let certificates = Certificates::make();
+    let mut etcd = EtcdCluster::start_tls(&certificates);
+    etcd.enable_auth(prefix, "beacon", PASSWORD);
+
+    // The role is limited: the user writes under the prefix and nowhere else.
+    let as_beacon = |args: &[&str]| {
+        let mut all = etcd.ctl_flags[..3]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>();
+        let user = format!("--user=beacon:{PASSWORD}");
+        all.push(&user);
+        all.extend_from_slice(args);
+        etcdctl(&etcd.running_endpoints(), &all)
+    };
+    assert!(
+        as_beacon(&["put", "/it-secure/probe/x", "y"]).is_some(),
+        "inside the prefix"
+    );
+    assert!(as_beacon(&["del", "/it-secure/probe/x"]).is_some());
+    assert!(
+        as_beacon(&["put", "/elsewhere", "y"]).is_none(),
+        "outside the prefix: denied"
+    );
+
+    std::fs::write(
+        certificates.dir.path().join("password"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        certificates.dir.path().join("wrong-password"),
+        format!("{WRONG_PASSWORD}\n"),
+    )
+    .unwrap();
+    let settings = |ca: &str, client: &str, password: &str| {
+        format!(
+            "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nusername = \"beacon\"\n\
+             password_file = {:?}\n",
+            certificates.path(ca),
+            certificates.path(&format!("{client}.pem")),
+            certificates.path(&format!("{client}.key")),
+            certificates.path(password),
+        )
+    };
+    let nodes = Nodes::start_with(
+        &etcd,
+        prefix,
+        "3s",
+        &settings("ca.pem", "client", "password"),
+    );
+    let (a, b, c) = (nodes.server(0), nodes.server(1), nodes.server(2));
+    // Long enough for every node's token to run out (`--auth-token-ttl 1`).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    a.register(
+        json!({"service": "secure", "id": "s1", "address": "10.9.0.1", "port": 80,
+        "ttl_ms": 60000}),
+    );
+    c.register(
+        json!({"service": "secure", "id": "s2", "address": "10.9.0.2", "port": 80,
+        "ttl_ms": 60000}),
+    );
+    let both = ["10.9.0.1".to_string(), "10.9.0.2".to_string()];
+    let seen = first_held(&nodes.dns(), Duration::from_secs(5), |dns| {
+        answers(dns, "secure", &both)
+    })
+    .await;
+    assert!(
+        seen.iter().all(Option::is_some),
+        "every node answers the instances registered at a and at c: {seen:?}"
+    );
+    assert_eq!(
+        listed(b, "secure"),
+        [("s1".to_string(), true), ("s2".to_string(), true)],
+        "b shows both as other nodes'"
+    );
+    assert_eq!(
+        etcd.leases(prefix).map(|l| l.len()),
+        Some(2),
+        "both are in etcd"
+    );
+
+    // A deregistration at b of a's instance: a and c ask etcd whether a's lease lives (the
+    // time to live of a lease whose keys are under the prefix).
+    let reply = b.udp(r#"{"op":"deregister","service":"secure","id":"s1"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let rest = ["10.9.0.2".to_string()];
+    let left = first_held(&nodes.dns(), Duration::from_secs(5), |dns| {
+        answers(dns, "secure", &rest)
+    })
+    .await;
+    assert!(
+        left.iter().all(Option::is_some),
+        "a deregistration at b leaves every node: {left:?}"
+    );
+    assert_eq!(etcd.leases(prefix).map(|l| l.len()), Some(1));
+    for (i, name) in NAMES.iter().enumerate() {
+        assert!(
+            list(nodes.server(i), "none").is_some_and(|reply| reply.get("stale").is_none()),
+            "node {name} is still in sync"
+        );
+        // No session failed: expired tokens were renewed within the requests.
+        let log = std::fs::read_to_string(nodes.log(i)).unwrap_or_default();
+        assert!(
+            !log.contains("etcd unreachable") && !log.contains("etcd refused"),
+            "node {name} lost etcd:\n{}",
+            tail(&nodes.log(i), 10)
+        );
+    }
+
+    // Wrong settings: each stops start-up, naming the setting, within a few seconds.
+    let dir = tempfile::tempdir().unwrap();
+    for (cluster, key) in [
+        (
+            settings("other-ca.pem", "client", "password"),
+            "cluster.ca_file",
+        ),
+        (
+            settings("ca.pem", "stranger", "password"),
+            "cluster.cert_file",
+        ),
+        (
+            settings("ca.pem", "client", "wrong-password"),
+            "cluster.password_file",
+        ),
+    ] {
+        let config = dir.path().join("beacon.toml");
+        std::fs::write(
+            &config,
+            format!("[cluster]\nprefix = \"{prefix}\"\n{cluster}"),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let err = serve_fails_within(
+            &[
+                "--etcd",
+                &etcd.endpoints(),
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        );
+        eprintln!("cluster: {key} refused after {:?}", started.elapsed());
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("beacon: config key `{key}`")),
+            "the last line names {key}: {err}"
+        );
+        assert!(
+            !err.contains(PASSWORD) && !err.contains(WRONG_PASSWORD),
+            "no password is printed: {err}"
         );
     }
 }

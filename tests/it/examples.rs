@@ -104,12 +104,8 @@ struct Provider {
 }
 
 impl Provider {
-    /// Runs `script SERVICE PORT TTL_MS` with `BEACON_REGISTRY=registry`.
-    fn start(script: Script, registry: SocketAddr, service: &str, port: u16) -> Provider {
-        Provider::start_with_key(script, registry, service, port, &Keys::new("*"))
-    }
-
-    /// As [`Provider::start`], with `keys` in BEACON_KEY_FILE.
+    /// Runs `script SERVICE PORT TTL_MS` with `BEACON_REGISTRY=registry` and the key of `keys`
+    /// in BEACON_KEY_FILE (the unsigned scripts ignore it).
     fn start_with_key(
         script: Script,
         registry: SocketAddr,

@@ -370,6 +370,34 @@ pub fn serve_fails(extra: &[&str]) -> String {
     run_fails(&args)
 }
 
+/// Like [`serve_fails`], for a failure found only after start-up began (cluster mode learning
+/// from etcd that a setting is wrong): `beacon serve` must exit non-zero within `within`, or it
+/// is killed and the test fails. Returns what it said on stderr.
+#[cfg(feature = "etcd")]
+pub fn serve_fails_within(extra: &[&str], within: Duration) -> String {
+    let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
+    let mut server = Running::spawn(
+        Command::new(beacon_bin())
+            .args(["serve", "--dns", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            .args(["--resolv-conf", "/dev/null"])
+            .args(extra)
+            .env_remove("BEACON_REGISTRY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().expect("reopen the stderr file")),
+    );
+    let status = server.exit_status(within);
+    let said = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+    match status {
+        None => panic!("beacon serve {extra:?} still runs after {within:?}: {said}"),
+        Some(status) => assert!(
+            !status.success(),
+            "beacon serve {extra:?} must fail: {said}"
+        ),
+    }
+    said
+}
+
 /// Runs the binary with arguments to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(beacon_bin())
