@@ -17,10 +17,10 @@ use crate::support::{
     addresses, beacon_bin, eventually, padded, run, serve_fails, tcp_requests, udp_request, Server,
 };
 
-const WEB_SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+pub const WEB_SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
 const DB_SECRET: &str = "3q2+7wEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJo=";
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -35,7 +35,7 @@ fn signed(key: &str, secret: &str, ts: u64, mut request: Value) -> Vec<u8> {
     sign::sign(&client, request.to_string().as_bytes())
 }
 
-fn web(ts: u64, request: Value) -> Vec<u8> {
+pub fn web(ts: u64, request: Value) -> Vec<u8> {
     signed("web-key", WEB_SECRET, ts, request)
 }
 

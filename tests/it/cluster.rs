@@ -537,6 +537,8 @@ struct Nodes {
     etcd: String,
     ports: Vec<(u16, u16)>,
     servers: Vec<Option<Server>>,
+    /// More `serve` arguments, per node.
+    extra: [Vec<String>; 3],
 }
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
@@ -550,6 +552,17 @@ impl Nodes {
 
     /// Like [`Nodes::start`], with more lines for the `[cluster]` table.
     fn start_with(etcd: &EtcdCluster, prefix: &str, lease_ttl: &str, cluster: &str) -> Nodes {
+        Nodes::start_each(etcd, prefix, lease_ttl, cluster, Default::default())
+    }
+
+    /// Like [`Nodes::start_with`], with more `serve` arguments for each node.
+    fn start_each(
+        etcd: &EtcdCluster,
+        prefix: &str,
+        lease_ttl: &str,
+        cluster: &str,
+        extra: [Vec<String>; 3],
+    ) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "log_level = \"info,beacon::cluster=debug\"\n\
@@ -561,6 +574,7 @@ impl Nodes {
             etcd: etcd.endpoints(),
             ports: (0..3).map(|_| (free_port(), free_port())).collect(),
             servers: (0..3).map(|_| None).collect(),
+            extra,
         };
         for i in 0..3 {
             nodes.start_node(i);
@@ -578,19 +592,21 @@ impl Nodes {
         assert!(self.servers[i].is_none(), "stop it first");
         let (dns, registry) = self.ports[i];
         let config = self.dir.path().join("beacon.toml");
+        let mut args = vec![
+            "--etcd",
+            &self.etcd,
+            "--node",
+            NAMES[i],
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ];
+        args.extend(self.extra[i].iter().map(String::as_str));
         let server = Server::start_logged(
             &format!("127.0.0.1:{dns}"),
             &format!("127.0.0.1:{registry}"),
-            &[
-                "--etcd",
-                &self.etcd,
-                "--node",
-                NAMES[i],
-                "--config",
-                config.to_str().unwrap(),
-                "--metrics",
-                "127.0.0.1:0",
-            ],
+            &args,
             &self.log(i),
         );
         self.servers[i] = Some(server);
@@ -958,6 +974,72 @@ async fn a_registration_on_one_node_is_answered_by_the_others() {
 /// Registrations held by all three nodes; a steady load of queries on each node; kill -9 of
 /// the etcd leader. No query fails, nothing is lost, and a registration made after the
 /// election reaches the other nodes.
+/// The owning key's name and the register's stamp travel with the registration through etcd:
+/// a node without keys still refuses an unsigned change of an instance registered with a key
+/// at another node, and a captured register cannot bring back an instance another node
+/// removed.
+#[tokio::test]
+async fn ownership_and_replay_stamps_travel_through_etcd() {
+    if !etcd_installed() {
+        return;
+    }
+    let etcd = EtcdCluster::start();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys");
+    std::fs::write(&keys, format!("web-key {} web\n", crate::auth::WEB_SECRET)).unwrap();
+    let with_keys = vec!["--keys".to_string(), keys.display().to_string()];
+    let nodes = Nodes::start_each(
+        &etcd,
+        "/it-owner/",
+        "3s",
+        "",
+        [with_keys.clone(), Vec::new(), with_keys],
+    );
+    let (a, b, c) = (nodes.server(0), nodes.server(1), nodes.server(2));
+    let now = crate::auth::now_ms();
+    let register = crate::auth::web(
+        now,
+        json!({"op":"register","service":"web","id":"own-1","address":"10.8.0.1","port":80,"ttl_ms":60000}),
+    );
+    let reply = udp_request(a.registry, &register);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let expected = ["10.8.0.1".to_string()];
+    let seen = first_held(&[b.dns, c.dns], Duration::from_secs(5), |dns| {
+        answers(dns, "web", &expected)
+    })
+    .await;
+    assert!(seen.iter().all(Option::is_some), "{seen:?}");
+
+    // b has no keys (protected mode: unsigned changes from loopback), yet the instance is
+    // web-key's: an unsigned deregister there is refused, and names the key.
+    let unsigned = padded(r#"{"op":"deregister","service":"web","id":"own-1"}"#, 128);
+    let reply = b.udp(&unsigned);
+    assert_eq!(reply["error"], "unauthorized", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("web-key"),
+        "{reply}"
+    );
+    assert!(answers(a.dns, "web", &expected).await);
+
+    // A signed deregister at c removes it everywhere; the captured register, replayed at c or
+    // at a, cannot bring it back.
+    let deregister = crate::auth::web(
+        now + 1,
+        json!({"op":"deregister","service":"web","id":"own-1"}),
+    );
+    assert_eq!(udp_request(c.registry, &deregister)["ok"], true);
+    let left = first_held(&[a.dns, b.dns], Duration::from_secs(5), |dns| {
+        gone(dns, "web")
+    })
+    .await;
+    assert!(left.iter().all(Option::is_some), "{left:?}");
+    for node in [c, a] {
+        let reply = udp_request(node.registry, &register);
+        assert_eq!(reply["error"], "replayed", "{reply}");
+    }
+    assert!(gone(b.dns, "web").await);
+}
+
 #[tokio::test]
 async fn killing_the_etcd_leader_loses_nothing() {
     if !etcd_installed() {
