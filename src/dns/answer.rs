@@ -15,7 +15,6 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -23,6 +22,7 @@ use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
 use super::forward::Forwarder;
+use super::order::weighted_order;
 use super::statics::{StaticLookup, StaticZone, StaticZones};
 use super::Zone;
 use crate::config::DnsConfig;
@@ -88,8 +88,6 @@ pub struct Responder {
     apex_addresses: Vec<IpAddr>,
     statics: StaticZones,
     forwarder: Forwarder,
-    /// Advances on every answer so consecutive answers start at different instances.
-    pub(super) rotation: AtomicUsize,
 }
 
 /// A set of instances to answer with, rendered lazily so it can be cut to fit.
@@ -169,7 +167,6 @@ impl Responder {
                 .collect(),
             statics,
             forwarder,
-            rotation: AtomicUsize::new(0),
         })
     }
     /// The static zones.
@@ -219,6 +216,8 @@ impl Responder {
             let mut edns = Edns::new();
             edns.set_max_payload(self.max_udp_payload);
             edns.set_version(0);
+            // RFC 3225 §3: the DO bit of the query is copied into the response.
+            edns.set_dnssec_ok(client_edns.flags().dnssec_ok);
             response.set_edns(edns);
             if client_edns.version() > 0 {
                 // RFC 6891 §6.1.3: an unknown version gets BADVERS and the version we speak.
@@ -311,13 +310,38 @@ impl Responder {
                 }
             }
             ["_services", "_dns-sd", "_udp"] => self.service_types(qname, qtype, live_at),
+            // An empty non-terminal above `_<service>._<tag>`: a resolver minimising its query
+            // names asks here first, and NXDOMAIN would tell it nothing exists below.
+            [underscored] if underscored.starts_with('_') => {
+                let tag = &underscored[1..];
+                let tagged = self.registry.any_service(|view| {
+                    view.live(live_at)
+                        .any(|i| i.tags.iter().any(|t| &**t == tag))
+                });
+                if tagged {
+                    Found::NoData
+                } else {
+                    Found::NxDomain
+                }
+            }
             [service] => match self.live(service, None, live_at) {
                 Some(set) => self.set_answer(service, set, qtype, false),
                 None => Found::NxDomain,
             },
-            [underscored, "_tcp"] if underscored.starts_with('_') => {
+            // RFC 2782: `_<service>._<proto>`; `_tcp` and `_udp` mean every instance, any other
+            // second label a tag (Consul's form), so a tag called `tcp` or `udp` is reached only
+            // as `<tag>.<service>`.
+            [underscored, proto] if underscored.starts_with('_') && proto.starts_with('_') => {
                 let service = &underscored[1..];
-                match self.live(service, None, live_at) {
+                let tag = match *proto {
+                    "_tcp" | "_udp" => None,
+                    tag => Some(&tag[1..]),
+                };
+                match self.live(service, tag, live_at) {
+                    // DNS-SD's PTR lives at `_<service>._tcp` only.
+                    Some(_) if qtype == RecordType::PTR && (tag.is_some() || *proto == "_udp") => {
+                        Found::NoData
+                    }
                     Some(set) => self.set_answer(service, set, qtype, true),
                     None => Found::NxDomain,
                 }
@@ -584,10 +608,16 @@ impl Responder {
         let ttl = self.ttl_for(subset.iter(), now);
         let mut answers = Vec::with_capacity(subset.len());
         let mut additionals = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for instance in subset {
             match kind {
+                // RFC 2181 §5: an RRset holds no duplicates. Instances that share an address
+                // give one record, where the first of them comes in the weighted order; the
+                // TTL still counts every instance's lease.
                 SetKind::Addresses => {
-                    answers.push(address_record(qname.clone(), ttl, instance.address))
+                    if seen.insert(instance.address) {
+                        answers.push(address_record(qname.clone(), ttl, instance.address))
+                    }
                 }
                 SetKind::Srv => {
                     let Some((srv, target)) = self.srv_record(qname, service, instance, ttl) else {
@@ -647,21 +677,17 @@ impl Responder {
                 extra,
             } => (service, set, kind, extra),
         };
-        // One step of the rotation per answer, whatever subset ends up sent, so consecutive
-        // answers start at different instances.
-        let offset = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let rotated = |mut subset: Vec<Arc<Instance>>| {
-            if !subset.is_empty() {
-                let start = offset % subset.len();
-                subset.rotate_left(start);
-            }
+        // Every answer in its own weighted random order (RFC 2782), so clients that take the
+        // first record follow the weights too.
+        let ordered = |mut subset: Vec<Arc<Instance>>| {
+            weighted_order(&mut subset, |i| i.weight);
             subset
         };
         let now = self.registry.now_ms();
         let qname = response.queries[0].name().clone();
-        // Ranking for the client does not depend on the order it is given, so the rotated set
+        // Ranking for the client does not depend on the order it is given, so the ordered set
         // serves both.
-        let set = rotated(set);
+        let set = ordered(set);
         let (answers, additionals) = self.set_records(&qname, &service, kind, &set, now);
         response.answers = answers;
         response.answers.extend_from_slice(&extra);
@@ -672,7 +698,7 @@ impl Responder {
         response.metadata.truncation = true;
         let ranked = rank_for_client(set, client);
         let best = largest_fitting(ranked.len(), |count| {
-            let subset = rotated(ranked[..count].to_vec());
+            let subset = ordered(ranked[..count].to_vec());
             response.answers = self.set_records(&qname, &service, kind, &subset, now).0;
             response.answers.extend_from_slice(&extra);
             fits(&response, limit)

@@ -11,10 +11,10 @@
 //! paths give the same answers.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::answer::{Responder, Transport, SOA_TIMERS, SRV_PRIORITY};
+use super::order::weighted_order;
 use crate::registry::Instance;
 
 const TYPE_A: u16 = 1;
@@ -34,6 +34,8 @@ struct Parsed<'q> {
     qtype: u16,
     /// The client's UDP payload size, when it sent an OPT.
     edns_payload: Option<u16>,
+    /// The OPT's DO bit (RFC 3225), copied into the response's OPT.
+    dnssec_ok: bool,
 }
 
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
@@ -76,6 +78,7 @@ fn parse(q: &[u8]) -> Option<Parsed<'_>> {
     }
     let question_end = at + 4;
     let mut edns_payload = None;
+    let mut dnssec_ok = false;
     if ar == 1 {
         // Exactly one OPT: root name, type 41, version 0, and nothing after its options.
         let opt = question_end;
@@ -87,6 +90,7 @@ fn parse(q: &[u8]) -> Option<Parsed<'_>> {
             return None;
         }
         edns_payload = Some(be16(q, opt + 3)?);
+        dnssec_ok = *q.get(opt + 7)? & 0x80 != 0;
     } else if question_end != q.len() {
         return None;
     }
@@ -96,6 +100,7 @@ fn parse(q: &[u8]) -> Option<Parsed<'_>> {
         question_end,
         qtype,
         edns_payload,
+        dnssec_ok,
     })
 }
 
@@ -222,8 +227,8 @@ impl Responder {
             }
             push32(&mut out, self.negative_ttl);
         } else {
-            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % set.len();
-            set.rotate_left(start);
+            // A fresh weighted random order per answer (RFC 2782), as the general path draws.
+            weighted_order(&mut set, |i| i.weight);
             let ttl = self.ttl_for(set.iter().copied(), now);
             answers = set.len() as u16;
             if parsed.qtype == TYPE_SRV {
@@ -251,7 +256,6 @@ impl Responder {
                 if last_target > MAX_POINTER_OFFSET {
                     // A target past 16 KiB cannot be pointed at (only on TCP, hundreds of
                     // instances): the general path writes those names out.
-                    self.rotation.fetch_sub(1, Ordering::Relaxed);
                     return None;
                 }
                 let mut target = first_target;
@@ -261,8 +265,13 @@ impl Responder {
                 }
                 additionals = set.len() as u16;
             } else {
-                for instance in &set {
-                    push_address(&mut out, pointer(12), ttl, instance.address);
+                // One record per address (RFC 2181 §5), where its first instance comes.
+                answers = 0;
+                for (n, instance) in set.iter().enumerate() {
+                    if !set[..n].iter().any(|i| i.address == instance.address) {
+                        push_address(&mut out, pointer(12), ttl, instance.address);
+                        answers += 1;
+                    }
                 }
             }
         }
@@ -270,13 +279,13 @@ impl Responder {
             out.push(0);
             push16(&mut out, TYPE_OPT);
             push16(&mut out, self.max_udp_payload);
-            push32(&mut out, 0);
+            // Extended RCODE 0, version 0, and the query's DO bit (RFC 3225 §3).
+            push32(&mut out, if parsed.dnssec_ok { 0x8000 } else { 0 });
             push16(&mut out, 0);
             additionals += 1;
         }
         if out.len() > limit || out.len() > u16::MAX as usize {
             // Needs cutting: the general path chooses the client's subset and sets TC.
-            self.rotation.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         out[6..8].copy_from_slice(&answers.to_be_bytes());

@@ -3,6 +3,7 @@
 //!
 //! - [`answer`] turns one query (bytes) into one response (bytes): names, records, TTLs, negative
 //!   answers, truncation. It reads the registry and never writes to it.
+//! - `order` orders every answer by RFC 2782's weighted random selection.
 //! - `fast` answers the common shapes (A/AAAA/SRV of a service) by appending bytes, and hands
 //!   everything else to `answer`.
 //! - [`statics`] loads zone files; [`forward`] asks upstream resolvers for everything else.
@@ -14,7 +15,8 @@
 //! | --- | --- |
 //! | apex | SOA (serial = registry version), NS (the apex itself), A/AAAA of the DNS listener |
 //! | `<service>` | A, AAAA, SRV of every live instance |
-//! | `_<service>._tcp` | SRV of every live instance (RFC 2782) |
+//! | `_<service>._tcp`, `_<service>._udp` | SRV of every live instance (RFC 2782) |
+//! | `_<service>._<tag>` | SRV of the live instances with that tag (RFC 2782 form) |
 //! | `<id>.<service>` | A/AAAA, SRV and TXT (metadata) of one instance: the SRV targets |
 //! | `<tag>.<service>` | A, AAAA, SRV of the live instances with that tag |
 //! | `_services._dns-sd._udp` | DNS-SD: PTR to every `_<service>._tcp` with live instances |
@@ -24,6 +26,7 @@
 pub mod answer;
 mod fast;
 pub mod forward;
+mod order;
 pub mod server;
 pub mod statics;
 

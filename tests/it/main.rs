@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod dns;
+mod dns_details;
 mod durability;
 mod examples;
 mod lifecycle;
