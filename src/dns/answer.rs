@@ -101,6 +101,15 @@ enum SetKind {
     DnsSdPtr,
 }
 
+/// The records of a set answer: the answer section, the additional records that must stay
+/// with it when an SRV answer is cut (the targets' addresses), and the targets' metadata, which
+/// goes first.
+struct SetRecords {
+    answers: Vec<Record>,
+    additionals: Vec<Record>,
+    texts: Vec<Record>,
+}
+
 /// What a name lookup found.
 enum Found {
     Records {
@@ -249,6 +258,12 @@ impl Responder {
             let found = self.merge_static(found, &lower, query.query_type());
             return Outcome::Reply(self.render(response, found, client, limit));
         }
+        if query.query_type() == RecordType::PTR {
+            if let Some(answers) = self.reverse(qname) {
+                response.answers = answers;
+                return Outcome::Reply(encode_records(response, limit));
+            }
+        }
         if let Some(zone) = self.statics.find(&lower) {
             response.metadata.authoritative = true;
             return Outcome::Reply(static_answer(
@@ -374,6 +389,41 @@ impl Responder {
             }
             _ => Found::NxDomain,
         }
+    }
+
+    /// A PTR query for the reverse name of a registered address (`in-addr.arpa`, `ip6.arpa`):
+    /// the names of its live instances, `<id>.<service>.<domain>`, which resolve forward to that
+    /// address (as Consul answers). `None` when no live instance has the address: the name is
+    /// then asked of the static zones and the upstreams as before.
+    ///
+    /// There is no index by address (it would cost memory per instance); the services are
+    /// scanned, which is proportional to the instances held.
+    fn reverse(&self, qname: &Name) -> Option<Vec<Record>> {
+        let address = reverse_address(&qname.to_ascii())?;
+        let now = self.registry.now_ms();
+        let live_at = self.registry.live_at(now);
+        let instances: Vec<Arc<Instance>> = self
+            .registry
+            .services()
+            .iter()
+            .flat_map(|view| {
+                view.live(live_at)
+                    .filter(|i| i.address == address)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if instances.is_empty() {
+            return None;
+        }
+        let ttl = self.ttl_for(instances.iter(), now);
+        Some(
+            instances
+                .iter()
+                .filter_map(|i| self.target(&i.service, &i.id))
+                .map(|target| Record::from_rdata(qname.clone(), ttl, RData::PTR(PTR(target))))
+                .collect(),
+        )
     }
 
     /// Static records inside the service domain are answered together with the registry's.
@@ -518,11 +568,7 @@ impl Responder {
             }
             RecordType::ANY => vec![address_record(qname.clone(), ttl, instance.address)],
             RecordType::SRV => return self.single_srv(qname, service, instance, ttl),
-            RecordType::TXT if !instance.meta.is_empty() => vec![Record::from_rdata(
-                qname.clone(),
-                ttl,
-                RData::TXT(meta_txt(instance)),
-            )],
+            RecordType::TXT => meta_records(qname, ttl, instance),
             _ => Vec::new(),
         };
         Found::answers_or_nodata(answers)
@@ -552,10 +598,15 @@ impl Responder {
 
     fn single_srv(&self, qname: &Name, service: &str, instance: &Instance, ttl: u32) -> Found {
         match self.srv_record(qname, service, instance, ttl) {
-            Some((srv, target)) => Found::Records {
-                answers: vec![srv],
-                additionals: vec![address_record(target, ttl, instance.address)],
-            },
+            Some((srv, target)) => {
+                // The target's address, then its metadata (dropped first if it does not fit).
+                let mut additionals = vec![address_record(target.clone(), ttl, instance.address)];
+                additionals.extend(meta_records(&target, ttl, instance));
+                Found::Records {
+                    answers: vec![srv],
+                    additionals,
+                }
+            }
             None => Found::NoData,
         }
     }
@@ -604,10 +655,11 @@ impl Responder {
         kind: SetKind,
         subset: &[Arc<Instance>],
         now: u64,
-    ) -> (Vec<Record>, Vec<Record>) {
+    ) -> SetRecords {
         let ttl = self.ttl_for(subset.iter(), now);
         let mut answers = Vec::with_capacity(subset.len());
         let mut additionals = Vec::new();
+        let mut texts = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for instance in subset {
             match kind {
@@ -624,6 +676,7 @@ impl Responder {
                         continue;
                     };
                     answers.push(srv);
+                    texts.extend(meta_records(&target, ttl, instance));
                     additionals.push(address_record(target, ttl, instance.address));
                 }
                 SetKind::DnsSdPtr => {
@@ -647,7 +700,11 @@ impl Responder {
                 }
             }
         }
-        (answers, additionals)
+        SetRecords {
+            answers,
+            additionals,
+            texts,
+        }
     }
 
     /// Encodes what was found. A set of instances that does not fit loses its additional
@@ -688,19 +745,36 @@ impl Responder {
         // Ranking for the client does not depend on the order it is given, so the ordered set
         // serves both.
         let set = ordered(set);
-        let (answers, additionals) = self.set_records(&qname, &service, kind, &set, now);
-        response.answers = answers;
+        let records = self.set_records(&qname, &service, kind, &set, now);
+        response.answers = records.answers;
         response.answers.extend_from_slice(&extra);
-        response.additionals = additionals;
-        if let Some(bytes) = fits_whole(&mut response, limit) {
+        response.additionals = records.additionals.clone();
+        response.additionals.extend(records.texts);
+        if let Some(bytes) = fits(&response, limit) {
+            return bytes;
+        }
+        // The targets' metadata goes first, then (for SRV) whole records rather than their
+        // addresses: a client that ignores TC can still connect to every target it is given.
+        response.additionals = records.additionals;
+        if kind == SetKind::Srv {
+            if let Some(bytes) = fits(&response, limit) {
+                return bytes;
+            }
+        } else if let Some(bytes) = fits_whole(&mut response, limit) {
             return bytes;
         }
         response.metadata.truncation = true;
         let ranked = rank_for_client(set, client);
         let best = largest_fitting(ranked.len(), |count| {
             let subset = ordered(ranked[..count].to_vec());
-            response.answers = self.set_records(&qname, &service, kind, &subset, now).0;
+            let records = self.set_records(&qname, &service, kind, &subset, now);
+            response.answers = records.answers;
             response.answers.extend_from_slice(&extra);
+            response.additionals = if kind == SetKind::Srv {
+                records.additionals
+            } else {
+                Vec::new()
+            };
             fits(&response, limit)
         });
         best.unwrap_or_else(|| {
@@ -778,17 +852,40 @@ fn rank_for_client(mut set: Vec<Arc<Instance>>, client: IpAddr) -> Vec<Arc<Insta
     scored.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The metadata as DNS-SD wants it (RFC 6763 §6): one TXT record, one `key=value`
+/// character-string per entry, an empty string when there is none. An entry longer than one
+/// character-string (255 bytes) cannot be written this way and is left out here; the
+/// instance's `<id>.<service>` TXT carries it whole.
 fn meta_txt(instance: &Instance) -> TXT {
     let strings: Vec<String> = instance
         .meta
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
+        .filter(|entry| entry.len() <= MAX_CHARACTER_STRING)
         .collect();
     if strings.is_empty() {
         TXT::new(vec![String::new()])
     } else {
         TXT::new(strings)
     }
+}
+
+/// Longest DNS character-string (RFC 1035 §3.3).
+const MAX_CHARACTER_STRING: usize = 255;
+
+/// The metadata at `<id>.<service>`: one TXT record per entry, in key order, whose
+/// character-strings joined give `key=value` exactly; an entry longer than 255 bytes is split
+/// into several strings, as CoreDNS does. None when the instance has no metadata.
+fn meta_records(name: &Name, ttl: u32, instance: &Instance) -> Vec<Record> {
+    instance
+        .meta
+        .iter()
+        .map(|(k, v)| {
+            let entry = format!("{k}={v}");
+            let chunks: Vec<&[u8]> = entry.as_bytes().chunks(MAX_CHARACTER_STRING).collect();
+            Record::from_rdata(name.clone(), ttl, RData::TXT(TXT::from_bytes(chunks)))
+        })
+        .collect()
 }
 
 /// Answers from a static zone outside the service domain, following a CNAME inside the zone.
@@ -826,6 +923,45 @@ fn static_answer(
         }
     }
     encode_records(response, limit)
+}
+
+/// The address a reverse name stands for: `d.c.b.a.in-addr.arpa.` or the 32 nibbles of
+/// `….ip6.arpa.`, any case; `None` for anything else (a partial name included).
+fn reverse_address(name: &str) -> Option<IpAddr> {
+    let name = name.to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    if let Some(octets) = name.strip_suffix(".in-addr.arpa") {
+        let mut parts: Vec<u8> = octets
+            .split('.')
+            .map(|p| {
+                (!p.is_empty() && p.len() <= 3 && (p == "0" || !p.starts_with('0')))
+                    .then(|| p.parse::<u8>().ok())
+                    .flatten()
+            })
+            .collect::<Option<_>>()?;
+        if parts.len() != 4 {
+            return None;
+        }
+        parts.reverse();
+        return Some(IpAddr::from([parts[0], parts[1], parts[2], parts[3]]));
+    }
+    let nibbles = name.strip_suffix(".ip6.arpa")?;
+    let digits: Vec<u8> = nibbles
+        .split('.')
+        .map(|n| match n.as_bytes() {
+            [d] => (*d as char).to_digit(16).map(|v| v as u8),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    if digits.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, pair) in digits.rchunks(2).enumerate() {
+        // Reversed: the last nibble of the name is the first of the address.
+        bytes[i] = (pair[1] << 4) | pair[0];
+    }
+    Some(IpAddr::from(bytes))
 }
 
 fn address_record(name: Name, ttl: u32, address: IpAddr) -> Record {
@@ -934,6 +1070,26 @@ mod tests {
         .validate(registry.limits())
         .unwrap();
         registry.register(reg).unwrap().instance
+    }
+
+    #[test]
+    fn reverse_names_give_their_addresses() {
+        let v4: IpAddr = "10.4.0.1".parse().unwrap();
+        assert_eq!(reverse_address("1.0.4.10.in-addr.arpa."), Some(v4));
+        assert_eq!(reverse_address("1.0.4.10.IN-ADDR.ARPA"), Some(v4));
+        let v6: IpAddr = "fd00::1:2".parse().unwrap();
+        let name = "2.0.0.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(reverse_address(name), Some(v6));
+        for bad in [
+            "0.4.10.in-addr.arpa.",
+            "256.0.4.10.in-addr.arpa.",
+            "01.0.4.10.in-addr.arpa.",
+            "x.0.4.10.in-addr.arpa.",
+            "1.0.0.d.f.ip6.arpa.",
+            "web.service.local.",
+        ] {
+            assert_eq!(reverse_address(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

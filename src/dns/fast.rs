@@ -4,8 +4,10 @@
 //! without building a hickory `Message`.
 //!
 //! The question is copied from the query as it came (so its case is kept, which 0x20-randomising
-//! resolvers check), every owner name is a compression pointer to it, and SRV targets end in a
-//! pointer to the apex inside it. Anything else — other names or types, EDNS versions above 0,
+//! resolvers check), and every owner name is a compression pointer: to the question, or, for the
+//! additional records, to their SRV target. SRV targets are written out in full (RFC 2782: no
+//! compression in that field), exactly as the general path's encoder writes them, so both paths
+//! produce answers of the same size and agree on what fits. Anything else — other names or types, EDNS versions above 0,
 //! answers that would need cutting, service domains with static records — returns `None` and
 //! takes the general path in `answer.rs`, which is the reference: the tests check that both
 //! paths give the same answers.
@@ -115,6 +117,10 @@ fn push16(out: &mut Vec<u8>, value: u16) {
 fn push32(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_be_bytes());
 }
+
+/// How many label positions hickory's encoder keeps to compress names against
+/// (`COMPRESSION_CANDIDATE_LIMIT` in hickory-proto 0.26's `BinEncoder`).
+const HICKORY_COMPRESSION_CANDIDATES: usize = 64;
 
 /// The largest offset a compression pointer can hold: 14 bits (RFC 1035 §4.1.4).
 const MAX_POINTER_OFFSET: usize = 0x3fff;
@@ -232,6 +238,19 @@ impl Responder {
             let ttl = self.ttl_for(set.iter().copied(), now);
             answers = set.len() as u16;
             if parsed.qtype == TYPE_SRV {
+                // The general path's encoder keeps at most 64 label positions to compress
+                // against: the question's, then each target's labels. Past that it writes the
+                // additional records' names out in full and cuts sooner than this path would,
+                // so such answers go its way and both always agree on what fits.
+                let target_labels = 2 + apex.len();
+                if parsed.label_count + set.len() * target_labels > HICKORY_COMPRESSION_CANDIDATES {
+                    return None;
+                }
+                // The target `<id>.<service>.<apex>` written out in full: RFC 2782 forbids
+                // compressing it.
+                let apex_wire: usize = apex.iter().map(|l| 1 + l.len()).sum::<usize>() + 1;
+                let target_len =
+                    |instance: &Instance| 1 + instance.id.len() + 1 + service.len() + apex_wire;
                 // Each SRV record is the name pointer, type, class, TTL and length (12 bytes),
                 // priority, weight and port (6), then its target, whose offset the additional
                 // section points back to.
@@ -239,7 +258,7 @@ impl Responder {
                 let mut last_target = first_target;
                 for instance in &set {
                     // The fixed part written as one slice, as in `push_address`.
-                    let rdlen = (6 + 1 + instance.id.len() + 1 + service.len() + 2) as u16;
+                    let rdlen = (6 + target_len(instance)) as u16;
                     let mut fixed = [0u8; 18];
                     record_header(&mut fixed, pointer(12), TYPE_SRV, ttl, rdlen);
                     fixed[12..14].copy_from_slice(&SRV_PRIORITY.to_be_bytes());
@@ -251,7 +270,11 @@ impl Responder {
                     out.extend_from_slice(instance.id.as_bytes());
                     out.push(service.len() as u8);
                     out.extend_from_slice(service.as_bytes());
-                    push16(&mut out, pointer(apex_offset));
+                    for label in apex {
+                        out.push(label.len() as u8);
+                        out.extend_from_slice(label);
+                    }
+                    out.push(0);
                 }
                 if last_target > MAX_POINTER_OFFSET {
                     // A target past 16 KiB cannot be pointed at (only on TCP, hundreds of
@@ -261,9 +284,20 @@ impl Responder {
                 let mut target = first_target;
                 for instance in &set {
                     push_address(&mut out, pointer(target), ttl, instance.address);
-                    target += 12 + 6 + 1 + instance.id.len() + 1 + service.len() + 2;
+                    target += 12 + 6 + target_len(instance);
                 }
                 additionals = set.len() as u16;
+                // Then each target's metadata, one TXT record per entry (as the general path
+                // writes them); an answer that does not fit with them goes the general way,
+                // which drops them first.
+                let mut target = first_target;
+                for instance in &set {
+                    for (key, value) in instance.meta.iter() {
+                        push_meta_txt(&mut out, pointer(target), ttl, key, value);
+                        additionals += 1;
+                    }
+                    target += 12 + 6 + target_len(instance);
+                }
             } else {
                 // One record per address (RFC 2181 §5), where its first instance comes.
                 answers = 0;
@@ -312,6 +346,22 @@ fn push_address(out: &mut Vec<u8>, name: u16, ttl: u32, address: IpAddr) {
         }
     };
     out.extend_from_slice(&record[..len]);
+}
+
+const TYPE_TXT: u16 = 16;
+
+/// One TXT record holding `key=value`, split into character-strings of at most 255 bytes.
+fn push_meta_txt(out: &mut Vec<u8>, name: u16, ttl: u32, key: &str, value: &str) {
+    let len = key.len() + 1 + value.len();
+    let strings = len.div_ceil(255);
+    let mut header = [0u8; 12];
+    record_header(&mut header, name, TYPE_TXT, ttl, (len + strings) as u16);
+    out.extend_from_slice(&header);
+    let entry = [key.as_bytes(), b"=", value.as_bytes()].concat();
+    for chunk in entry.chunks(255) {
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
 }
 
 /// Writes the fixed part of a resource record at the start of `record`: a compressed owner
@@ -365,6 +415,23 @@ mod tests {
             );
         }
         add("v6", "a", "fd00::1", 80, 1);
+        // Metadata, one entry longer than a TXT character-string: TXT beside the SRV targets.
+        let reg = RegistrationRequest {
+            service: "meta".into(),
+            id: Some("m1".into()),
+            address: Some("10.3.0.1".parse().unwrap()),
+            port: 80,
+            meta: vec![
+                ("zone".into(), "eu-1".into()),
+                ("long".into(), "x".repeat(300)),
+            ],
+            ttl: Some(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        }
+        .validate(registry.limits())
+        .unwrap();
+        registry.register(reg).unwrap();
+        add("meta", "m2", "10.3.0.1", 81, 3);
         add("dual", "a", "10.1.0.1", 80, 1);
         add("dual", "b", "fd00::2", 81, 2);
         for i in 0..60 {
@@ -443,6 +510,9 @@ mod tests {
             ("missing.service.local.", RecordType::A),
             ("missing.service.local.", RecordType::SRV),
             ("_missing._tcp.service.local.", RecordType::SRV),
+            ("meta.service.local.", RecordType::SRV),
+            ("meta.service.local.", RecordType::A),
+            ("_meta._tcp.service.local.", RecordType::SRV),
         ];
         let mut fast_hits = 0;
         for (name, rtype) in names {

@@ -309,8 +309,9 @@ impl From<Registration> for RegistrationRequest {
     }
 }
 
-/// Longest `key=value` string, the limit of one TXT character-string (RFC 1035 §3.3).
-pub const MAX_META_ENTRY_BYTES: usize = 255;
+/// Most bytes of metadata per instance, counted as its `key=value` strings. DNS answers split
+/// an entry longer than one TXT character-string (255 bytes) into several, as CoreDNS does.
+pub const MAX_META_BYTES: usize = 4096;
 
 /// Checks a service name (also used by heartbeat, deregister and list).
 pub fn service_name(raw: &str) -> Result<String, RegistryError> {
@@ -391,8 +392,18 @@ impl RegistrationRequest {
             });
         }
         let mut meta = self.meta;
+        let mut total = 0;
         for (key, value) in &meta {
             check_meta(key, value)?;
+            total += key.len() + 1 + value.len();
+            if total > MAX_META_BYTES {
+                return Err(RegistryError::InvalidMeta {
+                    key: key.clone(),
+                    reason: format!(
+                        "the metadata is more than {MAX_META_BYTES} bytes of key=value strings, the limit per instance"
+                    ),
+                });
+            }
         }
         meta.sort();
         if let Some(pair) = meta.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -447,9 +458,6 @@ fn check_meta(key: &str, value: &str) -> Result<(), RegistryError> {
     }
     if key.chars().chain(value.chars()).any(|c| c.is_control()) {
         return bad("control characters are not allowed");
-    }
-    if key.len() + 1 + value.len() > MAX_META_ENTRY_BYTES {
-        return bad("key=value is longer than 255 bytes, the limit of one TXT string");
     }
     Ok(())
 }

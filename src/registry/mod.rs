@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use instance::{
     default_id, instance_id, service_name, Instance, Limits, Registration, RegistrationRequest,
-    MAX_META_ENTRY_BYTES, REMOTE_DEADLINE,
+    MAX_META_BYTES, REMOTE_DEADLINE,
 };
 pub use ownership::{Origin, Owner};
 pub use preservation::SelfPreservation;

@@ -190,3 +190,185 @@ async fn the_do_bit_is_copied_into_the_response() {
         assert!(out.contains("flags: do;"), "{out}");
     }
 }
+
+fn txt_strings(message: &Message) -> BTreeSet<String> {
+    message
+        .answers
+        .iter()
+        .chain(&message.additionals)
+        .filter_map(|r| match &r.data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Metadata up to 4 KiB per instance: an entry longer than 255 bytes is split into
+/// character-strings that join back to `key=value` exactly; `=`, spaces and empty values survive.
+#[tokio::test]
+async fn long_metadata_is_split_and_joins_back_exactly() {
+    let server = Server::start(&[]);
+    let long = "v".repeat(1000);
+    let meta = json!({"long": long, "eq": "a=b=c", "empty": "", "sp": "x y  z"});
+    server.register(
+        json!({"service": "md", "id": "m1", "address": "10.8.0.1", "port": 80, "meta": meta}),
+    );
+    let answer = crate::support::tcp_query(
+        server.dns,
+        &message("m1.md.service.local.", RecordType::TXT, None),
+    );
+    let expected: BTreeSet<String> = [
+        format!("long={long}"),
+        "eq=a=b=c".to_string(),
+        "empty=".to_string(),
+        "sp=x y  z".to_string(),
+    ]
+    .into();
+    assert_eq!(txt_strings(&answer), expected);
+    let longest = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(txt) => Some(txt.txt_data.len()),
+            _ => None,
+        })
+        .max();
+    assert_eq!(longest, Some(4), "1005 bytes in strings of at most 255");
+    if let Some(out) = dig(
+        server.dns,
+        &["+tcp", "+short", "m1.md.service.local", "TXT"],
+    ) {
+        assert!(out.contains("\"eq=a=b=c\""), "{out}");
+        assert!(out.contains("\"sp=x y  z\""), "{out}");
+    }
+    // Over the limit: refused, naming the limit.
+    let reply = server.tcp(
+        &json!({"op":"register","service":"md","id":"m2","address":"10.8.0.2","port":80,
+                "meta": {"a": "v".repeat(2100), "b": "v".repeat(2100)}})
+        .to_string(),
+    );
+    assert_eq!(reply["error"], "invalid_meta", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("4096"),
+        "{reply}"
+    );
+}
+
+/// An SRV answer carries each target's TXT in the additional section when it fits; when it does
+/// not, the TXT goes first and the addresses stay, without TC.
+#[tokio::test]
+async fn srv_answers_carry_their_targets_txt_when_it_fits() {
+    let server = Server::start(&[]);
+    for (id, address) in [("t1", "10.9.1.1"), ("t2", "10.9.1.2")] {
+        server.register(
+            json!({"service": "tx", "id": id, "address": address, "port": 80,
+            "meta": {"version": "1.2", "note": "n".repeat(200)}}),
+        );
+    }
+    for name in ["tx.service.local.", "_tx._tcp.service.local."] {
+        let roomy = ask(&server, name, RecordType::SRV, Some((1232, false)));
+        assert!(!roomy.metadata.truncation);
+        assert_eq!(roomy.answers.len(), 2);
+        let addresses = roomy
+            .additionals
+            .iter()
+            .filter(|r| matches!(r.data, RData::A(_)))
+            .count();
+        assert_eq!(addresses, 2, "{roomy:?}");
+        let texts = txt_strings(&roomy);
+        assert!(
+            texts.contains("version=1.2") && texts.len() == 2,
+            "{texts:?}"
+        );
+        // In 512 bytes the TXT does not fit: dropped, addresses kept, no TC.
+        let tight = ask(&server, name, RecordType::SRV, None);
+        assert!(!tight.metadata.truncation, "{tight:?}");
+        assert_eq!(tight.answers.len(), 2);
+        assert!(tight
+            .additionals
+            .iter()
+            .all(|r| matches!(r.data, RData::A(_))));
+        assert_eq!(tight.additionals.len(), 2);
+    }
+}
+
+/// A UDP SRV answer that must be cut keeps fewer SRV records, each with its address, and sets
+/// TC; the subset is the same for the same client.
+#[tokio::test]
+async fn a_cut_srv_answer_keeps_an_address_for_every_target() {
+    let server = Server::start(&[]);
+    for i in 0..30 {
+        server.register(
+            json!({"service": "many", "id": format!("instance-number-{i}"),
+            "address": format!("10.9.2.{i}"), "port": 80}),
+        );
+    }
+    let mut subsets = BTreeSet::new();
+    for _ in 0..5 {
+        let cut = ask(&server, "many.service.local.", RecordType::SRV, None);
+        assert!(cut.metadata.truncation, "cut answers set TC");
+        assert!(!cut.answers.is_empty() && cut.answers.len() < 30);
+        let targets: BTreeSet<String> = cut
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(srv) => Some(srv.target.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        let with_address: BTreeSet<String> = cut
+            .additionals
+            .iter()
+            .filter(|r| matches!(r.data, RData::A(_)))
+            .map(|r| r.name.to_ascii())
+            .collect();
+        assert_eq!(targets, with_address, "every target keeps its address");
+        subsets.insert(targets.into_iter().collect::<Vec<_>>().join(","));
+    }
+    assert_eq!(subsets.len(), 1, "the same client sees the same subset");
+}
+
+/// A PTR query for a registered address answers with its instances' names, which resolve
+/// forward to it; another reverse name is not beacon's (REFUSED here, with no upstreams).
+#[tokio::test]
+async fn reverse_names_of_registered_addresses_name_their_instances() {
+    let server = Server::start(&[]);
+    server.register(json!({"service": "web", "id": "w1", "address": "10.9.3.1", "port": 80}));
+    server.register(json!({"service": "api", "id": "a1", "address": "10.9.3.1", "port": 81}));
+    server.register(json!({"service": "api", "id": "a6", "address": "fd00::9:1", "port": 81}));
+    let ptr = query(server.dns, "1.3.9.10.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(ptr.rcode, ResponseCode::NoError);
+    let names: BTreeSet<String> = ptr
+        .message
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::PTR(p) => Some(p.0.to_ascii()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "a1.api.service.local.".to_string(),
+            "w1.web.service.local.".to_string()
+        ])
+    );
+    for name in &names {
+        let forward = query(server.dns, name, RecordType::A).await;
+        assert_eq!(forward.addresses(), ["10.9.3.1"], "{name}");
+    }
+    let v6 = "1.0.0.0.9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+    let ptr6 = query(server.dns, v6, RecordType::PTR).await;
+    assert_eq!(ptr6.message.answers.len(), 1, "{:?}", ptr6.message);
+    let other = query(server.dns, "2.3.9.10.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(other.rcode, ResponseCode::Refused);
+    if let Some(out) = dig(server.dns, &["+short", "-x", "10.9.3.1"]) {
+        assert!(out.contains("w1.web.service.local."), "{out}");
+    }
+}
