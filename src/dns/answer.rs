@@ -8,8 +8,11 @@
 //! - every negative answer (NXDOMAIN, NODATA) carries its zone's SOA; in the service domain its
 //!   TTL and MINIMUM are `dns.negative_ttl`;
 //! - an answer cut to fit has TC set; only the additional section is dropped silently
-//!   (RFC 2181 §9). A cut set of instances is chosen per client by weighted rendezvous hashing,
-//!   so each client keeps seeing the same subset while the set is unchanged;
+//!   (RFC 2181 §9), the targets' TXT first. A cut set of instances is chosen per client by
+//!   weighted rendezvous hashing, so each client keeps seeing the same subset while the set is
+//!   unchanged, and a cut SRV answer keeps every target's address;
+//! - records come in RFC 2782's weighted random order, drawn per answer (`order.rs`); an
+//!   address RRset names each address once;
 //! - a message that is not a query (QR set, or shorter than a header) is never answered.
 
 use std::collections::hash_map::DefaultHasher;
