@@ -31,6 +31,53 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Who may change the registry: keys, signed requests, protected mode.
     pub auth: AuthConfig,
+    /// The HTTP API, the web view, Consul's catalog API and `/metrics` (`--http`).
+    pub http: HttpConfig,
+}
+
+/// Where the HTTP listener is, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpListen {
+    /// Not set: 127.0.0.1:8500, served only if that address is free (a warning otherwise), so
+    /// several servers can share a host.
+    Default,
+    /// Set to this address: a start-up error if it cannot be bound.
+    At(SocketAddr),
+    /// `off`: no HTTP listener.
+    Off,
+}
+
+/// The address the HTTP listener takes when none is set.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8500";
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `ADDR:PORT`, or `off`; unset means 127.0.0.1:8500 when it is free.
+    pub listen: Option<String>,
+    /// The datacenter Consul's API reports (`/v1/agent/self`, `/v1/catalog/datacenters`).
+    pub datacenter: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            datacenter: "dc1".to_string(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Where to listen (validated by [`Config::validate`]).
+    pub fn listen(&self) -> HttpListen {
+        match self.listen.as_deref() {
+            None => HttpListen::Default,
+            Some("off") => HttpListen::Off,
+            Some(addr) => addr.parse().map_or(HttpListen::Off, HttpListen::At),
+        }
+    }
 }
 
 /// Signed requests and protected mode (docs/SECURITY.md).
@@ -412,6 +459,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             metrics: MetricsConfig::default(),
             auth: AuthConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -603,6 +651,25 @@ impl Config {
         let r = &self.registry;
         if r.min_ttl < Duration::from_millis(100) {
             return invalid("registry.min_ttl", "must be at least 100ms".into());
+        }
+        if let Some(listen) = &self.http.listen {
+            if listen != "off" && listen.parse::<SocketAddr>().is_err() {
+                return invalid(
+                    "http.listen",
+                    format!("{listen:?} is neither ADDR:PORT nor off"),
+                );
+            }
+        }
+        let dc = &self.http.datacenter;
+        if dc.is_empty()
+            || !dc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid(
+                "http.datacenter",
+                "must be letters, digits, '-' and '_'".into(),
+            );
         }
         if self.auth.window < Duration::from_secs(1) || self.auth.window > Duration::from_secs(600)
         {

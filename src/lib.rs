@@ -17,6 +17,8 @@
 //! - [`store`]: durable registrations (`--data-dir`) in redb, behind a group-commit journal.
 //! - [`cluster`]: cluster mode (`--etcd`): nodes share one catalog through etcd, each writing
 //!   the instances it holds under its own lease and watching the others'.
+//! - [`http`]: the HTTP API, Consul's catalog API and `/metrics` on one listener (`--http`),
+//!   read from the registry.
 //! - [`metrics`]: Prometheus metrics over HTTP (`--metrics`), read from the registry.
 //! - [`serve`]: wires the registry and both interfaces into one server.
 //! - [`cli`]: the command line.
@@ -27,6 +29,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod http;
 pub mod metrics;
 pub mod name;
 pub mod net;

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::registry::Registry;
 
 /// The content type of the text exposition format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The metrics page as Prometheus reads it.
 pub fn render(registry: &Registry) -> String {

@@ -37,6 +37,8 @@ pub struct Sockets {
     pub registry_tcp: std::net::TcpListener,
     /// Prometheus metrics over HTTP, when asked for ([`Sockets::with_metrics`]).
     pub metrics: Option<std::net::TcpListener>,
+    /// The HTTP API ([`Sockets::with_http`]).
+    pub http: Option<std::net::TcpListener>,
     /// Unix milliseconds when the registration sockets were bound: no request reached this
     /// run before, so signed requests made earlier are not taken for instances it holds no
     /// record of (see [`Registry::raise_stamp_floor`]).
@@ -90,6 +92,7 @@ impl Sockets {
             registry_udp,
             registry_tcp,
             metrics: None,
+            http: None,
         })
     }
 
@@ -105,6 +108,41 @@ impl Sockets {
             self.metrics = Some(listener);
         }
         Ok(self)
+    }
+
+    /// Also binds the HTTP listener as `listen` says: the default address only if it is free
+    /// (a warning otherwise, so several servers can share a host), a set one or an error naming
+    /// `http.listen`.
+    pub fn with_http(mut self, listen: crate::config::HttpListen) -> Result<Sockets, ServeError> {
+        use crate::config::{HttpListen, DEFAULT_HTTP_LISTEN};
+        match listen {
+            HttpListen::Off => {}
+            HttpListen::At(addr) => {
+                let listener =
+                    std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+                        addr,
+                        what: "http.listen",
+                        source,
+                    })?;
+                self.http = Some(listener);
+            }
+            HttpListen::Default => {
+                let addr: SocketAddr = DEFAULT_HTTP_LISTEN.parse().expect("a valid address");
+                match std::net::TcpListener::bind(addr) {
+                    Ok(listener) => self.http = Some(listener),
+                    Err(error) => tracing::warn!(
+                        %addr, %error,
+                        "the HTTP listener's default address is taken; serving without it (set http.listen or --http to choose one)"
+                    ),
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// The bound HTTP address, if the HTTP listener is served.
+    pub fn http_addr(&self) -> io::Result<Option<SocketAddr>> {
+        self.http.as_ref().map(|l| l.local_addr()).transpose()
     }
 
     /// The bound metrics address, if metrics are served.
@@ -238,6 +276,7 @@ pub async fn run(
     net::grow_receive_buffer(&registry_udp, UDP_RECEIVE_BUFFER);
     let registry_tcp = tokio_listener(sockets.registry_tcp)?;
     let metrics = sockets.metrics.map(tokio_listener).transpose()?;
+    let http = sockets.http.map(tokio_listener).transpose()?;
 
     let tracker = TaskTracker::new();
     if !config.cluster.etcd.is_empty() {
@@ -250,6 +289,21 @@ pub async fn run(
         .await?;
     }
     tracker.spawn(registry.clone().run_expiry(shutdown.clone()));
+    if let Some(listener) = http {
+        let settings = crate::http::Settings {
+            node: node_name(&config.cluster),
+            datacenter: config.http.datacenter.clone(),
+            signed_reads: config.auth.read == crate::config::ReadAccess::Signed,
+        };
+        crate::http::serve(
+            listener,
+            registry.clone(),
+            settings,
+            shutdown.clone(),
+            tracker.clone(),
+        )
+        .await;
+    }
     if let Some(listener) = metrics {
         tracker.spawn(crate::metrics::serve(
             listener,
@@ -364,4 +418,16 @@ fn describe_auth(auth: &Auth) {
     } else {
         tracing::info!("protected mode: no keys configured, so changes are accepted only from loopback (see docs/SECURITY.md)");
     }
+}
+
+/// This node's name: `cluster.node`, else the host name.
+pub fn node_name(cluster: &crate::config::ClusterConfig) -> String {
+    if !cluster.node.is_empty() {
+        return cluster.node.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "beacon".into())
 }

@@ -95,6 +95,10 @@ struct ServeArgs {
     /// [config: cluster.etcd; needs the `etcd` feature].
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     etcd: Vec<String>,
+    /// The HTTP API, web view, Consul catalog API and /metrics on ADDR:PORT, or `off`
+    /// [config: http.listen; default 127.0.0.1:8500 when it is free].
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    http: Option<String>,
     /// Serve Prometheus metrics on GET /metrics at this address [config: metrics.listen].
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
@@ -295,6 +299,9 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(node) = &args.node {
         config.cluster.node = node.clone();
     }
+    if let Some(http) = &args.http {
+        config.http.listen = Some(http.clone());
+    }
     if let Some(metrics) = args.metrics {
         config.metrics.listen = Some(metrics);
     }
@@ -319,13 +326,17 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config.log_level);
 
     let sockets = Sockets::bind(config.dns.listen, config.registry.listen)?
-        .with_metrics(config.metrics.listen)?;
+        .with_metrics(config.metrics.listen)?
+        .with_http(config.http.listen())?;
     let dns = sockets.dns_addr()?;
     let registry = sockets.registry_addr()?;
-    let metrics = match sockets.metrics_addr()? {
+    let mut metrics = match sockets.metrics_addr()? {
         Some(addr) => format!(" metrics={addr}"),
         None => String::new(),
     };
+    if let Some(addr) = sockets.http_addr()? {
+        metrics.push_str(&format!(" http={addr}"));
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.threads > 0 {
         runtime.worker_threads(config.threads);

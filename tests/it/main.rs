@@ -9,6 +9,7 @@ mod dns;
 mod dns_details;
 mod durability;
 mod examples;
+mod http;
 mod lifecycle;
 mod metrics;
 mod preservation;

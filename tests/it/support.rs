@@ -29,6 +29,8 @@ pub struct Server {
     pub registry: SocketAddr,
     /// Metrics address, when started with `--metrics`.
     pub metrics: Option<SocketAddr>,
+    /// The HTTP listener's address, when it is served.
+    pub http: Option<SocketAddr>,
 }
 
 impl Server {
@@ -79,11 +81,16 @@ impl Server {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("metrics="))
             .map(|a| a.parse().expect("metrics address"));
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .map(|a| a.parse().expect("http address"));
         Server {
             child,
             dns,
             registry,
             metrics,
+            http,
         }
     }
 

@@ -1,0 +1,356 @@
+//! The HTTP listener against the real binary: beacon's JSON API, Consul's catalog API as its
+//! clients query it (the query shapes of Prometheus' `discovery/consul` and consul-template's
+//! `health_service`), blocking reads woken by a change and not by heartbeats, errors naming the
+//! parameter, `/metrics`, and the default address's fallback.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{padded, serve_fails, Server};
+
+/// A reply: status code, headers (lower-case names), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn index(&self, header: &str) -> u64 {
+        self.header(header)
+            .unwrap_or_else(|| panic!("no {header}: {:?}", self.headers))
+            .parse()
+            .unwrap()
+    }
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`, waiting up to `within`.
+fn get(to: SocketAddr, path: &str, within: Duration) -> Reply {
+    let mut stream = TcpStream::connect(to).expect("connect to the HTTP listener");
+    stream.set_read_timeout(Some(within)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: beacon\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("a response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn quick(to: SocketAddr, path: &str) -> Reply {
+    get(to, path, Duration::from_secs(5))
+}
+
+fn server() -> (Server, SocketAddr) {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let http = server
+        .http
+        .expect("the HTTP listener's address on the listening line");
+    (server, http)
+}
+
+fn register(server: &Server, id: &str, address: &str, tags: &[&str], weight: u16) {
+    server.register(
+        json!({"service": "web", "id": id, "address": address, "port": 8080,
+        "tags": tags, "weight": weight, "meta": {"version": "1.2"}, "ttl_ms": 30000}),
+    );
+}
+
+#[test]
+fn the_json_api_lists_services_instances_and_status() {
+    let (server, http) = server();
+    register(&server, "web-1", "10.0.0.1", &["primary"], 10);
+    register(&server, "web-2", "10.0.0.2", &[], 1);
+    server.register(json!({"service": "db", "id": "db-1", "address": "10.0.1.1", "port": 5432}));
+
+    let services = quick(http, "/v1/services");
+    assert_eq!(services.status, 200);
+    assert_eq!(services.header("content-type"), Some("application/json"));
+    let body = services.json();
+    assert_eq!(
+        services.index("x-beacon-index"),
+        body["version"].as_u64().unwrap()
+    );
+    assert_eq!(body["services"][0]["name"], "db");
+    assert_eq!(body["services"][1]["name"], "web");
+    assert_eq!(body["services"][1]["instances"], 2);
+
+    let web = quick(http, "/v1/services/web").json();
+    let first = &web["instances"][0];
+    assert_eq!(first["id"], "web-1");
+    assert_eq!(first["address"], "10.0.0.1");
+    assert_eq!(first["port"], 8080);
+    assert_eq!(first["weight"], 10);
+    assert_eq!(first["tags"], json!(["primary"]));
+    assert_eq!(first["meta"], json!({"version": "1.2"}));
+    assert_eq!(first["ttl_ms"], 30000);
+    assert!(first["expires_in_ms"].as_u64().unwrap() <= 30000);
+    assert!(first["node"].is_string());
+
+    let none = quick(http, "/v1/services/nosuch");
+    assert_eq!(
+        none.status, 200,
+        "an empty list, which a blocking read can wait on"
+    );
+    assert_eq!(none.json()["instances"], json!([]));
+
+    let status = quick(http, "/v1/status").json();
+    assert_eq!(status["services"], 2);
+    assert_eq!(status["instances"], 3);
+    assert_eq!(status["self_preservation"]["active"], false);
+    assert_eq!(status["stale"], false);
+}
+
+#[test]
+fn bad_parameters_and_unknown_paths_are_errors_that_say_what() {
+    let (_server, http) = server();
+    for (path, parameter) in [
+        ("/v1/services/web?wait=soon&index=1", "wait"),
+        ("/v1/services/web?index=-1", "index"),
+        ("/v1/services/my_web", "name"),
+        ("/v1/health/service/web?passing=maybe", "passing"),
+        ("/v1/catalog/service/web?dc=mars", "dc"),
+        (
+            "/v1/health/service/web?filter=Service.Port%3D%3D80",
+            "filter",
+        ),
+    ] {
+        let reply = quick(http, path);
+        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+        assert_eq!(reply.json()["parameter"], parameter, "{path}");
+        assert!(reply.json()["error"].as_str().unwrap().len() > 10);
+    }
+    let unknown = quick(http, "/v1/services?colour=red");
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.body.contains("colour"), "{}", unknown.body);
+    let missing = quick(http, "/v2/nothing");
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("/v2/nothing"));
+}
+
+/// Consul's catalog API with the fields and query shapes its clients use.
+#[test]
+fn consuls_catalog_api_answers_its_clients_queries() {
+    let (server, http) = server();
+    register(&server, "web-1", "10.0.0.1", &["primary", "v2"], 10);
+    register(&server, "web-2", "10.0.0.2", &["v2"], 1);
+
+    let catalog = quick(http, "/v1/catalog/services?stale=");
+    assert_eq!(catalog.json(), json!({"web": ["primary", "v2"]}));
+    assert!(catalog.index("x-consul-index") >= 1);
+
+    for path in [
+        "/v1/health/service/web?passing=1",
+        "/v1/health/service/web?passing=true",
+        "/v1/health/service/web?passing",
+        "/v1/health/service/web?passing&stale&index=0",
+    ] {
+        let reply = quick(http, path);
+        assert_eq!(reply.status, 200, "{path}");
+        let entries = reply.json();
+        assert_eq!(entries.as_array().unwrap().len(), 2, "{path}");
+        let entry = &entries[0];
+        assert_eq!(entry["Service"]["ID"], "web-1");
+        assert_eq!(entry["Service"]["Service"], "web");
+        assert_eq!(entry["Service"]["Address"], "10.0.0.1");
+        assert_eq!(entry["Service"]["Port"], 8080);
+        assert_eq!(entry["Service"]["Tags"], json!(["primary", "v2"]));
+        assert_eq!(entry["Service"]["Meta"], json!({"version": "1.2"}));
+        assert_eq!(entry["Service"]["Weights"]["Passing"], 10);
+        assert_eq!(entry["Node"]["Address"], "10.0.0.1");
+        assert_eq!(entry["Node"]["Datacenter"], "dc1");
+        let checks = entry["Checks"].as_array().unwrap();
+        assert!(
+            checks.iter().all(|c| c["Status"] == "passing"),
+            "{checks:?}"
+        );
+        assert!(reply.index("x-consul-index") >= 1);
+    }
+    // Repeated tag: every one must match.
+    let tagged = quick(http, "/v1/health/service/web?tag=v2&tag=primary").json();
+    assert_eq!(tagged.as_array().unwrap().len(), 1);
+    let catalog = quick(http, "/v1/catalog/service/web?tag=v2").json();
+    assert_eq!(catalog.as_array().unwrap().len(), 2);
+    for field in [
+        "Node",
+        "Address",
+        "ServiceID",
+        "ServiceName",
+        "ServiceAddress",
+        "ServicePort",
+        "ServiceTags",
+        "ServiceMeta",
+    ] {
+        assert!(!catalog[0][field].is_null(), "{field}: {}", catalog[0]);
+    }
+    assert_eq!(catalog[0]["ServiceWeights"]["Passing"], 10);
+
+    let agent = quick(http, "/v1/agent/self").json();
+    assert_eq!(agent["Config"]["Datacenter"], "dc1");
+    assert!(quick(http, "/v1/status/leader").json().is_string());
+    assert_eq!(
+        quick(http, "/v1/catalog/datacenters").json(),
+        json!(["dc1"])
+    );
+}
+
+/// A blocking read comes back when the service changes, with a greater index; heartbeats never
+/// raise the index, so an idle blocking read waits out its whole `wait` (given as Consul's
+/// clients write it, `120000ms` style).
+#[test]
+fn blocking_reads_wake_on_a_change_and_never_on_a_heartbeat() {
+    let (server, http) = server();
+    register(&server, "web-1", "10.0.0.1", &[], 1);
+    let index = quick(http, "/v1/health/service/web").index("x-consul-index");
+
+    // Idle but for heartbeats: the read waits its whole second.
+    let registry = server.registry;
+    let heartbeats = std::thread::spawn(move || {
+        for _ in 0..8 {
+            let reply = crate::support::udp_request(
+                registry,
+                padded(r#"{"op":"heartbeat","service":"web","id":"web-1"}"#, 64).as_bytes(),
+            );
+            assert_eq!(reply["ok"], true);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let started = Instant::now();
+    let idle = get(
+        http,
+        &format!("/v1/health/service/web?index={index}&wait=1000ms"),
+        Duration::from_secs(5),
+    );
+    heartbeats.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "returned after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        idle.index("x-consul-index"),
+        index,
+        "heartbeats never raise the index"
+    );
+
+    // A registration wakes it at once.
+    let waiter = std::thread::spawn(move || {
+        get(
+            http,
+            &format!("/v1/health/service/web?index={index}&wait=30s"),
+            Duration::from_secs(35),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    register(&server, "web-2", "10.0.0.2", &[], 1);
+    let woken = waiter.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(woken.index("x-consul-index") > index);
+    assert_eq!(woken.json().as_array().unwrap().len(), 2);
+
+    // beacon's own API blocks the same way, on X-Beacon-Index.
+    let version = quick(http, "/v1/services/web").index("x-beacon-index");
+    let waiter = std::thread::spawn(move || {
+        get(
+            http,
+            &format!("/v1/services/web?index={version}&wait=30s"),
+            Duration::from_secs(35),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = server.udp(&padded(
+        r#"{"op":"deregister","service":"web","id":"web-1"}"#,
+        64,
+    ));
+    assert_eq!(reply["ok"], true, "{reply}");
+    let woken = waiter.join().unwrap();
+    assert!(woken.index("x-beacon-index") > version);
+    assert_eq!(woken.json()["instances"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn metrics_are_served_on_the_http_listener_too() {
+    let (server, http) = server();
+    register(&server, "web-1", "10.0.0.1", &[], 1);
+    let page = quick(http, "/metrics");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("\nbeacon_instances 1\n"),
+        "{}",
+        page.body
+    );
+}
+
+/// The default address taken: beacon warns and serves without it. An address set explicitly
+/// and taken is a start-up error naming the key.
+#[test]
+fn a_taken_default_address_is_a_warning_and_a_taken_explicit_one_an_error() {
+    // Hold 127.0.0.1:8500 (or find it held already, by another server of the suite).
+    let _held = TcpListener::bind("127.0.0.1:8500");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let server = Server::start_logged("127.0.0.1:0", "127.0.0.1:0", &[], &log);
+    assert!(
+        server.http.is_none(),
+        "the default address is taken: no HTTP listener"
+    );
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("default address is taken") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        text.contains("default address is taken") && text.contains("http.listen"),
+        "{text}"
+    );
+    assert_eq!(server.tcp(r#"{"op":"status"}"#)["ok"], true);
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = serve_fails(&["--http", &addr]);
+    assert!(err.contains("http.listen"), "{err}");
+    let err = serve_fails(&["--http", "nowhere"]);
+    assert!(err.contains("http.listen"), "{err}");
+    let off = Server::start(&["--http", "off"]);
+    assert!(off.http.is_none());
+}
