@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod consul;
+pub mod events;
 mod query;
 
 use std::net::SocketAddr;
@@ -67,6 +68,7 @@ pub fn router(
         .route("/v1/services", get(api::services))
         .route("/v1/services/{name}", get(api::service))
         .route("/v1/status", get(api::status))
+        .route("/v1/events", get(events::events))
         .route("/v1/catalog/services", get(consul::catalog_services))
         .route("/v1/catalog/service/{name}", get(consul::catalog_service))
         .route("/v1/health/service/{name}", get(consul::health_service))
@@ -78,8 +80,14 @@ pub fn router(
     } else {
         reads.fallback(not_found)
     };
+    let page = if settings.signed_reads {
+        Router::new()
+    } else {
+        Router::new().route("/", get(index))
+    };
     Router::new()
         .route("/metrics", get(metrics))
+        .merge(page)
         .merge(reads)
         .with_state(state)
 }
@@ -91,6 +99,17 @@ async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Re
             crate::metrics::CONTENT_TYPE,
         )],
         crate::metrics::render(&state.registry),
+    )
+        .into_response()
+}
+
+/// The web view: one page, embedded in the binary, with no external assets.
+const INDEX: &str = include_str!("index.html");
+
+async fn index() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX,
     )
         .into_response()
 }

@@ -21,6 +21,7 @@
 mod instance;
 mod ownership;
 mod preservation;
+mod recent;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +38,7 @@ pub use instance::{
 };
 pub use ownership::{Origin, Owner};
 pub use preservation::SelfPreservation;
+pub use recent::{ChangeKind, RecentChange, RECENT_CHANGES};
 
 use crate::name::LabelError;
 
@@ -401,6 +403,8 @@ struct State {
     owners: ownership::Owners,
     /// The last stamps of signed instances that left, for the replay window.
     tombstones: ownership::Tombstones,
+    /// The last changes, with their kinds and times (the web view's list).
+    recent: recent::Recent,
 }
 
 impl Registry {
@@ -556,6 +560,12 @@ impl Registry {
         restored
     }
 
+    /// The changes of the live set after `version` that are still remembered (the last
+    /// [`RECENT_CHANGES`]), oldest first.
+    pub fn recent_changes(&self, version: u64) -> Vec<RecentChange> {
+        self.lock_state().recent.since(version)
+    }
+
     /// From now on, a signed request for an instance this registry holds no record of must
     /// have a stamp above `floor`. `serve` sets it to the start time before restoring, since a
     /// new run does not remember which signed requests an earlier one applied: a request
@@ -668,6 +678,8 @@ impl Registry {
                 let new = state.insert(&reg, deadline);
                 state.log_put(&reg);
                 state.bump();
+                let version = state.version;
+                state.recent.push(ChangeKind::Updated, &new, version);
                 (new, true)
             }
             None => {
@@ -680,6 +692,8 @@ impl Registry {
                 let new = state.insert(&reg, deadline);
                 state.log_put(&reg);
                 state.bump();
+                let version = state.version;
+                state.recent.push(ChangeKind::Registered, &new, version);
                 (new, true)
             }
         };
@@ -782,6 +796,10 @@ impl Registry {
                 state.remove(&instance);
                 state.log_delete(&instance);
                 state.bump();
+                let version = state.version;
+                state
+                    .recent
+                    .push(ChangeKind::Deregistered, &instance, version);
                 if origin.is_signed() {
                     let by = Some((origin.stamp, state.version));
                     state.tombstones.record(&instance, by);
@@ -825,6 +843,8 @@ impl Registry {
                     if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
                         state.remove(&instance);
                         state.bump();
+                        let version = state.version;
+                        state.recent.push(ChangeKind::Left, &instance, version);
                     }
                 }
                 RemoteChange::Orphaned { service, id } => {
@@ -841,6 +861,10 @@ impl Registry {
                     if let Some(instance) = state.find(&service, &id).filter(|i| !i.is_remote()) {
                         state.remove(&instance);
                         state.bump();
+                        let version = state.version;
+                        state
+                            .recent
+                            .push(ChangeKind::Deregistered, &instance, version);
                     }
                 }
             }
@@ -1293,12 +1317,14 @@ impl State {
             }
             Some(old) => {
                 self.remove(&old);
-                self.insert(reg, REMOTE_DEADLINE);
+                let new = self.insert(reg, REMOTE_DEADLINE);
                 self.bump();
+                self.recent.push(ChangeKind::Updated, &new, self.version);
             }
             None => {
-                self.insert(reg, REMOTE_DEADLINE);
+                let new = self.insert(reg, REMOTE_DEADLINE);
                 self.bump();
+                self.recent.push(ChangeKind::Registered, &new, self.version);
             }
         }
     }
@@ -1374,6 +1400,8 @@ impl State {
             self.remove(&instance);
             self.log_delete(&instance);
             self.bump();
+            self.recent
+                .push(ChangeKind::Expired, &instance, self.version);
             if record && confirmed {
                 self.preservation.record(now, instance);
             }

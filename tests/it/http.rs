@@ -354,3 +354,108 @@ fn a_taken_default_address_is_a_warning_and_a_taken_explicit_one_an_error() {
     let off = Server::start(&["--http", "off"]);
     assert!(off.http.is_none());
 }
+
+/// An open event stream: the raw lines as they come.
+struct Events {
+    reader: std::io::BufReader<TcpStream>,
+}
+
+impl Events {
+    fn open(to: SocketAddr, path: &str, last_event_id: Option<&str>) -> Events {
+        let mut stream = TcpStream::connect(to).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: beacon\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        )
+        .unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut line = String::new();
+        // The status line and headers.
+        loop {
+            line.clear();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+        }
+        Events { reader }
+    }
+
+    /// The next event: (name, id, data), skipping chunk-size lines and comments.
+    fn next(&mut self) -> (String, Option<String>, Value) {
+        let (mut name, mut id, mut data) = (String::new(), None, String::new());
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut self.reader, &mut line).expect("an event line");
+            let line = line.trim_end();
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_string();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = v.to_string();
+            } else if line.is_empty() && !data.is_empty() {
+                return (name, id, serde_json::from_str(&data).unwrap());
+            }
+        }
+    }
+
+    /// The next `update` event, skipping `status` ones.
+    fn update(&mut self) -> (String, Value) {
+        loop {
+            let (name, id, data) = self.next();
+            if name == "update" {
+                return (id.expect("an update has an id"), data);
+            }
+        }
+    }
+}
+
+/// Server-sent events with the watch's semantics: the set at once, then at every change of a
+/// watched service (and only those), each change named with its kind; resumable with
+/// Last-Event-ID, which gets nothing until the next change when nothing changed since.
+#[test]
+fn events_follow_the_watched_services_and_resume_with_last_event_id() {
+    let (server, http) = server();
+    register(&server, "web-1", "10.0.0.1", &[], 1);
+    let mut events = Events::open(http, "/v1/events?services=web", None);
+    let (first_id, first) = events.update();
+    assert_eq!(first["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(first["changes"][0]["kind"], "registered");
+
+    server.register(json!({"service": "db", "id": "db-1", "address": "10.0.1.1", "port": 1}));
+    register(&server, "web-2", "10.0.0.2", &[], 1);
+    let (second_id, second) = events.update();
+    assert_eq!(second["instances"].as_array().unwrap().len(), 2, "{second}");
+    let kinds: Vec<&str> = second["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["web-2"], "db is not watched: {second}");
+    assert_ne!(first_id, second_id);
+
+    // Resuming from the last id: nothing until the next change, then that change.
+    let mut resumed = Events::open(http, "/v1/events?services=web", Some(&second_id));
+    let reply = server.udp(&padded(
+        r#"{"op":"deregister","service":"web","id":"web-1"}"#,
+        64,
+    ));
+    assert_eq!(reply["ok"], true);
+    let (_, after) = resumed.update();
+    assert_eq!(after["changes"].as_array().unwrap().len(), 1, "{after}");
+    assert_eq!(after["changes"][0]["kind"], "deregistered");
+    assert_eq!(after["instances"].as_array().unwrap().len(), 1);
+    // A bad services parameter names it.
+    assert_eq!(
+        quick(http, "/v1/events?services=my_web").json()["parameter"],
+        "services"
+    );
+}

@@ -19,3 +19,4 @@ mod sidecar;
 mod support;
 mod system_resolver;
 mod watch;
+mod web_view;
