@@ -459,3 +459,68 @@ fn events_follow_the_watched_services_and_resume_with_last_event_id() {
         "services"
     );
 }
+
+/// Blanks what changes from run to run: time left on leases, the run, the node's name, the
+/// member's port.
+fn normalised(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                match key.as_str() {
+                    "expires_in_ms" | "run" if field.is_u64() => *field = json!(0),
+                    "node" | "Node" | "NodeName" | "Name" if field.is_string() => {
+                        *field = json!("NODE")
+                    }
+                    _ => normalised(field),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalised),
+        _ => {}
+    }
+}
+
+/// Every `curl` line of docs/HTTP.md that is followed by a JSON block answers, against a server
+/// holding the registrations the page lists, what the block shows.
+#[test]
+fn the_curl_examples_of_docs_http_md_answer_as_shown() {
+    let (server, http) = server();
+    // The registrations the page lists, in its order (so the versions match).
+    register(&server, "web-1", "10.0.0.2", &["primary"], 10);
+    server.register(json!({"service": "web", "id": "web-2", "address": "10.0.0.3", "port": 8080, "ttl_ms": 30000}));
+    server.register(json!({"service": "db", "id": "db-1", "address": "10.0.1.1", "port": 5432, "ttl_ms": 30000}));
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/HTTP.md")).unwrap();
+    let blocks: Vec<(&str, &str)> = page
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .filter_map(|block| block.split_once('\n'))
+        .collect();
+    let mut checked = 0;
+    for pair in blocks.windows(2) {
+        let [(lang, command), (next_lang, expected)] = pair else {
+            continue;
+        };
+        if *lang != "sh" || *next_lang != "json" || !command.trim_start().starts_with("curl") {
+            continue;
+        }
+        let command = command.trim().replace("127.0.0.1:8500", &http.to_string());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .output()
+            .expect("curl is installed (the README's test command installs it)");
+        assert!(out.status.success(), "{command}: {out:?}");
+        let mut got: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{command}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let mut want: Value = serde_json::from_str(expected.trim()).unwrap();
+        normalised(&mut got);
+        normalised(&mut want);
+        assert_eq!(got, want, "{command}");
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} examples found in docs/HTTP.md"
+    );
+}
