@@ -524,3 +524,60 @@ fn the_curl_examples_of_docs_http_md_answer_as_shown() {
         "only {checked} examples found in docs/HTTP.md"
     );
 }
+
+/// Consul's Python client (py-consul, from PyPI) lists the services, reads `health.service`
+/// with `passing`, and blocks on a change that a registration then wakes.
+#[test]
+fn consuls_python_client_discovers_and_blocks() {
+    let (server, http) = server();
+    register(&server, "web-1", "10.0.0.1", &["primary"], 1);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consul/py_consul.py");
+    let mut child = std::process::Command::new("python3")
+        .args([script, &http.ip().to_string(), &http.port().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut input = child.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |command: &str| -> Value {
+        writeln!(input, "{command}").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut output, &mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!("{command}: {e}: {line:?} (py-consul installed? pip install py-consul; the README's test command does)")
+        })
+    };
+    let services = ask("services");
+    assert_eq!(services["services"], json!({"web": ["primary"]}));
+    let health = ask("health web primary");
+    assert_eq!(health["ids"], json!(["web-1"]));
+    let index = health["index"].as_u64().unwrap();
+    assert!(index >= 1);
+
+    let registry = server.registry;
+    let registrar = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        crate::support::udp_request(
+            registry,
+            json!({"op":"register","service":"web","id":"web-2","address":"10.0.0.2","port":8080})
+                .to_string()
+                .as_bytes(),
+        )
+    });
+    let started = Instant::now();
+    let woken = ask(&format!("block web {index}"));
+    assert_eq!(registrar.join().unwrap()["ok"], true);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "it blocked"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a change woke it"
+    );
+    assert!(woken["index"].as_u64().unwrap() > index);
+    assert_eq!(woken["ids"], json!(["web-1", "web-2"]));
+    drop(input);
+    let _ = child.wait();
+}
