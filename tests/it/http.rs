@@ -581,3 +581,97 @@ fn consuls_python_client_discovers_and_blocks() {
     drop(input);
     let _ = child.wait();
 }
+
+/// Consul's Node.js client (`consul` from npm, installed by the README's test command into
+/// tests/consul/node_modules) lists and reads health, then its `watch` follows a service as a
+/// discovery consumer would: an instance appears, leaves after a deregistration, and leaves
+/// after `kill -9` of an `announce` once its lease runs out.
+#[test]
+fn consuls_node_client_watches_a_service_come_and_go() {
+    let (server, http) = server();
+    register(&server, "web-1", "10.0.0.1", &[], 1);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consul");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/consul").exists(),
+        "Consul's npm client is not installed: npm install --prefix tests/consul (the README's test command does)"
+    );
+    let mut child = std::process::Command::new("node")
+        .args([
+            &format!("{dir}/npm_consul.mjs"),
+            &http.ip().to_string(),
+            &http.port().to_string(),
+            "web",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let input = child.stdin.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if let Ok(value) = serde_json::from_str(&line) {
+                if lines.send(value).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let next = || {
+        received
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the client reports")
+    };
+    assert_eq!(next()["services"], json!({"web": []}));
+    assert_eq!(next()["health"], json!(["web-1"]));
+    assert_eq!(
+        next()["change"],
+        json!(["web-1"]),
+        "the watch starts with the current set"
+    );
+    let until = |want: Value| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = received
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("never saw {want}"));
+            assert!(got.get("error").is_none(), "{got}");
+            if got["change"] == want {
+                return;
+            }
+        }
+    };
+
+    register(&server, "web-2", "10.0.0.2", &[], 1);
+    until(json!(["web-1", "web-2"]));
+    let reply = server.udp(&padded(
+        r#"{"op":"deregister","service":"web","id":"web-2"}"#,
+        64,
+    ));
+    assert_eq!(reply["ok"], true);
+    until(json!(["web-1"]));
+
+    // An announced provider killed with SIGKILL leaves when its lease runs out.
+    let mut announce = crate::support::Running::spawn(
+        std::process::Command::new(crate::support::beacon_bin())
+            .args([
+                "announce",
+                "--registry",
+                &server.registry.to_string(),
+                "-s",
+                "web",
+                "-p",
+                "9000",
+            ])
+            .args(["-a", "10.0.0.9", "--id", "web-9", "--ttl", "1s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    until(json!(["web-1", "web-9"]));
+    announce.kill();
+    until(json!(["web-1"]));
+    drop(input);
+    let _ = child.wait();
+}
