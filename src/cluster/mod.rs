@@ -16,7 +16,8 @@
 //!
 //! This module holds what does not need the etcd client: the change log the registry writes
 //! to, and how keys are named. The client itself (`etcd.rs`) sits behind the `etcd` cargo
-//! feature, since it needs `protoc` to build.
+//! feature, since building it compiles etcd's protobufs (with the `protoc` that a crates.io
+//! dependency ships: `tools/protoc`), which the default build can do without.
 
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -38,8 +39,7 @@ pub enum ClusterError {
     /// This binary was built without the etcd client.
     #[error(
         "config key `cluster.etcd`: set, but this beacon was built without the `etcd` \
-         feature; rebuild with `cargo build --release --features etcd` (needs protoc, \
-         Debian's protobuf-compiler)"
+         feature; rebuild with `cargo build --release --features etcd`"
     )]
     NotBuilt,
     /// A security setting's file could not be read or used.

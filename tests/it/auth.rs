@@ -14,7 +14,8 @@ use beacon::auth::sign;
 use serde_json::{json, Value};
 
 use crate::support::{
-    addresses, beacon_bin, eventually, padded, run, serve_fails, tcp_requests, udp_request, Server,
+    addresses, beacon_bin, eventually, padded, require, run, serve_fails, tcp_requests,
+    udp_request, Server,
 };
 
 pub const WEB_SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
@@ -427,6 +428,7 @@ struct Namespace {
 
 impl Namespace {
     fn create(tag: &str, host_ip: &str, ns_ip: &str) -> Option<Namespace> {
+        require("ip", "iproute2");
         let name = format!("bcn-{tag}-{}", std::process::id());
         let host_side = format!("vh{}{tag}", std::process::id() % 100_000);
         let ns_side = format!("vn{}{tag}", std::process::id() % 100_000);

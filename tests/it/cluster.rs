@@ -33,23 +33,10 @@ const NAMESERVER_TIMEOUT: Duration = Duration::from_millis(300);
 /// Pause between two queries of one load thread (a few hundred queries a second per thread).
 const QUERY_PAUSE: Duration = Duration::from_millis(5);
 
-/// Where the `etcd` binary is not installed, the tests print why and pass (on CI that is a
-/// failure, as for `dig`).
-fn etcd_installed() -> bool {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "etcd is not installed on CI"
-        );
-        eprintln!("etcd not installed: skipping the cluster test");
-    }
-    found
+/// Fails the test, never skips it, when etcd's binaries are missing.
+fn require_etcd() {
+    require("etcd", "etcd-server");
+    require("etcdctl", "etcd-client");
 }
 
 /// A loopback port free for TCP and UDP, never handed out twice in this run, picked below the
@@ -111,25 +98,6 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> Option<String> {
 
 /// etcd's `root` password in the tests that turn authentication on.
 const ROOT_PASSWORD: &str = "root-pw-of-the-test";
-
-/// Where the `openssl` command is not installed, the TLS test prints why and passes (on CI,
-/// which installs it, that is a failure).
-fn openssl_installed() -> bool {
-    let found = Command::new("openssl")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is not installed on CI"
-        );
-        eprintln!("openssl not installed: skipping the TLS cluster test");
-    }
-    found
-}
 
 /// Certificates made at test time with the `openssl` command, P-256 keys, valid for a day:
 /// `ca` signs etcd's `server` certificate (for 127.0.0.1) and the `client` certificate beacon
@@ -887,9 +855,7 @@ impl Drop for Load {
 /// others too.
 #[tokio::test]
 async fn a_registration_on_one_node_is_answered_by_the_others() {
-    if !etcd_installed() {
-        return;
-    }
+    require_etcd();
     let etcd = EtcdCluster::start();
     let nodes = Nodes::start(&etcd, "/it-propagation/", "3s");
     let (a, b, c) = (nodes.server(0), nodes.server(1), nodes.server(2));
@@ -980,9 +946,7 @@ async fn a_registration_on_one_node_is_answered_by_the_others() {
 /// removed.
 #[tokio::test]
 async fn ownership_and_replay_stamps_travel_through_etcd() {
-    if !etcd_installed() {
-        return;
-    }
+    require_etcd();
     let etcd = EtcdCluster::start();
     let keys_dir = tempfile::tempdir().unwrap();
     let keys = keys_dir.path().join("keys");
@@ -1042,9 +1006,7 @@ async fn ownership_and_replay_stamps_travel_through_etcd() {
 
 #[tokio::test]
 async fn killing_the_etcd_leader_loses_nothing() {
-    if !etcd_installed() {
-        return;
-    }
+    require_etcd();
     let mut etcd = EtcdCluster::start();
     let prefix = "/it-leader/";
     let nodes = Nodes::start(&etcd, prefix, "3s");
@@ -1160,9 +1122,7 @@ async fn killing_the_etcd_leader_loses_nothing() {
 /// changed meanwhile reaches the other nodes and nothing else is lost.
 #[tokio::test]
 async fn without_etcd_nodes_answer_stale_and_reconcile_when_it_is_back() {
-    if !etcd_installed() {
-        return;
-    }
+    require_etcd();
     let mut etcd = EtcdCluster::start();
     let nodes = Nodes::start(&etcd, "/it-outage/", "3s");
     let dns = nodes.dns();
@@ -1285,9 +1245,7 @@ fn dns_index(dns: &SocketAddr, nodes: &Nodes) -> usize {
 /// the providers end up held by b or c in etcd.
 #[tokio::test]
 async fn killing_a_beacon_node_moves_its_providers() {
-    if !etcd_installed() {
-        return;
-    }
+    require_etcd();
     let etcd = EtcdCluster::start();
     let prefix = "/it-node/";
     let lease_ttl = Duration::from_secs(3);
@@ -1379,9 +1337,7 @@ async fn killing_a_beacon_node_moves_its_providers() {
 /// one at a time, waiting each time until the cluster is whole again. No query fails.
 #[tokio::test]
 async fn a_rolling_restart_fails_no_query() {
-    if !etcd_installed() {
-        return;
-    }
+    require_etcd();
     let mut etcd = EtcdCluster::start();
     let lease_ttl = Duration::from_secs(3);
     let mut nodes = Nodes::start(&etcd, "/it-rolling/", "3s");
@@ -1489,9 +1445,8 @@ async fn a_rolling_restart_fails_no_query() {
 /// start-up with one line naming the setting, and never prints a password.
 #[tokio::test]
 async fn a_secured_etcd_shares_the_catalog_and_refuses_wrong_settings() {
-    if !etcd_installed() || !openssl_installed() {
-        return;
-    }
+    require_etcd();
+    require("openssl", "openssl");
     const PASSWORD: &str = "beacon-pw-of-the-test";
     const WRONG_PASSWORD: &str = "not-the-beacon-pw";
     let prefix = "/it-secure/";

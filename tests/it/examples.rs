@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 
-use crate::support::{eventually, gone, query, Running, Server};
+use crate::support::{eventually, gone, query, require, Running, Server};
 
 /// The lease the scripts ask for; they heartbeat every third of it.
 const TTL_MS: u64 = 1500;
@@ -68,31 +68,16 @@ impl Script {
         format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))
     }
 
-    /// Fails (never skips) when the interpreter is missing.
+    /// Fails (never skips) when the interpreter, or a command the script runs, is missing.
     fn require_interpreter(self) {
-        let (program, version, hint) = match self {
-            Script::Python | Script::SignedPython => (
-                "python3",
-                "--version",
-                "install python3 (Debian: apt-get install python3; .ci/run does)",
-            ),
-            Script::Shell => ("bash", "--version", "install bash"),
-            Script::SignedShell => (
-                "openssl",
-                "version",
-                "install openssl (Debian: apt-get install openssl; .ci/run does)",
-            ),
-        };
-        let found = Command::new(program)
-            .arg(version)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{program} is not installed; the example provider tests need it: {hint}"
-        );
+        match self {
+            Script::Python | Script::SignedPython => require("python3", "python3"),
+            Script::Shell => require("bash", "bash"),
+            Script::SignedShell => {
+                require("bash", "bash");
+                require("openssl", "openssl");
+            }
+        }
     }
 }
 

@@ -318,22 +318,34 @@ pub fn tcp_query(dns: SocketAddr, bytes: &[u8]) -> Message {
     Message::from_vec(&body).unwrap()
 }
 
-/// Runs `dig` against the server and returns its short output, or `None` when dig is not
-/// installed (CI installs it: there a missing dig is a failure).
-pub fn dig(dns: SocketAddr, args: &[&str]) -> Option<String> {
-    let output = Command::new("dig")
+/// Fails the test when `program`, which it runs, is not on the PATH, naming the Debian
+/// `package` that has it. A test never skips for a missing tool: `bash tests/run.sh`, the
+/// README's test command, installs every one of them.
+pub fn require(program: &str, package: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    });
+    assert!(
+        found,
+        "`{program}` is not on the PATH and this test runs it: install Debian's {package}, or run \
+         the README's test command, `bash tests/run.sh`, which installs what the tests need"
+    );
+}
+
+/// Runs `dig` against the server and returns its output (a missing dig fails the test).
+pub fn dig(dns: SocketAddr, args: &[&str]) -> String {
+    require("dig", "bind9-dnsutils");
+    let out = Command::new("dig")
         .arg(format!("@{}", dns.ip()))
         .args(["-p", &dns.port().to_string(), "+time=2", "+tries=1"])
         .args(args)
-        .output();
-    match output {
-        Ok(out) => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Err(_) if std::env::var_os("CI").is_some() => panic!("dig is not installed on CI"),
-        Err(_) => {
-            eprintln!("dig not installed: skipping its checks");
-            None
-        }
-    }
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `check` every 10 ms until it holds or `within` passes; returns whether it held.
