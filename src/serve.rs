@@ -293,7 +293,7 @@ pub async fn run(
         let settings = crate::http::Settings {
             node: node_name(&config.cluster),
             datacenter: config.http.datacenter.clone(),
-            signed_reads: config.auth.read == crate::config::ReadAccess::Signed,
+            auth: auth.clone(),
         };
         crate::http::serve(
             listener,

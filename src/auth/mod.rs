@@ -208,6 +208,44 @@ impl Auth {
         }
     }
 
+    /// Checks a read signed outside the registration protocol (the HTTP API's `Authorization:
+    /// Beacon key=…, ts=…, sig=…`): `sig` is the base64 HMAC-SHA256 of `message` under the
+    /// key's secret, and `ts` within the window. Any key will do: reads need no service.
+    pub fn check_detached(
+        &self,
+        key: &str,
+        ts_ms: u64,
+        message: &[u8],
+        sig: &str,
+    ) -> Result<(), AuthError> {
+        let ring = self.ring.load();
+        let Some(found) = ring.get(key) else {
+            return Err(AuthError::Unauthorized(format!(
+                "unknown key {key:?}: this registry has no key of that name"
+            )));
+        };
+        let parts = sign::Parts {
+            head: message,
+            sig: sig.as_bytes(),
+        };
+        sign::verify_whole(found.mac(), parts)
+            .map_err(|e| AuthError::BadSignature(e.to_string()))?;
+        let now = wall_clock_ms();
+        if ts_ms.abs_diff(now) > self.window_ms {
+            return Err(AuthError::ClockSkew(format!(
+                "ts {ts_ms} is {} this server's clock, {now} (Unix ms); at most {} either way is accepted (auth.window)",
+                describe_skew(ts_ms, now),
+                humantime::format_duration(Duration::from_millis(self.window_ms)),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether reads need a signature (`auth.read = "signed"`).
+    pub fn signed_reads(&self) -> bool {
+        self.read == ReadAccess::Signed
+    }
+
     /// The smallest stamp a request still inside the window at `now_ms` can have.
     pub fn floor_at(&self, now_ms: u64) -> u64 {
         sign::stamp_floor(now_ms.saturating_sub(self.window_ms))

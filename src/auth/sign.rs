@@ -66,6 +66,20 @@ pub fn verify(mut mac: HmacSha256, parts: Parts<'_>) -> Result<[u8; 32], &'stati
     Ok(bytes)
 }
 
+/// As [`verify`], for a signature over `parts.head` exactly (no closing `}` added): the HTTP
+/// API's signed reads.
+pub fn verify_whole(mut mac: HmacSha256, parts: Parts<'_>) -> Result<(), &'static str> {
+    let mut decoded = [0u8; 33];
+    let signature =
+        match base64::engine::general_purpose::STANDARD.decode_slice(parts.sig, &mut decoded) {
+            Ok(32) => &decoded[..32],
+            _ => return Err("the signature is not 32 bytes in base64 (44 characters)"),
+        };
+    mac.update(parts.head);
+    mac.verify_slice(signature)
+        .map_err(|_| "the signature does not match the request and key")
+}
+
 /// Signs `unsigned`, a JSON object that already holds `key` and `ts` and ends with `}`, and
 /// returns the bytes to send.
 pub fn sign(key: &ClientKey, unsigned: &[u8]) -> Vec<u8> {

@@ -4,7 +4,8 @@
 //!
 //! `http` reads the registry the way `dns` does and never writes to it: it carries no changes.
 //! It is never more open than the registration protocol: with `auth.read = "signed"` every
-//! read here is refused (403) except `/metrics`, until HTTP reads can be signed.
+//! read here but `/metrics` needs an `Authorization: Beacon key=…, ts=…, sig=…` header, an
+//! HMAC-SHA256 of the request line under any key (docs/HTTP.md), or it is refused (401).
 
 pub mod api;
 pub mod consul;
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 pub use query::HttpError;
 
+use crate::auth::Auth;
 use crate::registry::Registry;
 
 /// What every handler reads.
@@ -38,6 +40,8 @@ pub struct State {
     address: SocketAddr,
     /// Blocking reads end when the server shuts down.
     shutdown: CancellationToken,
+    /// Whether reads need a signature, and the keys to check it.
+    auth: Arc<Auth>,
 }
 
 /// The HTTP side's settings.
@@ -46,8 +50,8 @@ pub struct Settings {
     pub node: String,
     /// `http.datacenter`.
     pub datacenter: String,
-    /// Whether reads need a key (`auth.read = "signed"`).
-    pub signed_reads: bool,
+    /// The access policy (`auth.read` decides whether reads need a signature).
+    pub auth: Arc<Auth>,
 }
 
 /// The router: every endpoint, and a JSON 404 for anything else.
@@ -63,6 +67,7 @@ pub fn router(
         datacenter: settings.datacenter.as_str().into(),
         address,
         shutdown,
+        auth: settings.auth.clone(),
     };
     let reads = Router::new()
         .route("/v1/services", get(api::services))
@@ -75,19 +80,15 @@ pub fn router(
         .route("/v1/agent/self", get(consul::agent_self))
         .route("/v1/status/leader", get(consul::status_leader))
         .route("/v1/catalog/datacenters", get(consul::catalog_datacenters));
-    let reads = if settings.signed_reads {
-        Router::new().fallback(signed_reads_refused)
-    } else {
-        reads.fallback(not_found)
-    };
-    let page = if settings.signed_reads {
-        Router::new()
-    } else {
-        Router::new().route("/", get(index))
-    };
+    let reads = reads
+        .route("/", get(index))
+        .fallback(not_found)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_signature,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
-        .merge(page)
         .merge(reads)
         .with_state(state)
 }
@@ -121,11 +122,61 @@ async fn not_found(uri: axum::http::Uri) -> HttpError {
     )
 }
 
-async fn signed_reads_refused() -> HttpError {
-    HttpError::status(
-        StatusCode::FORBIDDEN,
-        "this registry requires signed reads (auth.read = \"signed\"), which HTTP cannot carry yet; use the registration protocol with a key, or DNS",
-    )
+/// With `auth.read = "signed"`, a read needs `Authorization: Beacon key=NAME, ts=MS, sig=SIG`:
+/// SIG the base64 HMAC-SHA256, under the key's secret, of `METHOD PATH?QUERY\nNAME\nMS`.
+async fn require_signature(
+    axum::extract::State(state): axum::extract::State<State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !state.auth.signed_reads() {
+        return next.run(request).await;
+    }
+    let refused =
+        |message: String| HttpError::status(StatusCode::UNAUTHORIZED, message).into_response();
+    let Some(header) = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return refused("this registry requires signed reads (auth.read = \"signed\"): send Authorization: Beacon key=NAME, ts=MS, sig=SIG (docs/HTTP.md)".into());
+    };
+    let Some((key, ts, sig)) = parse_authorization(header) else {
+        return refused("Authorization must be: Beacon key=NAME, ts=MS, sig=SIG".into());
+    };
+    let target = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_string(),
+        |p| p.as_str().to_string(),
+    );
+    let message = format!("{} {target}\n{key}\n{ts}", request.method());
+    match state.auth.check_detached(key, ts, message.as_bytes(), sig) {
+        Ok(()) => next.run(request).await,
+        Err(error) => {
+            let source = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map_or(state.address.ip(), |c| c.0.ip());
+            crate::auth::log_refusal(source, Some(key), "http", &error.to_string());
+            refused(error.to_string())
+        }
+    }
+}
+
+/// `Beacon key=NAME, ts=MS, sig=SIG` into its three parts.
+fn parse_authorization(header: &str) -> Option<(&str, u64, &str)> {
+    let fields = header.strip_prefix("Beacon ")?;
+    let (mut key, mut ts, mut sig) = (None, None, None);
+    for field in fields.split(',') {
+        let (name, value) = field.trim().split_once('=')?;
+        match name {
+            "key" => key = Some(value),
+            "ts" => ts = value.parse().ok(),
+            // The signature's base64 ends in `=`, so split only at the first one.
+            "sig" => sig = Some(value),
+            _ => return None,
+        }
+    }
+    Some((key?, ts?, sig?))
 }
 
 /// Serves `listener` until `shutdown`; the server is a task on `tracker`.
@@ -145,6 +196,7 @@ pub async fn serve(
     };
     let app = router(registry, &settings, address, shutdown.clone());
     tracker.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;

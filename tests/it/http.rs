@@ -675,3 +675,86 @@ fn consuls_node_client_watches_a_service_come_and_go() {
     drop(input);
     let _ = child.wait();
 }
+
+/// With `auth.read = "signed"`, reads need `Authorization: Beacon key=…, ts=…, sig=…` (any key),
+/// and `/metrics` stays open as with `--metrics`.
+#[test]
+fn signed_reads_need_a_signed_authorization_header() {
+    use base64::Engine;
+    use hmac::Mac;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+    std::fs::write(
+        dir.path().join("keys"),
+        format!("reader {secret} nothing\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("beacon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nkeys_file = {:?}\nread = \"signed\"\n",
+            dir.path().join("keys")
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--http",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let http = server.http.unwrap();
+    let signed_for = |signed: &str, path: &str, key: &str, ts: u64| -> Reply {
+        let client = beacon::auth::keys::ClientKey::new(key, secret).unwrap();
+        let mut mac = client.mac();
+        mac.update(format!("GET {signed}\n{key}\n{ts}").as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let mut stream = TcpStream::connect(http).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: beacon\r\nConnection: close\r\nAuthorization: Beacon key={key}, ts={ts}, sig={sig}\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = raw.split_once("\r\n\r\n").unwrap().1.to_string();
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    };
+    let signed_get = |path: &str, key: &str, ts: u64| signed_for(path, path, key, ts);
+    let now = crate::auth::now_ms();
+    let refused = quick(http, "/v1/services");
+    assert_eq!(refused.status, 401);
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("signed reads"));
+    assert_eq!(
+        quick(http, "/").status,
+        401,
+        "the web view cannot sign: refused too"
+    );
+    assert_eq!(signed_get("/v1/services", "reader", now).status, 200);
+    assert_eq!(
+        signed_get("/v1/health/service/web?passing=1", "reader", now).status,
+        200
+    );
+    // The signature covers the path and query: another path with it is refused.
+    assert_eq!(signed_get("/v1/status", "reader", now).status, 200);
+    let wrong = signed_for("/v1/services", "/v1/status", "reader", now);
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("does not match"), "{}", wrong.body);
+    let stale = signed_get("/v1/services", "reader", now - 120_000);
+    assert_eq!(stale.status, 401);
+    assert!(stale.body.contains("this server's clock"), "{}", stale.body);
+    assert_eq!(signed_get("/v1/services", "nobody", now).status, 401);
+    assert_eq!(quick(http, "/metrics").status, 200);
+}
