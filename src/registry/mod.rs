@@ -19,6 +19,8 @@
 //! a frozen "read clock" ([`Registry::read_now_ms`]) so they keep answering the instances held.
 
 mod instance;
+#[cfg(test)]
+mod model_tests;
 mod ownership;
 mod preservation;
 mod recent;
@@ -555,6 +557,10 @@ impl Registry {
         }
         state.version = state.version.max(version);
         self.publish(&mut state);
+        // The stored version is published even when nothing was restored (every instance had
+        // left before the restart): `publish` sends it only with changed views, and readers
+        // would see version 0, the SOA serial going back. (Found by the model test.)
+        self.shared.version.send_replace(state.version);
         drop(state);
         self.shared.expiry_wakeup.notify_one();
         restored
