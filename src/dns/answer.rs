@@ -193,7 +193,7 @@ impl Responder {
 
     /// Answers one message from `client`.
     pub fn respond(&self, query: &[u8], client: IpAddr, transport: Transport) -> Outcome {
-        if let Some(bytes) = self.fast_answer(query, transport) {
+        if let Some(bytes) = self.fast_answer(query, client, transport) {
             return Outcome::Reply(bytes);
         }
         self.respond_general(query, client, transport)
@@ -839,7 +839,7 @@ impl Responder {
 /// Orders instances by weighted rendezvous (highest random weight) score for `client`: each
 /// client gets its own stable order, so the subset it sees does not churn between queries, and
 /// across clients every instance is picked in proportion to its weight.
-fn rank_for_client(mut set: Vec<Arc<Instance>>, client: IpAddr) -> Vec<Arc<Instance>> {
+pub(super) fn rank_for_client(mut set: Vec<Arc<Instance>>, client: IpAddr) -> Vec<Arc<Instance>> {
     let score = |instance: &Instance| -> f64 {
         // DefaultHasher::new() has fixed keys: the same score on every query and every node.
         let mut hasher = DefaultHasher::new();

@@ -132,7 +132,12 @@ fn pointer(offset: usize) -> u16 {
 
 impl Responder {
     /// Answers `query` on the fast path, or `None` when it is not one of its shapes.
-    pub(super) fn fast_answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub(super) fn fast_answer(
+        &self,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         if self.statics_overlap {
             return None;
         }
@@ -251,6 +256,50 @@ impl Responder {
                 let apex_wire: usize = apex.iter().map(|l| 1 + l.len()).sum::<usize>() + 1;
                 let target_len =
                     |instance: &Instance| 1 + instance.id.len() + 1 + service.len() + apex_wire;
+                // Sizes as both paths encode them, to decide what fits before writing: the
+                // whole answer; without the targets' TXT (additional data, dropped silently);
+                // or, with TC, the largest subset of instances in the client's rendezvous
+                // ranking that fits with each target's address, as the general path cuts.
+                let address_len = |i: &Instance| 12 + if i.address.is_ipv4() { 4 } else { 16 };
+                let pair = |i: &Instance| 12 + 6 + target_len(i) + address_len(i);
+                let texts = |i: &Instance| -> usize {
+                    i.meta
+                        .iter()
+                        .map(|(k, v)| {
+                            let len = k.len() + 1 + v.len();
+                            12 + len + len.div_ceil(255)
+                        })
+                        .sum()
+                };
+                let opt_len = if parsed.edns_payload.is_some() { 11 } else { 0 };
+                let base = out.len() + opt_len;
+                let pairs: usize = set.iter().map(|i| pair(i)).sum();
+                let with_texts =
+                    base + pairs + set.iter().map(|i| texts(i)).sum::<usize>() <= limit;
+                let mut ttl = ttl;
+                if !with_texts && base + pairs > limit {
+                    let ranked = super::answer::rank_for_client(
+                        set.iter().map(|i| Arc::clone(i)).collect(),
+                        client,
+                    );
+                    let mut size = base;
+                    let fitting = ranked
+                        .iter()
+                        .take_while(|i| {
+                            size += pair(i);
+                            size <= limit
+                        })
+                        .count();
+                    if fitting == 0 {
+                        return None;
+                    }
+                    let keep: Vec<&str> = ranked[..fitting].iter().map(|i| &*i.id).collect();
+                    set.retain(|i| keep.contains(&&*i.id));
+                    weighted_order(&mut set, |i| i.weight);
+                    ttl = self.ttl_for(set.iter().copied(), now);
+                    answers = set.len() as u16;
+                    out[2] |= 0x02; // TC: the client should ask again over TCP
+                }
                 // Each SRV record is the name pointer, type, class, TTL and length (12 bytes),
                 // priority, weight and port (6), then its target, whose offset the additional
                 // section points back to.
@@ -288,15 +337,16 @@ impl Responder {
                 }
                 additionals = set.len() as u16;
                 // Then each target's metadata, one TXT record per entry (as the general path
-                // writes them); an answer that does not fit with them goes the general way,
-                // which drops them first.
-                let mut target = first_target;
-                for instance in &set {
-                    for (key, value) in instance.meta.iter() {
-                        push_meta_txt(&mut out, pointer(target), ttl, key, value);
-                        additionals += 1;
+                // writes them), when the whole answer fits with them.
+                if with_texts {
+                    let mut target = first_target;
+                    for instance in &set {
+                        for (key, value) in instance.meta.iter() {
+                            push_meta_txt(&mut out, pointer(target), ttl, key, value);
+                            additionals += 1;
+                        }
+                        target += 12 + 6 + target_len(instance);
                     }
-                    target += 12 + 6 + target_len(instance);
                 }
             } else {
                 // One record per address (RFC 2181 §5), where its first instance comes.
@@ -388,6 +438,8 @@ mod tests {
     use crate::dns::forward::Forwarder;
     use crate::dns::statics::StaticZones;
     use crate::registry::{Limits, RegistrationRequest, Registry};
+
+    const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn responder() -> Responder {
         let registry = Registry::new(Limits::from(&RegistryConfig::default()));
@@ -523,7 +575,7 @@ mod tests {
                         Outcome::Reply(bytes) => bytes,
                         other => panic!("{other:?}"),
                     };
-                    if let Some(fast) = r.fast_answer(&q, transport) {
+                    if let Some(fast) = r.fast_answer(&q, client, transport) {
                         fast_hits += 1;
                         let (fast_main, fast_extra) = observable(&fast);
                         let (general_main, general_extra) = observable(&general);
@@ -564,7 +616,7 @@ mod tests {
             ("example.com.", RecordType::A),
         ] {
             assert!(
-                r.fast_answer(&query(name, rtype, None), Transport::Udp)
+                r.fast_answer(&query(name, rtype, None), LOCALHOST, Transport::Udp)
                     .is_none(),
                 "{name} {rtype}"
             );
@@ -573,16 +625,21 @@ mod tests {
         assert!(r
             .fast_answer(
                 &query("big.service.local.", RecordType::SRV, None),
+                LOCALHOST,
                 Transport::Udp
             )
             .is_none());
         let mut badvers = query("web.service.local.", RecordType::A, Some(1232));
         let opt = badvers.len() - 11;
         badvers[opt + 6] = 1;
-        assert!(r.fast_answer(&badvers, Transport::Udp).is_none());
+        assert!(r.fast_answer(&badvers, LOCALHOST, Transport::Udp).is_none());
         let mut response = query("web.service.local.", RecordType::A, None);
         response[2] |= 0x80;
-        assert!(r.fast_answer(&response, Transport::Udp).is_none());
-        assert!(r.fast_answer(&response[..20], Transport::Udp).is_none());
+        assert!(r
+            .fast_answer(&response, LOCALHOST, Transport::Udp)
+            .is_none());
+        assert!(r
+            .fast_answer(&response[..20], LOCALHOST, Transport::Udp)
+            .is_none());
     }
 }
