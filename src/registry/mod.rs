@@ -38,7 +38,7 @@ pub use instance::{
     default_id, instance_id, service_name, Instance, Limits, Registration, RegistrationRequest,
     MAX_META_BYTES, REMOTE_DEADLINE,
 };
-pub use ownership::{Origin, Owner};
+pub use ownership::{Origin, Owner, NO_OWNER};
 pub use preservation::SelfPreservation;
 pub use recent::{ChangeKind, RecentChange, RECENT_CHANGES};
 
@@ -652,9 +652,14 @@ impl Registry {
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
         let current = state.find(&reg.service, &reg.id);
-        let admission = state
-            .tombstones
-            .admit(&reg.service, &reg.id, current.as_deref(), origin);
+        let st = &mut *state;
+        let admission = st.tombstones.admit(
+            &reg.service,
+            &reg.id,
+            current.as_deref(),
+            origin,
+            &st.owners,
+        );
         match (admission, current) {
             (Err(e), _) => {
                 self.publish(&mut state);
@@ -674,7 +679,7 @@ impl Registry {
         state.preservation.superseded(&reg.service, &reg.id);
         let deadline = now + reg.ttl.as_millis() as u64;
         let (instance, changed) = match state.find(&reg.service, &reg.id) {
-            Some(old) if old.same_as(&reg) => {
+            Some(old) if old.same_as(&reg, state.owner_of(&reg)) => {
                 state.renew(&old, now, deadline);
                 old.set_stamp(reg.stamp);
                 (old, false)
@@ -734,7 +739,11 @@ impl Registry {
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
         let result = match state.find(service, id) {
-            Some(instance) => match state.tombstones.admit(service, id, Some(&instance), origin) {
+            Some(instance) => match {
+                let st = &mut *state;
+                st.tombstones
+                    .admit(service, id, Some(&instance), origin, &st.owners)
+            } {
                 Err(e) => Err(e),
                 Ok(ownership::Admission::Repeat { .. }) => Ok(Renewed {
                     ttl: instance.ttl(),
@@ -782,9 +791,10 @@ impl Registry {
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
         let current = state.find(service, id);
-        let admission = state
+        let st = &mut *state;
+        let admission = st
             .tombstones
-            .admit(service, id, current.as_deref(), origin);
+            .admit(service, id, current.as_deref(), origin, &st.owners);
         let result = match (admission, current) {
             (Err(e), _) => Err(e),
             (
@@ -952,7 +962,7 @@ impl Registry {
             .values()
             .flat_map(|instances| instances.values())
             .filter(|i| !i.is_remote() && state.is_confirmed(i))
-            .map(|i| i.registration())
+            .map(|i| i.registration(state.owners.name(i.owner())))
             .collect();
         self.publish(&mut state);
         own
@@ -1070,7 +1080,7 @@ impl Registry {
                         if state.find(&instance.service, &instance.id).is_none()
                             && state.instance_count < self.shared.limits.max_instances
                         {
-                            let reg = instance.registration();
+                            let reg = instance.registration(state.owners.name(instance.owner()));
                             state.insert(&reg, instance.deadline_ms());
                             state.log_put(&reg);
                             state.bump();
@@ -1177,6 +1187,14 @@ impl State {
         self.instance_count - self.remote_count
     }
 
+    /// The number of `reg`'s owner as instances carry it (`None`: a key no instance ever had).
+    fn owner_of(&self, reg: &Registration) -> Option<Owner> {
+        match reg.owner.as_deref() {
+            None => Some(NO_OWNER),
+            Some(name) => self.owners.find(name),
+        }
+    }
+
     /// The live (or due, not yet removed) instance `service`/`id`.
     fn find(&self, service: &str, id: &str) -> Option<Arc<Instance>> {
         self.services.get(service).and_then(|s| s.get(id)).cloned()
@@ -1189,7 +1207,10 @@ impl State {
         };
         let id = InstanceId::new(&reg.id);
         self.next_seq += 1;
-        let owner = reg.owner.as_deref().map(|name| self.owners.get(name));
+        let owner = reg
+            .owner
+            .as_deref()
+            .map_or(NO_OWNER, |name| self.owners.get(name));
         self.tombstones.revive(&reg.service, &reg.id);
         let instance = Arc::new(Instance::from_registration(
             service.clone(),
@@ -1305,7 +1326,8 @@ impl State {
     /// Writes an instance this node now holds; the live set is unchanged, so the version is
     /// too.
     fn claim(&self, instance: &Instance) {
-        self.submit_put(&instance.registration(), self.version);
+        let reg = instance.registration(self.owners.name(instance.owner()));
+        self.submit_put(&reg, self.version);
     }
 
     /// Inserts or replaces `reg` as a remote instance (see [`Registry::apply_remote_changes`]).
@@ -1313,7 +1335,7 @@ impl State {
         // Another node holds it now: an expiry of it here must not be brought back.
         self.preservation.superseded(&reg.service, &reg.id);
         match self.find(&reg.service, &reg.id) {
-            Some(old) if old.same_as(reg) => {
+            Some(old) if old.same_as(reg, self.owner_of(reg)) => {
                 if !old.is_remote() {
                     self.deadlines.remove(&old.queue_key());
                     old.set_deadline_ms(REMOTE_DEADLINE);

@@ -35,25 +35,45 @@ impl Origin {
     }
 }
 
-/// The name of the key an instance was registered with: a thin pointer, one allocation per
-/// name shared by all its instances (see [`Owners`]).
-pub type Owner = Arc<Box<str>>;
+/// The key an instance was registered with, as an index into the registry's [`Owners`]: 4
+/// bytes in the instance (its padding had room for them, a pointer would have grown it), 0 for
+/// none.
+pub type Owner = u32;
 
-/// One shared [`Owner`] per key name.
+/// No owner: registered unsigned.
+pub const NO_OWNER: Owner = 0;
+
+/// The key names instances were registered with, each once; grow-only (a key's name costs a
+/// few bytes, and a removed key's instances still name it).
 #[derive(Default)]
 pub(super) struct Owners {
-    names: HashMap<Box<str>, Owner>,
+    names: Vec<Arc<str>>,
+    index: HashMap<Arc<str>, Owner>,
 }
 
 impl Owners {
-    /// The shared owner called `name`.
+    /// The owner called `name`, added if new.
     pub(super) fn get(&mut self, name: &str) -> Owner {
-        if let Some(owner) = self.names.get(name) {
-            return owner.clone();
+        if let Some(owner) = self.index.get(name) {
+            return *owner;
         }
-        let owner: Owner = Arc::new(name.into());
-        self.names.insert(name.into(), owner.clone());
+        let name: Arc<str> = name.into();
+        self.names.push(name.clone());
+        let owner = self.names.len() as Owner;
+        self.index.insert(name, owner);
         owner
+    }
+
+    /// The owner called `name`, if any instance ever had it.
+    pub(super) fn find(&self, name: &str) -> Option<Owner> {
+        self.index.get(name).copied()
+    }
+
+    /// The name of `owner`; `None` for [`NO_OWNER`].
+    pub(super) fn name(&self, owner: Owner) -> Option<&str> {
+        (owner != NO_OWNER)
+            .then(|| self.names.get(owner as usize - 1).map(|n| &**n))
+            .flatten()
     }
 }
 
@@ -142,6 +162,7 @@ impl Tombstones {
         id: &str,
         current: Option<&Instance>,
         origin: &Origin,
+        owners: &Owners,
     ) -> Result<Admission, RegistryError> {
         self.window_floor = self.window_floor.max(origin.floor);
         let replayed = || RegistryError::Replayed {
@@ -149,7 +170,7 @@ impl Tombstones {
             id: id.to_string(),
         };
         match current {
-            Some(instance) if !origin.is_signed() => match &instance.owner {
+            Some(instance) if !origin.is_signed() => match owners.name(instance.owner()) {
                 Some(owner) => Err(RegistryError::Owned {
                     service: service.to_string(),
                     id: id.to_string(),

@@ -202,7 +202,7 @@ mod tests {
         Arc::new(Instance::from_registration(
             "web".into(),
             id.into(),
-            None,
+            crate::registry::NO_OWNER,
             &reg,
             0,
             seq,
