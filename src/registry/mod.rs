@@ -738,12 +738,14 @@ impl Registry {
         let now = self.now_ms();
         let mut state = self.lock_state();
         self.expire_due(&mut state, now, Pass::Writer);
-        let result = match state.find(service, id) {
-            Some(instance) => match {
-                let st = &mut *state;
-                st.tombstones
-                    .admit(service, id, Some(&instance), origin, &st.owners)
-            } {
+        let current = state.find(service, id);
+        let st = &mut *state;
+        let admission = current.as_ref().map(|i| {
+            st.tombstones
+                .admit(service, id, Some(i), origin, &st.owners)
+        });
+        let result = match current.zip(admission) {
+            Some((instance, admission)) => match admission {
                 Err(e) => Err(e),
                 Ok(ownership::Admission::Repeat { .. }) => Ok(Renewed {
                     ttl: instance.ttl(),
