@@ -1,7 +1,9 @@
 //! The DNS loops: UDP datagrams and TCP connections (two-byte length prefix, RFC 1035 §4.2.2,
 //! several queries per connection, answered in order), each answered by the current
 //! [`Responder`]. Forwarded queries wait for the upstream in their own task on UDP, so one slow
-//! upstream never holds up local answers.
+//! upstream never holds up local answers. Every UDP response, forwarded ones too, passes the
+//! [`RateLimiter`] when one is configured; TCP responses never do (a TCP client cannot forge
+//! its address).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Outcome, PendingForward, Responder, Transport};
+use super::rrl::{self, RateLimiter, Verdict};
 use super::Dns;
 use crate::net::batch::{RecvBatch, SendBatch};
 use crate::net::{accept_connections, SHUTDOWN_POLL};
@@ -30,9 +33,13 @@ pub const MAX_FORWARDS_IN_FLIGHT: usize = 4096;
 /// every receive) cost as much CPU as answering. Datagrams come and go in batches
 /// (`recvmmsg`/`sendmmsg`), one system call for up to 32 each way. Forwarded queries still wait for their
 /// upstream as tasks on `runtime`, so a slow upstream never holds up this loop.
+///
+/// With a `limiter`, each response is counted against its client's prefix once built, and one
+/// over the limit is dropped or sent as the slip (`rrl::slip_reply`).
 pub fn serve_udp_blocking(
     socket: std::net::UdpSocket,
     dns: Arc<Dns>,
+    limiter: Option<Arc<RateLimiter>>,
     forwards: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -47,7 +54,11 @@ pub fn serve_udp_blocking(
     let mut replies = SendBatch::default();
     while !shutdown.is_cancelled() {
         let count = received.recv_or_idle(&socket, "DNS");
+        if count == 0 {
+            continue;
+        }
         let responder = dns.load();
+        let now = limiter.as_ref().map(|l| l.now());
         for i in 0..count {
             let Some((query, peer)) = received.get(i) else {
                 continue;
@@ -55,17 +66,23 @@ pub fn serve_udp_blocking(
             if peer.port() == 0 {
                 continue;
             }
-            let response = match responder.respond(query, peer.ip(), Transport::Udp) {
+            let mut response = match responder.respond(query, peer.ip(), Transport::Udp) {
                 Outcome::Reply(bytes) => bytes,
                 Outcome::Ignore => continue,
                 Outcome::Forward(pending) => match forwards.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let socket = socket.clone();
                         let responder = responder.clone();
+                        let limiter = limiter.clone();
                         let _guard = runtime.enter();
                         tracker.spawn(async move {
-                            let bytes = forward(&responder, *pending).await;
-                            send_blocking(&socket, &bytes, peer);
+                            let mut bytes = forward(&responder, *pending).await;
+                            let verdict = limiter
+                                .as_ref()
+                                .map_or(Verdict::Send, |l| l.check(peer.ip(), l.now()));
+                            if admit(verdict, &mut bytes) {
+                                send_blocking(&socket, &bytes, peer);
+                            }
                             drop(permit);
                         });
                         continue;
@@ -73,9 +90,24 @@ pub fn serve_udp_blocking(
                     Err(_) => responder.finish_forward(*pending, None),
                 },
             };
-            replies.push(response, peer);
+            let verdict = match (&limiter, now) {
+                (Some(limiter), Some(now)) => limiter.check(peer.ip(), now),
+                _ => Verdict::Send,
+            };
+            if admit(verdict, &mut response) {
+                replies.push(response, peer);
+            }
         }
         replies.flush(&socket, "DNS");
+    }
+}
+
+/// Applies the limiter's verdict to a built response: whether anything goes out.
+fn admit(verdict: Verdict, response: &mut Vec<u8>) -> bool {
+    match verdict {
+        Verdict::Send => true,
+        Verdict::Slip => rrl::slip_reply(response),
+        Verdict::Drop => false,
     }
 }
 

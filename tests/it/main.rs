@@ -13,6 +13,7 @@ mod lifecycle;
 mod metrics;
 mod preservation;
 mod protocol;
+mod rate_limit;
 mod resolver;
 mod sidecar;
 mod support;
