@@ -4,7 +4,8 @@
 //! query with a forged source draws a 1232-byte answer at its victim: a 25× amplifier. The
 //! limiter counts responses per source prefix (/24 for IPv4, /56 for IPv6: one site, however
 //! many hosts or NAT clients it has) and lets `dns.rate_limit.responses_per_second` of them
-//! through, with bursts of that rate × `window`. Beyond it a response is withheld; every
+//! through, with bursts of that rate × `window`. Beyond it a response is withheld (counted
+//! when the query arrives, so a withheld answer is never built nor forwarded); every
 //! `slip`-th withheld response goes out instead as an empty truncated reply (header and
 //! question, TC set, smaller than the query), so a real client behind a limited prefix retries
 //! over TCP, which is never limited, while a flood with a forged source gets fewer bytes out
@@ -190,23 +191,28 @@ fn prefix_key(client: IpAddr) -> u64 {
     }
 }
 
-/// Turns `response` in place into the slip: its header and first question, TC set, no records
-/// (no OPT either), so it is never larger than the query it answers. False when the response
-/// is too short or malformed to cut; then it is not sent at all.
-pub fn slip_reply(response: &mut Vec<u8>) -> bool {
+/// Whether `message` gets a response at all: a header's worth of bytes with QR clear, the test
+/// `Responder::respond` applies before anything else. Only those are counted.
+pub fn is_query(message: &[u8]) -> bool {
+    message.len() >= 12 && message[2] & 0x80 == 0
+}
+
+/// The slip answering `query`: its header and first question, QR and TC set, no records (no OPT
+/// either), so it is never larger than the query. Built from the query, not from an answer, so
+/// a limited query costs no answer. `None` when the question cannot be cut out (too short, a
+/// label type that does not exist); then nothing is sent.
+pub fn slip_reply(query: &[u8]) -> Option<Vec<u8>> {
     const HEADER: usize = 12;
-    if response.len() < HEADER {
-        return false;
+    if query.len() < HEADER {
+        return None;
     }
-    let questions = u16::from_be_bytes([response[4], response[5]]);
+    let questions = u16::from_be_bytes([query[4], query[5]]);
     let mut end = HEADER;
     if questions > 0 {
-        // The question's name, label by label; a compression pointer (not expected this early
-        // in a message) ends it.
+        // The question's name, label by label; a compression pointer (meaningless this early
+        // in a message, but harmless) ends it.
         loop {
-            let Some(&len) = response.get(end) else {
-                return false;
-            };
+            let len = *query.get(end)?;
             match len {
                 0 => {
                     end += 1;
@@ -216,20 +222,22 @@ pub fn slip_reply(response: &mut Vec<u8>) -> bool {
                     end += 2;
                     break;
                 }
-                l if l & 0xC0 != 0 => return false,
+                l if l & 0xC0 != 0 => return None,
                 l => end += 1 + l as usize,
             }
         }
         end += 4; // type and class
-        if end > response.len() {
-            return false;
+        if end > query.len() {
+            return None;
         }
     }
-    response.truncate(end);
-    response[2] |= 0x02; // TC
-    response[4..6].copy_from_slice(&questions.min(1).to_be_bytes());
-    response[6..12].fill(0); // no answer, authority or additional records
-    true
+    let mut slip = query[..end].to_vec();
+    // QR and TC; the opcode and RD stay as asked. AA, RA, CD and the rcode are clear.
+    slip[2] = (slip[2] & 0x79) | 0x82;
+    slip[3] = 0;
+    slip[4..6].copy_from_slice(&questions.min(1).to_be_bytes());
+    slip[6..12].fill(0); // no answer, authority or additional records
+    Some(slip)
 }
 
 #[cfg(test)]
@@ -386,39 +394,34 @@ mod tests {
 
     #[test]
     fn a_slip_is_header_and_question_with_tc() {
-        use hickory_proto::op::{Message, MessageType, Query};
-        use hickory_proto::rr::{rdata::A, Name, RData, Record, RecordType};
+        use hickory_proto::op::{Edns, Message, MessageType, Query};
+        use hickory_proto::rr::{Name, RecordType};
         use std::str::FromStr;
-        let name = Name::from_str("_web._tcp.service.local.").unwrap();
         let mut query = Message::query();
         query.metadata.id = 4711;
-        query.add_query(Query::query(name.clone(), RecordType::SRV));
-        let mut response = query.clone();
-        response.metadata.message_type = MessageType::Response;
-        for n in 0..20 {
-            response.add_answer(Record::from_rdata(
-                name.clone(),
-                5,
-                RData::A(A::new(10, 0, 0, n)),
-            ));
-        }
-        let query_len = query.to_vec().unwrap().len();
-        let mut bytes = response.to_vec().unwrap();
-        assert!(slip_reply(&mut bytes));
-        assert!(bytes.len() <= query_len, "{} > {query_len}", bytes.len());
-        let slip = Message::from_vec(&bytes).unwrap();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(
+            Name::from_str("_web._tcp.service.local.").unwrap(),
+            RecordType::SRV,
+        ));
+        query.set_edns(Edns::new());
+        let bytes = query.to_vec().unwrap();
+        assert!(is_query(&bytes));
+        let slip = slip_reply(&bytes).unwrap();
+        assert!(slip.len() < bytes.len(), "no OPT: smaller than the query");
+        let slip = Message::from_vec(&slip).unwrap();
         assert!(slip.metadata.truncation);
+        assert!(slip.metadata.recursion_desired);
         assert_eq!(slip.metadata.id, 4711);
         assert_eq!(slip.metadata.message_type, MessageType::Response);
         assert_eq!(slip.queries, query.queries);
-        assert!(slip.answers.is_empty() && slip.additionals.is_empty());
+        assert!(slip.answers.is_empty() && slip.additionals.is_empty() && slip.edns.is_none());
 
-        let mut short = vec![0u8; 11];
-        assert!(!slip_reply(&mut short));
-        let mut cut = bytes[..bytes.len() - 2].to_vec();
-        assert!(
-            !slip_reply(&mut cut),
-            "a question without its type and class"
-        );
+        assert!(slip_reply(&bytes[..11]).is_none());
+        let cut = &bytes[..12 + 20];
+        assert!(slip_reply(cut).is_none(), "a question cut short");
+        let mut response = bytes.clone();
+        response[2] |= 0x80;
+        assert!(!is_query(&response) && !is_query(&bytes[..11]));
     }
 }

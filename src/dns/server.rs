@@ -1,9 +1,9 @@
 //! The DNS loops: UDP datagrams and TCP connections (two-byte length prefix, RFC 1035 §4.2.2,
 //! several queries per connection, answered in order), each answered by the current
 //! [`Responder`]. Forwarded queries wait for the upstream in their own task on UDP, so one slow
-//! upstream never holds up local answers. Every UDP response, forwarded ones too, passes the
-//! [`RateLimiter`] when one is configured; TCP responses never do (a TCP client cannot forge
-//! its address).
+//! upstream never holds up local answers. Every UDP query that will be answered, forwarded ones
+//! too, passes the [`RateLimiter`] when one is configured; TCP queries never do (a TCP client
+//! cannot forge its address).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,8 +34,9 @@ pub const MAX_FORWARDS_IN_FLIGHT: usize = 4096;
 /// (`recvmmsg`/`sendmmsg`), one system call for up to 32 each way. Forwarded queries still wait for their
 /// upstream as tasks on `runtime`, so a slow upstream never holds up this loop.
 ///
-/// With a `limiter`, each response is counted against its client's prefix once built, and one
-/// over the limit is dropped or sent as the slip (`rrl::slip_reply`).
+/// With a `limiter`, each response is counted against its client's prefix before it is built:
+/// one over the limit is dropped, or answered with the slip (`rrl::slip_reply`), and never
+/// built or forwarded, so a flood costs no more than receiving it.
 pub fn serve_udp_blocking(
     socket: std::net::UdpSocket,
     dns: Arc<Dns>,
@@ -66,23 +67,32 @@ pub fn serve_udp_blocking(
             if peer.port() == 0 {
                 continue;
             }
-            let mut response = match responder.respond(query, peer.ip(), Transport::Udp) {
+            if let (Some(limiter), Some(now)) = (&limiter, now) {
+                // What `respond` ignores is no response, so it is not counted.
+                if rrl::is_query(query) {
+                    match limiter.check(peer.ip(), now) {
+                        Verdict::Send => {}
+                        Verdict::Slip => {
+                            if let Some(slip) = rrl::slip_reply(query) {
+                                replies.push(slip, peer);
+                            }
+                            continue;
+                        }
+                        Verdict::Drop => continue,
+                    }
+                }
+            }
+            let response = match responder.respond(query, peer.ip(), Transport::Udp) {
                 Outcome::Reply(bytes) => bytes,
                 Outcome::Ignore => continue,
                 Outcome::Forward(pending) => match forwards.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let socket = socket.clone();
                         let responder = responder.clone();
-                        let limiter = limiter.clone();
                         let _guard = runtime.enter();
                         tracker.spawn(async move {
-                            let mut bytes = forward(&responder, *pending).await;
-                            let verdict = limiter
-                                .as_ref()
-                                .map_or(Verdict::Send, |l| l.check(peer.ip(), l.now()));
-                            if admit(verdict, &mut bytes) {
-                                send_blocking(&socket, &bytes, peer);
-                            }
+                            let bytes = forward(&responder, *pending).await;
+                            send_blocking(&socket, &bytes, peer);
                             drop(permit);
                         });
                         continue;
@@ -90,24 +100,9 @@ pub fn serve_udp_blocking(
                     Err(_) => responder.finish_forward(*pending, None),
                 },
             };
-            let verdict = match (&limiter, now) {
-                (Some(limiter), Some(now)) => limiter.check(peer.ip(), now),
-                _ => Verdict::Send,
-            };
-            if admit(verdict, &mut response) {
-                replies.push(response, peer);
-            }
+            replies.push(response, peer);
         }
         replies.flush(&socket, "DNS");
-    }
-}
-
-/// Applies the limiter's verdict to a built response: whether anything goes out.
-fn admit(verdict: Verdict, response: &mut Vec<u8>) -> bool {
-    match verdict {
-        Verdict::Send => true,
-        Verdict::Slip => rrl::slip_reply(response),
-        Verdict::Drop => false,
     }
 }
 
