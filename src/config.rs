@@ -409,6 +409,52 @@ pub struct DnsConfig {
     pub upstream_timeout: Duration,
     /// Networks (CIDR) whose clients get forwarding; others get REFUSED for outside names.
     pub recursion_allow: Vec<String>,
+    /// Response rate limiting of UDP answers per source prefix (`dns::rrl`).
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Response rate limiting: how many UDP responses one source prefix (/24 for IPv4, /56 for
+/// IPv6) gets, so that beacon is no amplifier for floods with a forged source. TCP is never
+/// limited.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Responses per second one prefix gets; 0 turns rate limiting off.
+    pub responses_per_second: u32,
+    /// The burst: a prefix that was quiet may get `responses_per_second` × `window` responses
+    /// at once.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Every `slip`-th response over the limit goes out as an empty truncated reply (TC), which
+    /// sends a real client to TCP; the others are dropped. 0: all dropped; 1: all slip.
+    pub slip: u32,
+    /// Buckets in the fixed table of per-prefix state (16 bytes each); prefixes that hash to one
+    /// bucket share its limit.
+    pub table_size: usize,
+    /// Networks (CIDR) never limited.
+    pub exempt: Vec<String>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            responses_per_second: 1000,
+            window: Duration::from_secs(2),
+            slip: 2,
+            table_size: 65_536,
+            exempt: vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// `exempt` parsed (each was checked by [`Config::validate`]).
+    pub fn exempt_networks(&self) -> Vec<ipnet::IpNet> {
+        self.exempt
+            .iter()
+            .filter_map(|n| parse_network(n).ok())
+            .collect()
+    }
 }
 
 impl DnsConfig {
@@ -513,6 +559,7 @@ impl Default for DnsConfig {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -776,6 +823,40 @@ impl Config {
                 "must be between 10ms and 30s".into(),
             );
         }
+        let l = &d.rate_limit;
+        if l.responses_per_second > 10_000_000 {
+            return invalid(
+                "dns.rate_limit.responses_per_second",
+                "must be at most 10000000 (0 turns rate limiting off)".into(),
+            );
+        }
+        if l.window > Duration::from_secs(60)
+            || l.window.as_secs_f64() * f64::from(l.responses_per_second.max(1)) < 1.0
+        {
+            return invalid(
+                "dns.rate_limit.window",
+                "must be at most 60s, and long enough for one response at \
+                 dns.rate_limit.responses_per_second"
+                    .into(),
+            );
+        }
+        if l.slip > 100 {
+            return invalid(
+                "dns.rate_limit.slip",
+                "must be from 0 (never) to 100".into(),
+            );
+        }
+        if !(1..=16_777_216).contains(&l.table_size) {
+            return invalid(
+                "dns.rate_limit.table_size",
+                "must be from 1 to 16777216 buckets".into(),
+            );
+        }
+        for network in &l.exempt {
+            if let Err(reason) = parse_network(network) {
+                return invalid("dns.rate_limit.exempt", reason);
+            }
+        }
         if let Some(zones) = &d.zones {
             if !zones.is_dir() {
                 return invalid(
@@ -977,6 +1058,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dns.domain"), "{err}");
+    }
+
+    #[test]
+    fn rate_limit_keys_are_checked_and_named() {
+        for (toml, key) in [
+            (
+                "responses_per_second = 20000000",
+                "dns.rate_limit.responses_per_second",
+            ),
+            ("window = \"2m\"", "dns.rate_limit.window"),
+            ("window = \"0s\"", "dns.rate_limit.window"),
+            (
+                "responses_per_second = 5\nwindow = \"100ms\"",
+                "dns.rate_limit.window",
+            ),
+            ("slip = 1000", "dns.rate_limit.slip"),
+            ("table_size = 0", "dns.rate_limit.table_size"),
+            ("exempt = [\"10.0.0.0/33\"]", "dns.rate_limit.exempt"),
+        ] {
+            let err = Config::from_toml(&format!("[dns.rate_limit]\n{toml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let off = Config::from_toml("[dns.rate_limit]\nresponses_per_second = 0\n").unwrap();
+        assert_eq!(off.dns.rate_limit.responses_per_second, 0);
+        let config = Config::from_toml(
+            "[dns.rate_limit]\nresponses_per_second = 10\nwindow = \"500ms\"\nexempt = []\n",
+        )
+        .unwrap();
+        assert!(config.dns.rate_limit.exempt_networks().is_empty());
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! exposition format, for the scrapers operators already run (CoreDNS serves the same on
 //! :9153). The figures are the registry's own state, read when scraped: its size and version,
 //! whether self-preservation has stopped expiry, and whether a cluster node is answering from a
-//! stale view. Served with hyper on the server's runtime; any other path is 404.
+//! stale view; and the DNS responses the rate limiter withheld. Served with hyper on the
+//! server's runtime; any other path is 404.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -15,13 +17,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dns::rrl::RateLimitCounters;
 use crate::registry::Registry;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The metrics page as Prometheus reads it.
-pub fn render(registry: &Registry) -> String {
+pub fn render(registry: &Registry, rate_limited: &RateLimitCounters) -> String {
     let status = registry.status();
     let preservation = &status.self_preservation;
     let mut page = String::new();
@@ -72,6 +75,22 @@ pub fn render(registry: &Registry) -> String {
         "1 while a cluster node cannot reach etcd and answers from its last view.",
         flag(registry.is_stale()),
     );
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            page,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    counter(
+        "beacon_dns_rate_limited_total",
+        "DNS responses over UDP withheld by rate limiting (dns.rate_limit): dropped, or sent as an empty truncated reply.",
+        rate_limited.limited(),
+    );
+    counter(
+        "beacon_dns_rate_limit_slipped_total",
+        "Of the rate-limited responses, those sent as an empty truncated reply (TC) so a real client retries over TCP.",
+        rate_limited.slipped(),
+    );
     page
 }
 
@@ -87,6 +106,7 @@ fn flag(on: bool) -> f64 {
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
+    rate_limited: Arc<RateLimitCounters>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -102,11 +122,13 @@ pub async fn serve(
             _ = shutdown.cancelled() => return,
         };
         let registry = registry.clone();
+        let rate_limited = rate_limited.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let registry = registry.clone();
-                async move { Ok::<_, Infallible>(respond(&registry, &request)) }
+                let rate_limited = rate_limited.clone();
+                async move { Ok::<_, Infallible>(respond(&registry, &rate_limited, &request)) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -122,9 +144,13 @@ pub async fn serve(
     }
 }
 
-fn respond<B>(registry: &Registry, request: &Request<B>) -> Response<Full<Bytes>> {
+fn respond<B>(
+    registry: &Registry,
+    rate_limited: &RateLimitCounters,
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
     let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, render(registry)),
+        (&Method::GET, "/metrics") => (StatusCode::OK, render(registry, rate_limited)),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET /metrics\n".to_string(),
@@ -162,7 +188,7 @@ mod tests {
         .validate(registry.limits())
         .unwrap();
         registry.register(reg).unwrap();
-        let page = render(&registry);
+        let page = render(&registry, &RateLimitCounters::default());
         for (name, value) in [
             ("beacon_instances", "1"),
             ("beacon_services", "1"),
@@ -177,7 +203,17 @@ mod tests {
                 "{name}: {page}"
             );
         }
+        for name in [
+            "beacon_dns_rate_limited_total",
+            "beacon_dns_rate_limit_slipped_total",
+        ] {
+            assert!(
+                page.contains(&format!("# TYPE {name} counter\n{name} 0\n")),
+                "{page}"
+            );
+        }
         registry.set_stale(true);
-        assert!(render(&registry).contains("\nbeacon_cluster_stale 1\n"));
+        let counters = RateLimitCounters::default();
+        assert!(render(&registry, &counters).contains("\nbeacon_cluster_stale 1\n"));
     }
 }

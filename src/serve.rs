@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::dns::forward::Forwarder;
+use crate::dns::rrl::{RateLimitCounters, RateLimiter};
 use crate::dns::statics::{StaticZones, ZoneError};
 use crate::dns::{self, Dns, Responder};
 use crate::net;
@@ -262,6 +263,11 @@ pub async fn run(
     let responder = build_responder(config, &registry, dns_addr)?;
     describe(&responder);
     let dns = Dns::new(responder);
+    // One limiter for every UDP thread; its counters are shared with the metrics page, which
+    // only reads them.
+    let rate_limited = Arc::new(RateLimitCounters::default());
+    let limiter = RateLimiter::new(&config.dns.rate_limit, rate_limited.clone()).map(Arc::new);
+    describe_rate_limit(&config.dns.rate_limit, limiter.as_deref());
 
     let tokio_listener = |l: std::net::TcpListener| -> Result<tokio::net::TcpListener, ServeError> {
         l.set_nonblocking(true).map_err(ServeError::Socket)?;
@@ -294,6 +300,7 @@ pub async fn run(
             node: node_name(&config.cluster),
             datacenter: config.http.datacenter.clone(),
             auth: auth.clone(),
+            rate_limited: rate_limited.clone(),
         };
         crate::http::serve(
             listener,
@@ -308,6 +315,7 @@ pub async fn run(
         tracker.spawn(crate::metrics::serve(
             listener,
             registry.clone(),
+            rate_limited.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -321,8 +329,9 @@ pub async fn run(
     let forwards = Arc::new(Semaphore::new(dns::server::MAX_FORWARDS_IN_FLIGHT));
     for _ in 0..loops {
         let socket = dns_udp.try_clone().map_err(ServeError::Socket)?;
-        let (dns, forwards, shutdown, tracker_for_thread) = (
+        let (dns, limiter, forwards, shutdown, tracker_for_thread) = (
             dns.clone(),
+            limiter.clone(),
             forwards.clone(),
             shutdown.clone(),
             tracker.clone(),
@@ -332,6 +341,7 @@ pub async fn run(
             dns::server::serve_udp_blocking(
                 socket,
                 dns,
+                limiter,
                 forwards,
                 shutdown,
                 tracker_for_thread,
@@ -404,6 +414,24 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || journal.stop()).await;
     }
     Ok(())
+}
+
+/// Logs whether UDP answers are rate limited, and how.
+fn describe_rate_limit(config: &crate::config::RateLimitConfig, limiter: Option<&RateLimiter>) {
+    match limiter {
+        Some(limiter) => tracing::info!(
+            responses_per_second = config.responses_per_second,
+            window = %humantime::format_duration(config.window),
+            slip = config.slip,
+            table_kib = limiter.table_bytes() / 1024,
+            exempt = %config.exempt.join(","),
+            "DNS over UDP is rate limited per /24 (IPv4) and /56 (IPv6) source prefix"
+        ),
+        None => tracing::warn!(
+            "dns.rate_limit.responses_per_second = 0: UDP answers are not rate limited, so \
+             forged queries can turn beacon into an amplifier"
+        ),
+    }
 }
 
 /// Logs who may change the registry: the keys in force, protected mode, or wide open.

@@ -8,6 +8,7 @@
 //!   everything else to `answer`.
 //! - [`statics`] loads zone files; [`forward`] asks upstream resolvers for everything else.
 //! - [`server`] runs the UDP and TCP loops around it; [`Dns`] lets SIGHUP swap the responder.
+//! - [`rrl`] limits UDP responses per source prefix, so forged queries make no amplifier.
 //!
 //! Names served under the domain (default `service.local.`):
 //!
@@ -27,6 +28,7 @@ pub mod answer;
 mod fast;
 pub mod forward;
 mod order;
+pub mod rrl;
 pub mod server;
 pub mod statics;
 

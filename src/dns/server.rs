@@ -1,7 +1,9 @@
 //! The DNS loops: UDP datagrams and TCP connections (two-byte length prefix, RFC 1035 §4.2.2,
 //! several queries per connection, answered in order), each answered by the current
 //! [`Responder`]. Forwarded queries wait for the upstream in their own task on UDP, so one slow
-//! upstream never holds up local answers.
+//! upstream never holds up local answers. Every UDP query that will be answered, forwarded ones
+//! too, passes the [`RateLimiter`] when one is configured; TCP queries never do (a TCP client
+//! cannot forge its address).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Outcome, PendingForward, Responder, Transport};
+use super::rrl::{self, RateLimiter, Verdict};
 use super::Dns;
 use crate::net::batch::{RecvBatch, SendBatch};
 use crate::net::{accept_connections, SHUTDOWN_POLL};
@@ -30,9 +33,14 @@ pub const MAX_FORWARDS_IN_FLIGHT: usize = 4096;
 /// every receive) cost as much CPU as answering. Datagrams come and go in batches
 /// (`recvmmsg`/`sendmmsg`), one system call for up to 32 each way. Forwarded queries still wait for their
 /// upstream as tasks on `runtime`, so a slow upstream never holds up this loop.
+///
+/// With a `limiter`, each response is counted against its client's prefix before it is built:
+/// one over the limit is dropped, or answered with the slip (`rrl::slip_reply`), and never
+/// built or forwarded, so a flood costs no more than receiving it.
 pub fn serve_udp_blocking(
     socket: std::net::UdpSocket,
     dns: Arc<Dns>,
+    limiter: Option<Arc<RateLimiter>>,
     forwards: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -47,13 +55,32 @@ pub fn serve_udp_blocking(
     let mut replies = SendBatch::default();
     while !shutdown.is_cancelled() {
         let count = received.recv_or_idle(&socket, "DNS");
+        if count == 0 {
+            continue;
+        }
         let responder = dns.load();
+        let now = limiter.as_ref().map(|l| l.now());
         for i in 0..count {
             let Some((query, peer)) = received.get(i) else {
                 continue;
             };
             if peer.port() == 0 {
                 continue;
+            }
+            if let (Some(limiter), Some(now)) = (&limiter, now) {
+                // What `respond` ignores is no response, so it is not counted.
+                if rrl::is_query(query) {
+                    match limiter.check(peer.ip(), now) {
+                        Verdict::Send => {}
+                        Verdict::Slip => {
+                            if let Some(slip) = rrl::slip_reply(query) {
+                                replies.push(slip, peer);
+                            }
+                            continue;
+                        }
+                        Verdict::Drop => continue,
+                    }
+                }
             }
             let response = match responder.respond(query, peer.ip(), Transport::Udp) {
                 Outcome::Reply(bytes) => bytes,

@@ -42,6 +42,8 @@ pub struct State {
     shutdown: CancellationToken,
     /// Whether reads need a signature, and the keys to check it.
     auth: Arc<Auth>,
+    /// The DNS rate limiter's counters, for `/metrics`.
+    rate_limited: Arc<crate::dns::rrl::RateLimitCounters>,
 }
 
 /// The HTTP side's settings.
@@ -52,6 +54,8 @@ pub struct Settings {
     pub datacenter: String,
     /// The access policy (`auth.read` decides whether reads need a signature).
     pub auth: Arc<Auth>,
+    /// The DNS rate limiter's counters, for `/metrics`.
+    pub rate_limited: Arc<crate::dns::rrl::RateLimitCounters>,
 }
 
 /// The router: every endpoint, and a JSON 404 for anything else.
@@ -68,6 +72,7 @@ pub fn router(
         address,
         shutdown,
         auth: settings.auth.clone(),
+        rate_limited: settings.rate_limited.clone(),
     };
     let reads = Router::new()
         .route("/v1/services", get(api::services))
@@ -99,7 +104,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Re
             axum::http::header::CONTENT_TYPE,
             crate::metrics::CONTENT_TYPE,
         )],
-        crate::metrics::render(&state.registry),
+        crate::metrics::render(&state.registry, &state.rate_limited),
     )
         .into_response()
 }

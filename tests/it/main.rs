@@ -14,6 +14,7 @@ mod lifecycle;
 mod metrics;
 mod preservation;
 mod protocol;
+mod rate_limit;
 mod resolver;
 mod sidecar;
 mod support;
