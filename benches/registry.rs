@@ -1243,6 +1243,13 @@ fn memory_and_large_part(
          ({} services, TTL 1 h, pipelined over {} TCP connections)",
         knobs.mem_max, knobs.services, knobs.tcp_conns
     );
+    // What one instance's own allocation asks of the allocator (glibc adds 8 bytes and rounds
+    // up to 16): the rest of the budget is the maps' share.
+    println!(
+        "   Instance: {} bytes, so {} bytes per Arc<Instance> allocation (with its two counts)",
+        std::mem::size_of::<beacon::registry::Instance>(),
+        std::mem::size_of::<beacon::registry::Instance>() + 16
+    );
     let server = Server::start(Some(config));
     let memory = memory_steps(&server, knobs, None);
     let registered = memory.total();
