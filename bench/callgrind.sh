@@ -33,6 +33,9 @@ beacon=${BEACON:-$target/release/beacon}
 echo "binary: $beacon"
 echo
 
+# A failure (set -e) must not leave the server running under valgrind on the ports.
+trap '[[ -n ${pid:-} ]] && kill "$pid" 2>/dev/null || true' EXIT
+
 echo "| queries | answer loop, instructions/query | respond, instructions/query |"
 echo "| --- | --- | --- |"
 for file in a srv mix; do
