@@ -4,6 +4,8 @@
 # the answer path shows (bench/dns.sh's figures drift by about that much between runs).
 #
 #   bash bench/callgrind.sh            # QUERIES=3000 of each file a, srv, mix
+#   BEACON=/path/to/beacon bash bench/callgrind.sh
+#                                      # another binary (an older commit's), to compare
 #
 # It builds the release binary, runs it under callgrind (one worker, loopback ports 5323/5324),
 # registers the same 100 services x 10 instances as bench/dns.sh, sends each query file of
@@ -22,7 +24,17 @@ for tool in valgrind dnsperf; do
   }
 done
 [[ -f $work/data/queries-a.txt ]] || python3 "$gen" "$work/data" >/dev/null
-(cd "$repo" && cargo build --release --quiet)
+target=${CARGO_TARGET_DIR:-target}
+[[ $target == /* ]] || target=$repo/$target
+if [[ -z ${BEACON:-} ]]; then
+  (cd "$repo" && cargo build --release --quiet)
+fi
+beacon=${BEACON:-$target/release/beacon}
+echo "binary: $beacon"
+echo
+
+# A failure (set -e) must not leave the server running under valgrind on the ports.
+trap '[[ -n ${pid:-} ]] && kill "$pid" 2>/dev/null || true' EXIT
 
 echo "| queries | answer loop, instructions/query | respond, instructions/query |"
 echo "| --- | --- | --- |"
@@ -30,7 +42,7 @@ for file in a srv mix; do
   head -n "$count" "$work/data/queries-$file.txt" >"$work/callgrind-queries.txt"
   out=$work/callgrind.out
   rm -f "$out"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$repo/target/release/beacon" serve \
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$beacon" serve \
     --dns 127.0.0.1:5323 --listen 127.0.0.1:5324 --threads 1 --resolv-conf /dev/null \
     --log-level warn >"$work/callgrind-serve.log" 2>&1 &
   pid=$!
