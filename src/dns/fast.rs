@@ -238,9 +238,6 @@ impl Responder {
             }
             push32(&mut out, self.negative_ttl);
         } else {
-            // A fresh weighted random order per answer (RFC 2782), as the general path draws.
-            weighted_order(&mut set, |i| i.weight);
-            let ttl = self.ttl_for(set.iter().copied(), now);
             answers = set.len() as u16;
             if parsed.qtype == TYPE_SRV {
                 // The general path's encoder keeps at most 64 label positions to compress
@@ -276,7 +273,6 @@ impl Responder {
                 let pairs: usize = set.iter().map(|i| pair(i)).sum();
                 let with_texts =
                     base + pairs + set.iter().map(|i| texts(i)).sum::<usize>() <= limit;
-                let mut ttl = ttl;
                 if !with_texts && base + pairs > limit {
                     let ranked = super::answer::rank_for_client(
                         set.iter().map(|i| Arc::clone(i)).collect(),
@@ -295,11 +291,13 @@ impl Responder {
                     }
                     let keep: Vec<&str> = ranked[..fitting].iter().map(|i| &*i.id).collect();
                     set.retain(|i| keep.contains(&&*i.id));
-                    weighted_order(&mut set, |i| i.weight);
-                    ttl = self.ttl_for(set.iter().copied(), now);
                     answers = set.len() as u16;
                     out[2] |= 0x02; // TC: the client should ask again over TCP
                 }
+                // A fresh weighted random order per answer (RFC 2782), as the general path
+                // draws, of what is sent; the TTL of what is sent.
+                weighted_order(&mut set, |i| i.weight);
+                let ttl = self.ttl_for(set.iter().copied(), now);
                 // Each SRV record is the name pointer, type, class, TTL and length (12 bytes),
                 // priority, weight and port (6), then its target, whose offset the additional
                 // section points back to.
@@ -349,6 +347,8 @@ impl Responder {
                     }
                 }
             } else {
+                weighted_order(&mut set, |i| i.weight);
+                let ttl = self.ttl_for(set.iter().copied(), now);
                 // One record per address (RFC 2181 §5), where its first instance comes.
                 answers = 0;
                 for (n, instance) in set.iter().enumerate() {

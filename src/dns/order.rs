@@ -35,6 +35,16 @@ pub fn weighted_order<T>(items: &mut Vec<T>, weight: impl Fn(&T) -> u16) {
     if items.len() < 2 {
         return;
     }
+    let first = weight(&items[0]);
+    if items.iter().all(|i| weight(i) == first) {
+        // Equal weights (the common case: every instance at the default 1): the same
+        // distribution is a uniform shuffle, which needs no logarithms and no sort.
+        for i in (1..items.len()).rev() {
+            let j = (uniform() * (i + 1) as f64) as usize;
+            items.swap(i, j.min(i));
+        }
+        return;
+    }
     let mut keyed: Vec<(f64, T)> = items
         .drain(..)
         .map(|item| {
@@ -69,6 +79,20 @@ mod tests {
         }
         let share = first_heavy as f64 / rounds as f64;
         assert!((0.88..0.92).contains(&share), "heavy first in {share}");
+    }
+
+    #[test]
+    fn equal_weights_put_each_first_alike() {
+        let mut firsts = [0u32; 4];
+        for _ in 0..20_000 {
+            let mut items = vec![0usize, 1, 2, 3];
+            weighted_order(&mut items, |_| 5);
+            firsts[items[0]] += 1;
+        }
+        assert!(
+            firsts.iter().all(|n| (4_500..5_500).contains(n)),
+            "{firsts:?}"
+        );
     }
 
     #[test]
