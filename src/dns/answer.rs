@@ -15,8 +15,6 @@
 //!   address RRset names each address once;
 //! - a message that is not a query (QR set, or shorter than a header) is never answered.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -839,20 +837,55 @@ impl Responder {
 /// Orders instances by weighted rendezvous (highest random weight) score for `client`: each
 /// client gets its own stable order, so the subset it sees does not churn between queries, and
 /// across clients every instance is picked in proportion to its weight.
-pub(super) fn rank_for_client(mut set: Vec<Arc<Instance>>, client: IpAddr) -> Vec<Arc<Instance>> {
-    let score = |instance: &Instance| -> f64 {
-        // DefaultHasher::new() has fixed keys: the same score on every query and every node.
-        let mut hasher = DefaultHasher::new();
-        client.to_canonical().hash(&mut hasher);
-        instance.service.hash(&mut hasher);
-        instance.id.hash(&mut hasher);
-        // A uniform draw in (0, 1), then the logarithmic method: -w / ln(u).
-        let u = ((hasher.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        -(instance.weight as f64) / u.ln()
-    };
-    let mut scored: Vec<(f64, Arc<Instance>)> = set.drain(..).map(|i| (score(&i), i)).collect();
+pub(super) fn rank_for_client(set: Vec<Arc<Instance>>, client: IpAddr) -> Vec<Arc<Instance>> {
+    let scores = rendezvous_scores(&set, client);
+    let mut scored: Vec<(f64, Arc<Instance>)> = scores.into_iter().zip(set).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
     scored.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Each instance's weighted rendezvous score for `client` (higher ranks first). The hash is a
+/// fixed multiply-xorshift mix, the same on every query and every node, cheap enough for the
+/// fast path's cut answers; with equal weights the ranking is by the hash alone, so no
+/// logarithm is needed.
+pub(super) fn rendezvous_scores<I: AsRef<Instance>>(set: &[I], client: IpAddr) -> Vec<f64> {
+    let client = match client.to_canonical() {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64).rotate_left(17)
+        }
+    };
+    let equal = set
+        .windows(2)
+        .all(|w| w[0].as_ref().weight == w[1].as_ref().weight);
+    set.iter()
+        .map(|instance| {
+            let instance = instance.as_ref();
+            let mut h = mix(client ^ 0x9e37_79b9_7f4a_7c15);
+            for bytes in [instance.service.as_bytes(), b"/", instance.id.as_bytes()] {
+                for chunk in bytes.chunks(8) {
+                    let mut word = [0u8; 8];
+                    word[..chunk.len()].copy_from_slice(chunk);
+                    h = mix(h ^ u64::from_le_bytes(word));
+                }
+            }
+            // A uniform draw in (0, 1), then the logarithmic method: -w / ln(u).
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            if equal {
+                u
+            } else {
+                -(instance.weight as f64) / u.ln()
+            }
+        })
+        .collect()
+}
+
+/// SplitMix64's finaliser: every input bit moves every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The metadata as DNS-SD wants it (RFC 6763 §6): one TXT record, one `key=value`

@@ -274,23 +274,35 @@ impl Responder {
                 let with_texts =
                     base + pairs + set.iter().map(|i| texts(i)).sum::<usize>() <= limit;
                 if !with_texts && base + pairs > limit {
-                    let ranked = super::answer::rank_for_client(
-                        set.iter().map(|i| Arc::clone(i)).collect(),
-                        client,
-                    );
+                    // The client's rendezvous ranking, as the general path ranks: scores on
+                    // the set in place, no copies of it.
+                    let scores = super::answer::rendezvous_scores(&set, client);
+                    let mut ranked: Vec<usize> = (0..set.len()).collect();
+                    ranked.sort_by(|&a, &b| {
+                        scores[b]
+                            .total_cmp(&scores[a])
+                            .then_with(|| set[a].id.cmp(&set[b].id))
+                    });
                     let mut size = base;
                     let fitting = ranked
                         .iter()
-                        .take_while(|i| {
-                            size += pair(i);
+                        .take_while(|&&i| {
+                            size += pair(set[i]);
                             size <= limit
                         })
                         .count();
                     if fitting == 0 {
                         return None;
                     }
-                    let keep: Vec<&str> = ranked[..fitting].iter().map(|i| &*i.id).collect();
-                    set.retain(|i| keep.contains(&&*i.id));
+                    let mut keep = vec![false; set.len()];
+                    for &i in &ranked[..fitting] {
+                        keep[i] = true;
+                    }
+                    let mut n = 0;
+                    set.retain(|_| {
+                        n += 1;
+                        keep[n - 1]
+                    });
                     answers = set.len() as u16;
                     out[2] |= 0x02; // TC: the client should ask again over TCP
                 }
