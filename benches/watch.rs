@@ -49,16 +49,17 @@
 //!    run, the figures recorded in that folder's README are printed instead, labelled as such.
 //!    The etcd and regbench helpers are in `common` (shared with the registry bench).
 //! 4. Requests per second (`WATCH_RPS_SECS`, default 5; 0 skips it): a fresh server, a service
-//!    of `WATCH_BASE` instances, and `WATCH_RPS_CONNS` (default 16) keep-alive HTTP/1.1
-//!    connections, each sending `GET /v1/health/service/fan` (then `GET /v1/services/fan`,
-//!    beacon's own API) one at a time and reading each response whole, checked (status,
-//!    `X-Consul-Index`, the instance count); after a second of warm-up, requests answered within
-//!    the window, their latency (request written → response read) and server CPU per request.
-//!    With `WATCH_ETCD=1`, the same generator reads the same 10 instances from a fresh etcd (the
-//!    peer's flags): keys `/services/fan/iN` whose values are a registration's JSON, one range
-//!    read of the prefix per request through etcd's JSON gateway (`POST /v3/kv/range`,
-//!    HTTP/1.1). That is etcd's HTTP/1.1 read path, not its fastest: its own clients speak gRPC,
-//!    and the gateway forwards to that gRPC service inside the process.
+//!    of `WATCH_BASE` instances, and `WATCH_RPS_CONNS` keep-alive HTTP/1.1 connections (default
+//!    64: with 16 the server used 0.8 of its 2 cores, the rate bound by round trips), each
+//!    sending `GET /v1/health/service/fan` (then `GET /v1/services/fan`, beacon's own API) one at
+//!    a time and reading each response whole, checked (status, `X-Consul-Index`, the instance
+//!    count); after a second of warm-up, the requests answered within the window, their latency
+//!    (request written → response read) and server CPU per request. With `WATCH_ETCD=1`, the
+//!    same generator reads the same 10 instances from a fresh etcd (the peer's flags): keys
+//!    `/services/fan/iN` whose values are a registration's JSON, one range read of the prefix
+//!    per request through etcd's JSON gateway (`POST /v3/kv/range`, HTTP/1.1). That is etcd's
+//!    HTTP/1.1 read path, not its fastest: its own clients speak gRPC, and the gateway forwards
+//!    to that gRPC service inside the process.
 //!
 //! Every connection goes to 127.0.0.1; the 10.x addresses are only registered data.
 
@@ -193,7 +194,7 @@ impl Knobs {
             slow_secs: env_usize("WATCH_SLOW_SECS", 5) as u64,
             slow_write_timeout_ms: env_usize("WATCH_SLOW_WRITE_TIMEOUT_MS", 1000) as u64,
             etcd: env_usize("WATCH_ETCD", 1) != 0,
-            rps_conns: env_usize("WATCH_RPS_CONNS", 16),
+            rps_conns: env_usize("WATCH_RPS_CONNS", 64),
             rps_secs: env_usize("WATCH_RPS_SECS", 5) as u64,
         };
         assert!(
@@ -2068,12 +2069,12 @@ fn summary(knobs: &Knobs, fan: &[FanResult], slow: &SlowResult, etcd: &EtcdSide)
         for (w, run) in runs {
             if let Ok(e) = run {
                 println!(
-                    "| {w}, {version} watch | {} ms (etcd) | {:.2} µs | {} ms per put ({} \
-                     connections) | {} ms (put) | - | - |",
+                    "| {w}, {version} watch ({} connections) | {} ms (etcd) | {:.2} µs | {:.2} µs \
+                     | {} ms (put) | - | - |",
+                    e.get("conns"),
                     e.get("etcd_cpu_ms_per_put"),
                     e.num("etcd_cpu_ms_per_put") * 1e3 / *w as f64,
-                    e.get("gen_cpu_ms_per_put"),
-                    e.get("conns"),
+                    e.num("gen_cpu_ms_per_put") * 1e3 / *w as f64,
                     e.get("put_p50_ms"),
                 );
             }
