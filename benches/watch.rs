@@ -1,22 +1,38 @@
-//! Push-watch measurements of a real `beacon serve` process (issue 5), run with
+//! Push-watch measurements of a real `beacon serve` process (issues 5 and 16), run with
 //! `cargo bench --bench watch`.
 //!
-//! 1. Fan-out: for each count W in `WATCH_WATCHERS`, a fresh server (default threads, default
-//!    configuration unless W needs more than `registry.max_tcp_connections`), a service of
-//!    `WATCH_BASE` instances, and W TCP connections that each send
-//!    `{"op":"watch","services":["fan"]}` and receive their initial push. After a second of
-//!    quiet, `WATCH_CHANGES` changes are made one at a time over a separate TCP connection,
+//! 1. Fan-out: for each count W in `WATCH_WATCHERS` and each kind of watcher in `WATCH_KINDS`
+//!    (default `watch,http,sse`), a fresh server (default threads, default configuration unless
+//!    W protocol watchers need more than `registry.max_tcp_connections`, which bounds the
+//!    registration protocol's TCP connections only: the HTTP listener has no connection bound),
+//!    a service of `WATCH_BASE` instances, and W connections that each follow it:
+//!    - `watch`: the registration protocol's TCP connection, `{"op":"watch","services":["fan"]}`,
+//!      one push per change;
+//!    - `http`: Consul-style blocking reads on one keep-alive HTTP/1.1 connection each:
+//!      `GET /v1/health/service/fan?index=I&wait=60s`, the first with `index=0` (answered at
+//!      once), then again with each response's `X-Consul-Index`, as consul-template and
+//!      Prometheus do;
+//!    - `sse`: server-sent events, `GET /v1/events?services=fan`, one `update` event per change
+//!      (id `<run>.<version>`; its data's `version` must agree; `status` events are skipped).
+//!
+//!    Each watcher has its initial push (response, event) first. After a second of quiet,
+//!    `WATCH_CHANGES` changes are made one at a time over a separate TCP connection,
 //!    alternately registering a new instance and deregistering it. Change k is made only once
 //!    every watcher has received change k-1 (or after `WATCH_TIMEOUT_S`), then `WATCH_GAP_MS` of
-//!    quiet. Each push is parsed: its version must be the one the change's reply gave (the
-//!    registry's version + k) and it must list the right number of instances. A sample is the
-//!    time from the moment the change request was written to the moment that watcher read the
-//!    push, both on this process's monotonic clock; p50/p99/max are over all W × changes samples.
-//!    Server CPU per change is its utime + stime (/proc/PID/stat) over the changes, divided by
-//!    their number. The watchers are tokio tasks on `WATCH_CLIENT_THREADS` worker threads
-//!    (default 1: at 10 000 watchers it cost 4.4 µs of CPU per push read against 5.9 µs with 2,
-//!    and the slowest watchers came no later), sharing the 2 cores with the server, as etcd's
-//!    load generator did.
+//!    quiet. Each delivery is checked: its version (the push's `version`, `X-Consul-Index`, the
+//!    event's id) must be the one the change's reply gave (the registry's version + k) and it
+//!    must list the right number of instances (counted in the bytes; each watcher's first HTTP
+//!    response and first event are also parsed as JSON, to hold the count to it). A sample is
+//!    the time from the moment the change request was written to the moment that watcher had
+//!    read the whole delivery, both on this process's monotonic clock; p50/p99/max are over all
+//!    W × changes samples. Server CPU per change is its utime + stime (/proc/PID/stat) over the
+//!    changes, divided by their number. The watchers are tokio tasks on
+//!    `WATCH_CLIENT_THREADS` worker threads (default 1: at 10 000 watchers it cost 4.4 µs of
+//!    CPU per push read against 5.9 µs with 2, and the slowest watchers came no later), sharing
+//!    the 2 cores with the server, as etcd's load generator did; HTTP is read by hand (no client
+//!    library), for the same reason. The kinds run one after another, never together: 10 000
+//!    of each at once would not fit the open-file limit (20 000 here), and each would slow the
+//!    others.
 //! 2. Slow watcher: a server with `registry.watch_write_timeout` of `WATCH_SLOW_WRITE_TIMEOUT_MS`
 //!    and a service of `WATCH_SLOW_INSTANCES` instances (each push a few hundred KB). One watcher
 //!    subscribes and never reads; a normal watcher reads everything. Changes are made for
@@ -32,6 +48,18 @@
 //!    the same measurement (put sent → event received). With `WATCH_ETCD=0`, or if etcd cannot be
 //!    run, the figures recorded in that folder's README are printed instead, labelled as such.
 //!    The etcd and regbench helpers are in `common` (shared with the registry bench).
+//! 4. Requests per second (`WATCH_RPS_SECS`, default 5; 0 skips it): a fresh server, a service
+//!    of `WATCH_BASE` instances, and `WATCH_RPS_CONNS` keep-alive HTTP/1.1 connections (default
+//!    64: with 16 the server used 0.8 of its 2 cores, the rate bound by round trips), each
+//!    sending `GET /v1/health/service/fan` (then `GET /v1/services/fan`, beacon's own API) one at
+//!    a time and reading each response whole, checked (status, `X-Consul-Index`, the instance
+//!    count); after a second of warm-up, the requests answered within the window, their latency
+//!    (request written → response read) and server CPU per request. With `WATCH_ETCD=1`, the
+//!    same generator reads the same 10 instances from a fresh etcd (the peer's flags): keys
+//!    `/services/fan/iN` whose values are a registration's JSON, one range read of the prefix
+//!    per request through etcd's JSON gateway (`POST /v3/kv/range`, HTTP/1.1). That is etcd's
+//!    HTTP/1.1 read path, not its fastest: its own clients speak gRPC, and the gateway forwards
+//!    to that gRPC service inside the process.
 //!
 //! Every connection goes to 127.0.0.1; the 10.x addresses are only registered data.
 
@@ -64,8 +92,58 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The server's log line for a dropped watcher (src/protocol/watch.rs).
 const DROP_LOG: &str = "dropping a slow watcher";
 
+/// How a fan-out watcher follows the service (`WATCH_KINDS`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The registration protocol's `watch`, one TCP connection each.
+    Watch,
+    /// Consul-style blocking reads of `GET /v1/health/service/fan?index=I&wait=60s`, one
+    /// keep-alive HTTP/1.1 connection each.
+    Http,
+    /// Server-sent events from `GET /v1/events?services=fan`, one connection each.
+    Sse,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Watch, Kind::Http, Kind::Sse];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Watch => "watch",
+            Kind::Http => "http",
+            Kind::Sse => "sse",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Watch => "protocol watch (TCP)",
+            Kind::Http => "blocking reads (HTTP, /v1/health/service)",
+            Kind::Sse => "server-sent events (/v1/events)",
+        }
+    }
+
+    /// What one watcher receives per change.
+    fn unit(self) -> &'static str {
+        match self {
+            Kind::Watch => "push",
+            Kind::Http => "response",
+            Kind::Sse => "event",
+        }
+    }
+
+    fn units(self) -> &'static str {
+        match self {
+            Kind::Watch => "pushes",
+            Kind::Http => "responses",
+            Kind::Sse => "events",
+        }
+    }
+}
+
 struct Knobs {
     watchers: Vec<usize>,
+    kinds: Vec<Kind>,
     changes: usize,
     base: usize,
     gap: Duration,
@@ -75,6 +153,8 @@ struct Knobs {
     slow_secs: u64,
     slow_write_timeout_ms: u64,
     etcd: bool,
+    rps_conns: usize,
+    rps_secs: u64,
 }
 
 impl Knobs {
@@ -90,8 +170,21 @@ impl Knobs {
                 .collect(),
             Err(_) => vec![1000, 10_000],
         };
+        let kinds = match std::env::var("WATCH_KINDS") {
+            Ok(list) => list
+                .split(',')
+                .map(|name| {
+                    Kind::ALL
+                        .into_iter()
+                        .find(|k| k.name() == name.trim())
+                        .unwrap_or_else(|| panic!("WATCH_KINDS={list:?}: each of watch, http, sse"))
+                })
+                .collect(),
+            Err(_) => Kind::ALL.to_vec(),
+        };
         let k = Knobs {
             watchers,
+            kinds,
             changes: env_usize("WATCH_CHANGES", 20),
             base: env_usize("WATCH_BASE", 10),
             gap: Duration::from_millis(env_usize("WATCH_GAP_MS", 100) as u64),
@@ -101,12 +194,15 @@ impl Knobs {
             slow_secs: env_usize("WATCH_SLOW_SECS", 5) as u64,
             slow_write_timeout_ms: env_usize("WATCH_SLOW_WRITE_TIMEOUT_MS", 1000) as u64,
             etcd: env_usize("WATCH_ETCD", 1) != 0,
+            rps_conns: env_usize("WATCH_RPS_CONNS", 64),
+            rps_secs: env_usize("WATCH_RPS_SECS", 5) as u64,
         };
         assert!(
             k.watchers.iter().all(|&w| w >= 1) && k.changes >= 1,
             "nothing to measure"
         );
         assert!(k.client_threads >= 1, "WATCH_CLIENT_THREADS is at least 1");
+        assert!(k.rps_conns >= 1, "WATCH_RPS_CONNS is at least 1");
         assert!(
             k.base + k.changes < 60_000 && k.slow_instances < 60_000,
             "at most 60000 instances per service here"
@@ -116,11 +212,14 @@ impl Knobs {
 
     fn describe(&self) -> String {
         let watchers: Vec<String> = self.watchers.iter().map(|w| w.to_string()).collect();
+        let kinds: Vec<&str> = self.kinds.iter().map(|k| k.name()).collect();
         format!(
-            "WATCH_WATCHERS={} WATCH_CHANGES={} WATCH_BASE={} WATCH_GAP_MS={} WATCH_TIMEOUT_S={} \
-             WATCH_CLIENT_THREADS={} WATCH_SLOW_INSTANCES={} WATCH_SLOW_SECS={} \
-             WATCH_SLOW_WRITE_TIMEOUT_MS={} WATCH_ETCD={}",
+            "WATCH_WATCHERS={} WATCH_KINDS={} WATCH_CHANGES={} WATCH_BASE={} WATCH_GAP_MS={} \
+             WATCH_TIMEOUT_S={} WATCH_CLIENT_THREADS={} WATCH_SLOW_INSTANCES={} \
+             WATCH_SLOW_SECS={} WATCH_SLOW_WRITE_TIMEOUT_MS={} WATCH_ETCD={} \
+             WATCH_RPS_CONNS={} WATCH_RPS_SECS={}",
             watchers.join(","),
+            kinds.join(","),
             self.changes,
             self.base,
             self.gap.as_millis(),
@@ -129,7 +228,9 @@ impl Knobs {
             self.slow_instances,
             self.slow_secs,
             self.slow_write_timeout_ms,
-            u8::from(self.etcd)
+            u8::from(self.etcd),
+            self.rps_conns,
+            self.rps_secs,
         )
     }
 }
@@ -145,8 +246,9 @@ fn main() {
         knobs.describe()
     );
     println!(
-        "server:  {}   (default threads: one per core; part 1 with no FILE unless W needs more \
-         than 16384 connections, part 2 FILE: [registry] watch_write_timeout = \"{}ms\")",
+        "server:  {}   (default threads: one per core; part 1 with no FILE unless W protocol \
+         watchers need more than 16384 connections, part 2 FILE: [registry] \
+         watch_write_timeout = \"{}ms\")",
         Server::command_line(true),
         knobs.slow_write_timeout_ms
     );
@@ -159,13 +261,17 @@ fn main() {
     let fan: Vec<FanResult> = knobs
         .watchers
         .iter()
-        .map(|&w| fan_out_part(&knobs, w))
+        .flat_map(|&w| knobs.kinds.iter().map(move |&kind| (w, kind)))
+        .map(|(w, kind)| fan_out_part(&knobs, w, kind))
         .collect();
     let slow = slow_part(&knobs);
     let etcd = etcd_part(&knobs);
+    let rps = rps_part(&knobs);
 
     println!();
     summary(&knobs, &fan, &slow, &etcd);
+    println!();
+    rps_summary(&knobs, &rps);
     println!();
     println!("total {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -362,6 +468,7 @@ fn mib(kib: u64) -> f64 {
 
 /// What the watcher tasks of one fan-out run share with the coordinator.
 struct Fan {
+    kind: Kind,
     base: Instant,
     /// The registry's version when the watchers subscribed: every initial push carries it.
     v0: u64,
@@ -399,10 +506,12 @@ impl Fan {
         self.note(format!("watcher {w}: {what}"));
     }
 
-    /// Takes one line a watcher read at `now`; true if it was the initial push.
-    fn on_line(&self, w: usize, line: &[u8], now: u64) -> bool {
-        let Some((version, instances)) = parse_push(line) else {
-            self.wrong(w, format!("not a push: {}", excerpt(line)));
+    /// Takes one message (push, response or event) a watcher read at `now`: its version and
+    /// instance count, `None` if it did not read as one, and its bytes; true if it was the
+    /// initial one.
+    fn on_message(&self, w: usize, message: Option<(u64, usize)>, raw: &[u8], now: u64) -> bool {
+        let Some((version, instances)) = message else {
+            self.wrong(w, format!("not a {}: {}", self.kind.unit(), excerpt(raw)));
             return false;
         };
         let k = version.wrapping_sub(self.v0) as usize;
@@ -415,7 +524,8 @@ impl Fan {
             self.wrong(
                 w,
                 format!(
-                    "a push of version {version}, outside {}..{}",
+                    "a {} of version {version}, outside {}..{}",
+                    self.kind.unit(),
                     self.v0,
                     self.v0 + self.changes as u64
                 ),
@@ -426,7 +536,8 @@ impl Fan {
             self.wrong(
                 w,
                 format!(
-                    "the push of version {version} lists {instances} instances, not {expected}"
+                    "the {} of version {version} lists {instances} instances, not {expected}",
+                    self.kind.unit()
                 ),
             );
         }
@@ -438,15 +549,24 @@ impl Fan {
         if slot.compare_exchange(0, now, Relaxed, Relaxed).is_ok() {
             self.counts[k - 1].fetch_add(1, Relaxed);
         } else {
-            self.wrong(w, format!("a second push of version {version}"));
+            self.wrong(
+                w,
+                format!("a second {} of version {version}", self.kind.unit()),
+            );
         }
         false
     }
 }
 
-/// One watcher: a connection, the watch request, then every push until the runtime stops.
+/// One watcher: a connection, the watch request (or the first read), then every push (response,
+/// event) until the runtime stops.
 async fn watcher(fan: Arc<Fan>, w: usize, addr: SocketAddr, opening: Arc<Semaphore>) {
-    if let Err(e) = watch_connection(&fan, w, addr, &opening).await {
+    let followed = match fan.kind {
+        Kind::Watch => watch_connection(&fan, w, addr, &opening).await,
+        Kind::Http => blocking_reads(&fan, w, addr, &opening).await,
+        Kind::Sse => event_stream(&fan, w, addr, &opening).await,
+    };
+    if let Err(e) = followed {
         fan.errors.fetch_add(1, Relaxed);
         fan.note(format!("watcher {w}: {e}"));
     }
@@ -473,7 +593,8 @@ async fn watch_connection(
         let now = fan.now_ns();
         let mut start = 0;
         while let Some(at) = buf[start..].iter().position(|&b| b == b'\n') {
-            if fan.on_line(w, &buf[start..start + at], now) {
+            let line = &buf[start..start + at];
+            if fan.on_message(w, parse_push(line), line, now) {
                 drop(permit.take());
             }
             start += at + 1;
@@ -486,6 +607,7 @@ async fn watch_connection(
 }
 
 struct FanResult {
+    kind: Kind,
     watchers: usize,
     changes: usize,
     subscribe: Duration,
@@ -516,27 +638,34 @@ impl FanResult {
     }
 }
 
-fn fan_out_part(knobs: &Knobs, watchers: usize) -> FanResult {
+fn fan_out_part(knobs: &Knobs, watchers: usize, kind: Kind) -> FanResult {
     let changes = knobs.changes;
     println!(
-        "1. fan-out: {watchers} watchers on service {FAN_SERVICE:?} ({} instances), {changes} \
-         changes (register / deregister in turn), each once every watcher has the one before, \
-         then {} ms of quiet",
+        "1. fan-out, {}: {watchers} watchers on service {FAN_SERVICE:?} ({} instances), \
+         {changes} changes (register / deregister in turn), each once every watcher has the one \
+         before, then {} ms of quiet",
+        kind.title(),
         knobs.base,
         knobs.gap.as_millis()
     );
     // The default limit is 16384 connections; only more watchers need a configuration file.
-    let config = (watchers + 64 > 16_384)
+    // It bounds the registration protocol's TCP connections only, not HTTP's (which has none).
+    let config = (kind == Kind::Watch && watchers + 64 > 16_384)
         .then(|| format!("[registry]\nmax_tcp_connections = {}\n", watchers + 64));
     if let Some(config) = &config {
         println!("   server FILE: {}", config.trim().replace('\n', " "));
     }
     let server = Server::start(config.as_deref());
-    let addr = server.at.registry;
-    let v0 = register_bulk(addr, FAN_SERVICE, knobs.base);
+    let registry = server.at.registry;
+    let addr = match kind {
+        Kind::Watch => registry,
+        Kind::Http | Kind::Sse => server.at.http.expect("the server has no HTTP listener"),
+    };
+    let v0 = register_bulk(registry, FAN_SERVICE, knobs.base);
     let rss_before = server.memory();
 
     let fan = Arc::new(Fan {
+        kind,
         base: Instant::now(),
         v0,
         changes,
@@ -588,16 +717,17 @@ fn fan_out_part(knobs: &Knobs, watchers: usize) -> FanResult {
     std::thread::sleep(QUIET);
     let rss_watching = server.memory();
     println!(
-        "   {watchers} watchers subscribed in {:.2} s, each with its initial push (version {v0}, \
+        "   {watchers} watchers subscribed in {:.2} s, each with its initial {} (version {v0}, \
          {} instances); server {} → {} ({:.1} KiB per watcher)",
         subscribe.as_secs_f64(),
+        kind.unit(),
         knobs.base,
         rss_before.describe(),
         rss_watching.describe(),
         rss_watching.rss_kib.saturating_sub(rss_before.rss_kib) as f64 / watchers as f64
     );
 
-    let mut changer = Requester::connect(addr);
+    let mut changer = Requester::connect(registry);
     let mut sent_ns = Vec::with_capacity(changes);
     let mut reply_ms = Vec::with_capacity(changes);
     let mut incomplete = 0;
@@ -659,6 +789,7 @@ fn fan_out_part(knobs: &Knobs, watchers: usize) -> FanResult {
         slowest_ms.extend(slowest);
     }
     let result = FanResult {
+        kind,
         watchers,
         changes,
         subscribe,
@@ -679,7 +810,12 @@ fn fan_out_part(knobs: &Knobs, watchers: usize) -> FanResult {
     runtime.shutdown_timeout(Duration::from_secs(2));
 
     summary_header("      ", "(ms)");
-    summary_row("      ", "change sent -> push read", &result.delays_ms, 2);
+    summary_row(
+        "      ",
+        &format!("change sent -> {} read", kind.unit()),
+        &result.delays_ms,
+        2,
+    );
     summary_row(
         "      ",
         "slowest watcher per change",
@@ -688,10 +824,11 @@ fn fan_out_part(knobs: &Knobs, watchers: usize) -> FanResult {
     );
     summary_row("      ", "change sent -> its reply", &result.reply_ms, 2);
     println!(
-        "      received {}/{} pushes; {} changes not received by all within {} s; {} wrong lines; \
-         {} watcher connections failed{}",
+        "      received {}/{} {}; {} changes not received by all within {} s; {} wrong \
+         messages; {} watcher connections failed{}",
         result.delays_ms.len(),
         result.expected(),
+        kind.units(),
         result.incomplete,
         knobs.timeout.as_secs(),
         result.wrong,
@@ -703,15 +840,320 @@ fn fan_out_part(knobs: &Knobs, watchers: usize) -> FanResult {
             .unwrap_or_default()
     );
     println!(
-        "      CPU per change: server {:.1} ms ({:.2} µs per push), this process {:.1} ms \
-         ({:.2} µs per push)",
+        "      CPU per change: server {:.1} ms ({:.2} µs per {unit}), this process {:.1} ms \
+         ({:.2} µs per {unit})",
         result.cpu_ms_per_change(result.server_cpu),
         us(result.server_cpu) / result.expected() as f64,
         result.cpu_ms_per_change(result.client_cpu),
         us(result.client_cpu) / result.expected() as f64,
+        unit = kind.unit(),
     );
     println!();
     result
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. The HTTP listener's watchers: blocking reads and server-sent events
+
+/// `wait` of every blocking read: longer than a run's changes take, so a response is a change
+/// (one that comes back with the same index, its wait run out, is simply asked again).
+const HTTP_WAIT: &str = "60s";
+
+/// What begins each entry of `/v1/health/service/{name}`'s array (a `ServiceEntry`).
+const HEALTH_ENTRY: &[u8] = br#"{"Node":{"#;
+
+/// What begins each instance in an SSE update's `instances` (its `changes` begin with `kind`).
+const SSE_INSTANCE: &[u8] = br#"{"service":""#;
+
+fn invalid(what: String) -> std::io::Error {
+    std::io::Error::new(ErrorKind::InvalidData, what)
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    memchr::memmem::find_iter(haystack, needle).count()
+}
+
+/// The head of an HTTP/1.1 response, as far as the bench needs it.
+struct Head {
+    status: u16,
+    content_length: Option<usize>,
+    chunked: bool,
+    /// `X-Consul-Index`.
+    consul_index: Option<u64>,
+}
+
+fn parse_head(head: &[u8]) -> Option<Head> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut parsed = Head {
+        status,
+        content_length: None,
+        chunked: false,
+        consul_index: None,
+    };
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            parsed.content_length = Some(value.parse().ok()?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            parsed.chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("x-consul-index") {
+            parsed.consul_index = Some(value.parse().ok()?);
+        }
+    }
+    Some(parsed)
+}
+
+/// A keep-alive HTTP/1.1 client connection read by hand: a client library would cost the bench
+/// more of the two cores it shares with the server, and here every byte is seen.
+struct HttpConn {
+    stream: tokio::net::TcpStream,
+    /// Bytes read and not yet taken.
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<HttpConn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    async fn send(&mut self, request: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(request).await
+    }
+
+    /// Reads what the socket has; the end of the stream is an error.
+    async fn fill(&mut self) -> std::io::Result<()> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads until `needle`; returns where it starts in `buf`.
+    async fn find(&mut self, needle: &[u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(at) = memchr::memmem::find(&self.buf, needle) {
+                return Ok(at);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn head(&mut self) -> std::io::Result<Head> {
+        let end = self.find(b"\r\n\r\n").await?;
+        let head = parse_head(&self.buf[..end]).ok_or_else(|| {
+            invalid(format!(
+                "an unreadable response head: {}",
+                excerpt(&self.buf[..end])
+            ))
+        })?;
+        self.buf.drain(..end + 4);
+        Ok(head)
+    }
+
+    /// The body of the response whose head is `head` (Content-Length, or chunked).
+    async fn body(&mut self, head: &Head) -> std::io::Result<Vec<u8>> {
+        if head.chunked {
+            let mut body = Vec::new();
+            while let Some(chunk) = self.chunk().await? {
+                body.extend_from_slice(&chunk);
+            }
+            return Ok(body);
+        }
+        let len = head
+            .content_length
+            .ok_or_else(|| invalid("a response with neither a length nor chunks".into()))?;
+        while self.buf.len() < len {
+            self.fill().await?;
+        }
+        let body = self.buf[..len].to_vec();
+        self.buf.drain(..len);
+        Ok(body)
+    }
+
+    /// The next chunk of a chunked body; `None` after the last (the empty chunk; no trailers).
+    async fn chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let line = self.find(b"\r\n").await?;
+        let size = std::str::from_utf8(&self.buf[..line])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next()?.trim(), 16).ok())
+            .ok_or_else(|| invalid(format!("a bad chunk size: {}", excerpt(&self.buf[..line]))))?;
+        let end = line + 2 + size + 2;
+        while self.buf.len() < end {
+            self.fill().await?;
+        }
+        if &self.buf[end - 2..end] != b"\r\n" {
+            return Err(invalid("a chunk not followed by CRLF".into()));
+        }
+        let data = self.buf[line + 2..end - 2].to_vec();
+        self.buf.drain(..end);
+        Ok((size > 0).then_some(data))
+    }
+}
+
+/// A blocking-read watcher: `GET /v1/health/service/fan?index=I&wait=60s` (the first with
+/// `index=0`, answered at once), then again with each response's `X-Consul-Index`, on one
+/// keep-alive connection, as Consul's clients (consul-template, Prometheus) do.
+async fn blocking_reads(
+    fan: &Fan,
+    w: usize,
+    addr: SocketAddr,
+    opening: &Semaphore,
+) -> std::io::Result<()> {
+    let mut permit = Some(opening.acquire().await.expect("never closed"));
+    let mut conn = HttpConn::connect(addr).await?;
+    let mut index = 0;
+    loop {
+        let request = format!(
+            "GET /v1/health/service/{FAN_SERVICE}?index={index}&wait={HTTP_WAIT} HTTP/1.1\r\n\
+             Host: 127.0.0.1\r\n\r\n"
+        );
+        conn.send(request.as_bytes()).await?;
+        let head = conn.head().await?;
+        let body = conn.body(&head).await?;
+        let now = fan.now_ns();
+        let Some(new) = head.consul_index.filter(|_| head.status == 200) else {
+            return Err(invalid(format!(
+                "status {} without X-Consul-Index: {}",
+                head.status,
+                excerpt(&body)
+            )));
+        };
+        if new == index {
+            continue;
+        }
+        let entries = count(&body, HEALTH_ENTRY);
+        if index == 0 {
+            // Once per watcher, the slow way: the cheap count must agree with a JSON parse.
+            let parsed = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len));
+            if parsed != Some(entries) {
+                fan.wrong(
+                    w,
+                    format!(
+                        "{entries} entries counted, {parsed:?} parsed: {}",
+                        excerpt(&body)
+                    ),
+                );
+            }
+        }
+        if fan.on_message(w, Some((new, entries)), &body, now) {
+            drop(permit.take());
+        }
+        index = new;
+    }
+}
+
+/// An SSE watcher: `GET /v1/events?services=fan`, then every `update` event (status events are
+/// skipped) until the runtime stops.
+async fn event_stream(
+    fan: &Fan,
+    w: usize,
+    addr: SocketAddr,
+    opening: &Semaphore,
+) -> std::io::Result<()> {
+    let mut permit = Some(opening.acquire().await.expect("never closed"));
+    let mut conn = HttpConn::connect(addr).await?;
+    conn.send(
+        format!(
+            "GET /v1/events?services={FAN_SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Accept: text/event-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let head = conn.head().await?;
+    if head.status != 200 || !head.chunked {
+        return Err(invalid(format!(
+            "status {} (chunked: {}) to the events request",
+            head.status, head.chunked
+        )));
+    }
+    let mut text = Vec::new();
+    let mut first = true;
+    loop {
+        let Some(chunk) = conn.chunk().await? else {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the event stream ended",
+            ));
+        };
+        let now = fan.now_ns();
+        text.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(at) = memchr::memmem::find(&text[start..], b"\n\n") {
+            let event = &text[start..start + at];
+            if let Some(update) = parse_update(event) {
+                if first {
+                    first = false;
+                    check_update_json(fan, w, event, update);
+                }
+                if fan.on_message(w, update, event, now) {
+                    drop(permit.take());
+                }
+            }
+            start += at + 2;
+        }
+        text.drain(..start);
+    }
+}
+
+/// An SSE event's version and instance count if it is an `update` (`Some(None)`: an update that
+/// does not read, or whose id and data disagree on the version); `None` for any other event.
+fn parse_update(event: &[u8]) -> Option<Option<(u64, usize)>> {
+    let (mut kind, mut id, mut data) = (None, None, None);
+    for line in event.split(|&b| b == b'\n') {
+        if let Some(value) = line.strip_prefix(b"event: ") {
+            kind = Some(value);
+        } else if let Some(value) = line.strip_prefix(b"id: ") {
+            id = Some(value);
+        } else if let Some(value) = line.strip_prefix(b"data: ") {
+            data = Some(value);
+        }
+    }
+    if kind != Some(b"update".as_slice()) {
+        return None;
+    }
+    let number = |digits: &[u8]| std::str::from_utf8(digits).ok()?.parse::<u64>().ok();
+    let read = || {
+        let id = id?;
+        let id_version = number(&id[id.iter().rposition(|&b| b == b'.')? + 1..])?;
+        let data = data?;
+        let rest = data.strip_prefix(br#"{"version":"#)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let version = number(&rest[..digits])?;
+        (version == id_version).then(|| (version, count(data, SSE_INSTANCE)))
+    };
+    Some(read())
+}
+
+/// Once per watcher, the slow way: the first update's JSON must say what the cheap reading did.
+fn check_update_json(fan: &Fan, w: usize, event: &[u8], update: Option<(u64, usize)>) {
+    let parsed = event
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"data: "))
+        .and_then(|data| serde_json::from_slice::<Value>(data).ok())
+        .and_then(|v| Some((v["version"].as_u64()?, v["instances"].as_array()?.len())));
+    if parsed != update {
+        fan.wrong(
+            w,
+            format!("{update:?} read, {parsed:?} parsed: {}", excerpt(event)),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1170,73 +1612,475 @@ fn recorded_etcd(watchers: usize) -> Option<&'static str> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4. Requests per second
+
+/// Requests before the measured window, on every connection.
+const RPS_WARMUP: Duration = Duration::from_secs(1);
+
+/// One read endpoint under load: a request and how to tell a right response.
+struct RpsTarget {
+    label: String,
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+    /// `Err` says what is wrong with a response.
+    check: fn(&Head, &[u8]) -> Result<(), String>,
+    /// The server's pid, for its CPU time.
+    pid: String,
+}
+
+struct RpsResult {
+    label: String,
+    conns: usize,
+    secs: f64,
+    /// Request written → response read, ms, of the requests answered within the window.
+    latencies_ms: Vec<f64>,
+    response_bytes: usize,
+    wrong: usize,
+    failed: usize,
+    first_problem: Option<String>,
+    server_cpu: Duration,
+    client_cpu: Duration,
+}
+
+impl RpsResult {
+    fn rps(&self) -> f64 {
+        self.latencies_ms.len() as f64 / self.secs
+    }
+
+    fn per_request_us(&self, cpu: Duration) -> f64 {
+        us(cpu) / self.latencies_ms.len().max(1) as f64
+    }
+}
+
+/// What one connection of the load did.
+#[derive(Default)]
+struct RpsConn {
+    /// (answered at, ns after the base; latency, ms).
+    samples: Vec<(u64, f64)>,
+    response_bytes: usize,
+    wrong: usize,
+    problem: Option<String>,
+    failed: bool,
+}
+
+/// One connection: the request, its response read whole and checked, again, until `stop`.
+async fn rps_connection(target: Arc<RpsTarget>, stop: Arc<AtomicBool>, base: Instant) -> RpsConn {
+    let mut out = RpsConn::default();
+    let mut conn = match HttpConn::connect(target.addr).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            out.failed = true;
+            out.problem = Some(format!("connect: {e}"));
+            return out;
+        }
+    };
+    while !stop.load(Relaxed) {
+        let sent = base.elapsed();
+        let answered = async {
+            conn.send(&target.request).await?;
+            let head = conn.head().await?;
+            let body = conn.body(&head).await?;
+            Ok::<_, std::io::Error>((head, body))
+        }
+        .await;
+        let done = base.elapsed();
+        match answered {
+            Ok((head, body)) => {
+                if let Err(problem) = (target.check)(&head, &body) {
+                    out.wrong += 1;
+                    out.problem.get_or_insert(problem);
+                }
+                out.response_bytes = body.len();
+                out.samples
+                    .push((done.as_nanos() as u64, ms(done.saturating_sub(sent))));
+            }
+            Err(e) => {
+                out.failed = true;
+                out.problem.get_or_insert(e.to_string());
+                return out;
+            }
+        }
+    }
+    out
+}
+
+/// `knobs.rps_conns` keep-alive connections (tokio tasks on `WATCH_CLIENT_THREADS` threads), each
+/// one request at a time, for `RPS_WARMUP` and then the measured `knobs.rps_secs`.
+fn rps_run(knobs: &Knobs, target: RpsTarget) -> RpsResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(knobs.client_threads)
+        .enable_all()
+        .build()
+        .expect("cannot build the client runtime");
+    let target = Arc::new(target);
+    let stop = Arc::new(AtomicBool::new(false));
+    let base = Instant::now();
+    let handles: Vec<_> = (0..knobs.rps_conns)
+        .map(|_| runtime.spawn(rps_connection(target.clone(), stop.clone(), base)))
+        .collect();
+    std::thread::sleep(RPS_WARMUP);
+    let (t0, cpu0, self0) = (base.elapsed(), cpu_time(&target.pid), cpu_time("self"));
+    std::thread::sleep(Duration::from_secs(knobs.rps_secs));
+    let (t1, cpu1, self1) = (base.elapsed(), cpu_time(&target.pid), cpu_time("self"));
+    stop.store(true, Relaxed);
+    let conns: Vec<RpsConn> = runtime.block_on(async {
+        let mut conns = Vec::new();
+        for handle in handles {
+            conns.push(handle.await.expect("a load connection panicked"));
+        }
+        conns
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let window = t0.as_nanos() as u64..=t1.as_nanos() as u64;
+    let result = RpsResult {
+        label: target.label.clone(),
+        conns: knobs.rps_conns,
+        secs: (t1 - t0).as_secs_f64(),
+        latencies_ms: conns
+            .iter()
+            .flat_map(|c| &c.samples)
+            .filter(|(at, _)| window.contains(at))
+            .map(|&(_, latency)| latency)
+            .collect(),
+        response_bytes: conns.iter().map(|c| c.response_bytes).max().unwrap_or(0),
+        wrong: conns.iter().map(|c| c.wrong).sum(),
+        failed: conns.iter().filter(|c| c.failed).count(),
+        first_problem: conns.iter().find_map(|c| c.problem.clone()),
+        server_cpu: cpu1.saturating_sub(cpu0),
+        client_cpu: self1.saturating_sub(self0),
+    };
+    println!(
+        "   {}: {:.0} requests/s over {:.1} s ({} connections); latency p50/p99/max \
+         {:.3}/{:.3}/{:.3} ms; CPU per request: server {:.1} µs, this process {:.1} µs; {} bytes \
+         per response; {} wrong responses, {} connections failed{}",
+        result.label,
+        result.rps(),
+        result.secs,
+        result.conns,
+        percentile(&result.latencies_ms, 50.0),
+        percentile(&result.latencies_ms, 99.0),
+        percentile(&result.latencies_ms, 100.0),
+        result.per_request_us(result.server_cpu),
+        result.per_request_us(result.client_cpu),
+        result.response_bytes,
+        result.wrong,
+        result.failed,
+        result
+            .first_problem
+            .as_deref()
+            .map(|p| format!(" (first: {p})"))
+            .unwrap_or_default()
+    );
+    result
+}
+
+fn check_health(head: &Head, body: &[u8], instances: usize) -> Result<(), String> {
+    if head.status != 200 || head.consul_index.is_none() {
+        return Err(format!("status {}: {}", head.status, excerpt(body)));
+    }
+    match count(body, HEALTH_ENTRY) {
+        n if n == instances => Ok(()),
+        n => Err(format!("{n} entries, not {instances}")),
+    }
+}
+
+/// The instance count every `rps_part` check expects (`WATCH_BASE`), set once before the load.
+static RPS_INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+fn rps_part(knobs: &Knobs) -> Vec<RpsResult> {
+    let mut results = Vec::new();
+    if knobs.rps_secs == 0 {
+        return results;
+    }
+    let n = knobs.base;
+    RPS_INSTANCES.store(n, Relaxed);
+    println!(
+        "4. requests per second: {} keep-alive connections, one request at a time each, {} s \
+         after {} s of warm-up; a service of {n} instances",
+        knobs.rps_conns,
+        knobs.rps_secs,
+        RPS_WARMUP.as_secs()
+    );
+    let server = Server::start(None);
+    let http = server.at.http.expect("the server has no HTTP listener");
+    register_bulk(server.at.registry, FAN_SERVICE, n);
+    results.push(rps_run(
+        knobs,
+        RpsTarget {
+            label: format!("beacon GET /v1/health/service/{FAN_SERVICE}"),
+            addr: http,
+            request: format!(
+                "GET /v1/health/service/{FAN_SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            .into_bytes()
+            .into(),
+            check: |head, body| check_health(head, body, RPS_INSTANCES.load(Relaxed)),
+            pid: server.pid(),
+        },
+    ));
+    results.push(rps_run(
+        knobs,
+        RpsTarget {
+            label: format!("beacon GET /v1/services/{FAN_SERVICE}"),
+            addr: http,
+            request: format!("GET /v1/services/{FAN_SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .into_bytes()
+                .into(),
+            check: |head, body| {
+                let n = RPS_INSTANCES.load(Relaxed);
+                match count(body, br#"{"id":""#) {
+                    found if head.status == 200 && found == n => Ok(()),
+                    found => Err(format!("status {}, {found} instances", head.status)),
+                }
+            },
+            pid: server.pid(),
+        },
+    ));
+    drop(server);
+    if knobs.etcd {
+        match etcd_range_target(n) {
+            Ok((etcd, target)) => {
+                results.push(rps_run(knobs, target));
+                drop(etcd);
+            }
+            Err(why) => println!("   etcd's range read: not run ({why})"),
+        }
+    } else {
+        println!("   etcd's range read: not run (WATCH_ETCD=0)");
+    }
+    println!();
+    results
+}
+
+/// etcd's key for instance `i` of the bench's service, and the prefix they share.
+fn etcd_key(i: usize) -> String {
+    format!("/services/{FAN_SERVICE}/i{i}")
+}
+
+/// A POST of `body` to etcd's JSON gateway at `path`.
+fn etcd_gateway_request(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A fresh etcd (the peer's flags) holding `n` keys under `/services/fan/`, each value the JSON
+/// of a registration (~110 bytes, as regbench's), and the range read of that prefix through
+/// etcd's JSON gateway (`POST /v3/kv/range`, HTTP/1.1): the same load generator can drive it,
+/// where etcd's own clients speak gRPC over HTTP/2.
+fn etcd_range_target(n: usize) -> Result<(EtcdCluster, RpsTarget), String> {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    etcd_version().ok_or("etcd is not installed")?;
+    let etcd = peer_etcd()?;
+    let addr: SocketAddr = etcd.endpoints[0]
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .ok_or("etcd's endpoint is not http://ADDR")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut conn = HttpConn::connect(addr).await.map_err(|e| e.to_string())?;
+        for i in 0..n {
+            let value = format!(
+                "{{\"service\":\"{FAN_SERVICE}\",\"id\":\"i{i}\",\"address\":\"{}\",\"port\":{},\
+                 \"weight\":1,\"tags\":[],\"meta\":{{}},\"ttl_ms\":{TTL_MS}}}",
+                address_of(i),
+                1024 + i
+            );
+            let body = format!(
+                "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                b64(&etcd_key(i)),
+                b64(&value)
+            );
+            conn.send(&etcd_gateway_request("/v3/kv/put", &body))
+                .await
+                .map_err(|e| e.to_string())?;
+            let head = conn.head().await.map_err(|e| e.to_string())?;
+            let reply = conn.body(&head).await.map_err(|e| e.to_string())?;
+            if head.status != 200 {
+                return Err(format!("put refused: {}", excerpt(&reply)));
+            }
+        }
+        Ok(())
+    })?;
+    let prefix = format!("/services/{FAN_SERVICE}/");
+    // The range end of a prefix: its last byte plus one ('/' + 1 = '0').
+    let end = format!("/services/{FAN_SERVICE}0");
+    let body = format!(
+        "{{\"key\":\"{}\",\"range_end\":\"{}\"}}",
+        b64(&prefix),
+        b64(&end)
+    );
+    let target = RpsTarget {
+        label: format!("etcd POST /v3/kv/range {prefix} (JSON gateway)"),
+        addr,
+        request: etcd_gateway_request("/v3/kv/range", &body).into(),
+        check: |head, body| {
+            let want = format!("\"count\":\"{}\"", RPS_INSTANCES.load(Relaxed));
+            if head.status == 200 && memchr::memmem::find(body, want.as_bytes()).is_some() {
+                Ok(())
+            } else {
+                Err(format!("status {}: {}", head.status, excerpt(body)))
+            }
+        },
+        pid: etcd.pid(0).to_string(),
+    };
+    Ok((etcd, target))
+}
+
+fn rps_summary(knobs: &Knobs, results: &[RpsResult]) {
+    if results.is_empty() {
+        return;
+    }
+    println!(
+        "| read of a service of {} instances: {} keep-alive HTTP/1.1 connections, one request at \
+         a time each, {} s | requests/s | latency p50 / p99 / max (ms) | server CPU per request \
+         | bench client CPU per request | bytes per response |",
+        knobs.base, knobs.rps_conns, knobs.rps_secs
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for r in results {
+        println!(
+            "| {}{} | **{:.0}** | {:.3} / {:.3} / {:.3} | {:.1} µs ({:.2} cores) | {:.1} µs | {} |",
+            r.label,
+            if r.wrong + r.failed > 0 {
+                format!(
+                    " ({} wrong responses, {} connections failed: {})",
+                    r.wrong,
+                    r.failed,
+                    r.first_problem.as_deref().unwrap_or("?")
+                )
+            } else {
+                String::new()
+            },
+            r.rps(),
+            percentile(&r.latencies_ms, 50.0),
+            percentile(&r.latencies_ms, 99.0),
+            percentile(&r.latencies_ms, 100.0),
+            r.per_request_us(r.server_cpu),
+            r.server_cpu.as_secs_f64() / r.secs,
+            r.per_request_us(r.client_cpu),
+            r.response_bytes,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Summary
 
 fn summary(knobs: &Knobs, fan: &[FanResult], slow: &SlowResult, etcd: &EtcdSide) {
     let etcd_header = match etcd {
-        EtcdSide::Ran { version, .. } => format!("{version} (this run, regbench fanout)"),
+        EtcdSide::Ran { version, .. } => format!("{version} watch (this run, regbench fanout)"),
         EtcdSide::Recorded { .. } => {
-            "etcd 3.4.23 (recorded in ../shared/bench/registry-peer, not re-run)".into()
+            "etcd 3.4.23 watch (recorded in ../shared/bench/registry-peer, not re-run)".into()
         }
     };
     println!("summary");
     println!();
-    println!("| measure | beacon (this run) | {etcd_header} | target (issue 5) |");
-    println!("| --- | --- | --- | --- |");
-    for r in fan {
+    // One row per watcher count, one column per kind of watcher, etcd last.
+    let titles: Vec<String> = knobs
+        .kinds
+        .iter()
+        .map(|k| format!("beacon: {}", k.title()))
+        .collect();
+    println!(
+        "| ms from change sent to delivery read, all watchers on one service of {} instances, {} \
+         changes | {} | {etcd_header} |",
+        knobs.base,
+        knobs.changes,
+        titles.join(" | ")
+    );
+    println!("|{}", " --- |".repeat(knobs.kinds.len() + 2));
+    for &w in &knobs.watchers {
+        let cells: Vec<String> = knobs
+            .kinds
+            .iter()
+            .map(
+                |&kind| match fan.iter().find(|r| r.watchers == w && r.kind == kind) {
+                    Some(r) => format!(
+                        "**p50 {:.2} / p99 {:.2} / max {:.2}**; {}/{} {}{}",
+                        percentile(&r.delays_ms, 50.0),
+                        percentile(&r.delays_ms, 99.0),
+                        percentile(&r.delays_ms, 100.0),
+                        r.delays_ms.len(),
+                        r.expected(),
+                        kind.units(),
+                        if r.wrong + r.errors > 0 {
+                            format!(
+                                ", {} wrong, {} failed connections (first: {})",
+                                r.wrong,
+                                r.errors,
+                                r.first_problem.as_deref().unwrap_or("?")
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    None => "-".into(),
+                },
+            )
+            .collect();
         let etcd_cell = match etcd {
-            EtcdSide::Ran { runs, .. } => match runs.iter().find(|(w, _)| *w == r.watchers) {
+            EtcdSide::Ran { runs, .. } => match runs.iter().find(|(rw, _)| *rw == w) {
                 Some((_, Ok(e))) => format!(
-                    "**p50 {} / p99 {} / max {}**; {}/{} events; etcd {} ms CPU per put, \
-                     generator {} ms; put p50 {} ms ({} connections)",
+                    "**p50 {} / p99 {} / max {}**; {}/{} events",
                     e.get("p50_ms"),
                     e.get("p99_ms"),
                     e.get("max_ms"),
                     e.get("received"),
                     e.get("expected"),
-                    e.get("etcd_cpu_ms_per_put"),
-                    e.get("gen_cpu_ms_per_put"),
-                    e.get("put_p50_ms"),
-                    e.get("conns"),
                 ),
                 Some((_, Err(e))) => format!("failed: {e}"),
                 None => "-".into(),
             },
-            EtcdSide::Recorded { .. } => recorded_etcd(r.watchers)
+            EtcdSide::Recorded { .. } => recorded_etcd(w)
                 .map_or("not recorded for this count".into(), |t| {
                     format!("{t} (recorded, not re-run)")
                 }),
         };
-        let target = if r.watchers == 10_000 {
-            "≤ 50 ms p99"
-        } else {
-            "-"
-        };
+        println!("| {w} watchers | {} | {etcd_cell} |", cells.join(" | "));
+    }
+    println!();
+    println!(
+        "| watchers, kind | server CPU per change | server CPU per delivery | bench client CPU per \
+         delivery | change reply p50 | server RSS per watcher | all subscribed in |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for r in fan {
         println!(
-            "| watch fan-out, {} watchers on one service, {} changes: ms from change sent to push \
-             read | **p50 {:.2} / p99 {:.2} / max {:.2}**; {}/{} pushes{}; server {:.1} ms CPU \
-             per change ({:.2} µs per push), bench client {:.1} ms; change reply p50 {:.2} ms; \
-             {:.1} KiB RSS per watcher, all subscribed in {:.1} s | {etcd_cell} | {target} |",
+            "| {}, {} | {:.1} ms | {:.2} µs | {:.2} µs | {:.2} ms | {:.1} KiB | {:.1} s |",
             r.watchers,
-            r.changes,
-            percentile(&r.delays_ms, 50.0),
-            percentile(&r.delays_ms, 99.0),
-            percentile(&r.delays_ms, 100.0),
-            r.delays_ms.len(),
-            r.expected(),
-            if r.wrong + r.errors > 0 {
-                format!(", {} wrong lines, {} failed connections", r.wrong, r.errors)
-            } else {
-                String::new()
-            },
+            r.kind.title(),
             r.cpu_ms_per_change(r.server_cpu),
             us(r.server_cpu) / r.expected() as f64,
-            r.cpu_ms_per_change(r.client_cpu),
+            us(r.client_cpu) / r.expected() as f64,
             percentile(&r.reply_ms, 50.0),
             r.rss_watching.rss_kib.saturating_sub(r.rss_before.rss_kib) as f64 / r.watchers as f64,
             r.subscribe.as_secs_f64(),
         );
     }
+    if let EtcdSide::Ran { version, runs } = etcd {
+        for (w, run) in runs {
+            if let Ok(e) = run {
+                println!(
+                    "| {w}, {version} watch ({} connections) | {} ms (etcd) | {:.2} µs | {:.2} µs \
+                     | {} ms (put) | - | - |",
+                    e.get("conns"),
+                    e.get("etcd_cpu_ms_per_put"),
+                    e.num("etcd_cpu_ms_per_put") * 1e3 / *w as f64,
+                    e.num("gen_cpu_ms_per_put") * 1e3 / *w as f64,
+                    e.get("put_p50_ms"),
+                );
+            }
+        }
+    }
+    println!();
     let d = &slow.drained;
     let dropped = match &slow.dropped {
         Some((at, _)) => format!(
@@ -1252,12 +2096,13 @@ fn summary(knobs: &Knobs, fan: &[FanResult], slow: &SlowResult, etcd: &EtcdSide)
             d.end
         ),
     };
+    println!("| slow watcher (protocol watch) | beacon (this run) | target (issue 5) |");
+    println!("| --- | --- | --- |");
     println!(
-        "| slow watcher: never reads; {} instances ({:.0} KB per push), watch_write_timeout {} \
-         ms, {} changes in {:.1} s ({:.0} MB of pushes per watcher) | {dropped}; server RSS \
-         {:.1} → peak {:.1} → {:.1} MiB; normal watcher on the same server: **{}/{} versions** \
-         in order, p50/p99 {:.2}/{:.2} ms | - | dropped; memory bounded; other watchers \
-         unaffected |",
+        "| never reads; {} instances ({:.0} KB per push), watch_write_timeout {} ms, {} changes in \
+         {:.1} s ({:.0} MB of pushes per watcher) | {dropped}; server RSS {:.1} → peak {:.1} → \
+         {:.1} MiB; normal watcher on the same server: **{}/{} versions** in order, p50/p99 \
+         {:.2}/{:.2} ms | dropped; memory bounded; other watchers unaffected |",
         slow.instances,
         slow.push_bytes as f64 / 1e3,
         slow.write_timeout_ms,
@@ -1274,6 +2119,10 @@ fn summary(knobs: &Knobs, fan: &[FanResult], slow: &SlowResult, etcd: &EtcdSide)
     );
     println!();
     println!("machine: {}", machine());
+    println!(
+        "beacon: a fresh server per (watcher count, kind); every kind gets the same service and \
+         the same changes; issue 5's target is ≤ 50 ms p99 for 10 000 protocol watchers"
+    );
     match etcd {
         EtcdSide::Ran { version, .. } => println!(
             "etcd: {version} started fresh for each count on unused 127.0.0.1 ports with \
@@ -1290,7 +2139,7 @@ fn summary(knobs: &Knobs, fan: &[FanResult], slow: &SlowResult, etcd: &EtcdSide)
     }
     println!(
         "both sides: the load generator shares the 2 cores with the server; a sample is the time \
-         from the change (put) being written to the push (event) being read."
+         from the change (put) being written to the push (response, event) being read."
     );
     for r in fan {
         let (server, client) = (
@@ -1298,10 +2147,12 @@ fn summary(knobs: &Knobs, fan: &[FanResult], slow: &SlowResult, etcd: &EtcdSide)
             us(r.client_cpu) / r.expected() as f64,
         );
         println!(
-            "CPU floor at {} watchers: server {server:.2} + bench client {client:.2} µs per push \
-             = {:.0} ms of CPU per change, {:.0} ms of wall time on 2 cores: no change can reach \
-             its last watcher sooner",
+            "CPU floor at {} watchers, {}: server {server:.2} + bench client {client:.2} µs per \
+             {} = {:.0} ms of CPU per change, {:.0} ms of wall time on 2 cores: no change can \
+             reach its last watcher sooner",
             r.watchers,
+            r.kind.title(),
+            r.kind.unit(),
             (server + client) * r.watchers as f64 / 1e3,
             (server + client) * r.watchers as f64 / 2e3,
         );

@@ -21,10 +21,14 @@ use hickory_proto::rr::{Name, RData, RecordType};
 pub const BEACON: &str = env!("CARGO_BIN_EXE_beacon");
 
 /// The server's command line after the binary (and `--config FILE`, when there is one).
-const SERVE_ARGS: [&str; 8] = [
+const SERVE_ARGS: [&str; 10] = [
     "--dns",
     "127.0.0.1:0",
     "--listen",
+    "127.0.0.1:0",
+    // An ephemeral port rather than the default 127.0.0.1:8500, which another server on the
+    // machine may hold (and a bench server would take from it).
+    "--http",
     "127.0.0.1:0",
     "--log-level",
     "warn",
@@ -77,6 +81,8 @@ impl Drop for Proc {
 pub struct ServerAt {
     pub dns: SocketAddr,
     pub registry: SocketAddr,
+    /// The HTTP listener (docs/HTTP.md), unless a configuration switched it off.
+    pub http: Option<SocketAddr>,
     pub domain: String,
 }
 
@@ -170,10 +176,16 @@ impl Server {
             registry: field("registry=")
                 .parse()
                 .expect("registry= is not an address"),
+            http: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("http="))
+                .map(|a| a.parse().expect("http= is not an address")),
             domain: field("domain="),
         };
         assert!(
-            at.dns.ip().is_loopback() && at.registry.ip().is_loopback(),
+            at.dns.ip().is_loopback()
+                && at.registry.ip().is_loopback()
+                && at.http.is_none_or(|a| a.ip().is_loopback()),
             "the server must listen on 127.0.0.1: {line:?}"
         );
         Server {
