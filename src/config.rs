@@ -58,6 +58,9 @@ pub struct HttpConfig {
     pub listen: Option<String>,
     /// The datacenter Consul's API reports (`/v1/agent/self`, `/v1/catalog/datacenters`).
     pub datacenter: String,
+    /// Most simultaneous HTTP connections (blocking reads and event streams included); further
+    /// ones are closed at once, so a flood of connections costs bounded memory.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +68,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: None,
             datacenter: "dc1".to_string(),
+            max_connections: 16_384,
         }
     }
 }
@@ -706,6 +710,9 @@ impl Config {
                     format!("{listen:?} is neither ADDR:PORT nor off"),
                 );
             }
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1".into());
         }
         let dc = &self.http.datacenter;
         if dc.is_empty()

@@ -301,6 +301,7 @@ pub async fn run(
             datacenter: config.http.datacenter.clone(),
             auth: auth.clone(),
             rate_limited: rate_limited.clone(),
+            max_connections: config.http.max_connections,
         };
         crate::http::serve(
             listener,

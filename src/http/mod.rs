@@ -56,6 +56,8 @@ pub struct Settings {
     pub auth: Arc<Auth>,
     /// The DNS rate limiter's counters, for `/metrics`.
     pub rate_limited: Arc<crate::dns::rrl::RateLimitCounters>,
+    /// `http.max_connections`.
+    pub max_connections: usize,
 }
 
 /// The router: every endpoint, and a JSON 404 for anything else.
@@ -159,8 +161,8 @@ async fn require_signature(
         Err(error) => {
             let source = request
                 .extensions()
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map_or(state.address.ip(), |c| c.0.ip());
+                .get::<axum::extract::ConnectInfo<Peer>>()
+                .map_or(state.address.ip(), |c| c.0 .0.ip());
             crate::auth::log_refusal(source, Some(key), "http", &error.to_string());
             refused(error.to_string())
         }
@@ -200,8 +202,12 @@ pub async fn serve(
         }
     };
     let app = router(registry, &settings, address, shutdown.clone());
+    let listener = Bounded {
+        inner: listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
+    };
     tracker.spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let app = app.into_make_service_with_connect_info::<Peer>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
@@ -209,4 +215,101 @@ pub async fn serve(
             tracing::error!(%error, "the HTTP listener failed");
         }
     });
+}
+
+/// The HTTP listener with a bound on its connections (`http.max_connections`): one beyond it is
+/// closed at once (and logged, rate-limited), as the protocol's TCP listener does, so a flood
+/// of connections or of idle blocking reads costs bounded memory.
+struct Bounded {
+    inner: TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection holding its place under the bound until it closes.
+struct Permitted {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Permitted;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, most likely: pause rather than spin.
+                    tracing::debug!(%error, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    return (
+                        Permitted {
+                            stream,
+                            _permit: permit,
+                        },
+                        peer,
+                    )
+                }
+                Err(_) => {
+                    if let Some(suppressed) = crate::net::log_limit::REFUSALS.allow() {
+                        tracing::warn!(%peer, suppressed, "too many HTTP connections (http.max_connections); closing this one");
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for Permitted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Permitted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The client's address, for the refusal log.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Bounded>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Bounded>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }

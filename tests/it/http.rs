@@ -758,3 +758,52 @@ fn signed_reads_need_a_signed_authorization_header() {
     assert_eq!(signed_get("/v1/services", "nobody", now).status, 401);
     assert_eq!(quick(http, "/metrics").status, 200);
 }
+
+/// `http.max_connections` bounds the listener: a connection beyond it is closed at once, with
+/// no reply, and one fits again when another closes.
+#[test]
+fn connections_beyond_the_bound_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("beacon.toml");
+    std::fs::write(&config, "[http]\nmax_connections = 2\n").unwrap();
+    let server = Server::start(&[
+        "--http",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let http = server.http.unwrap();
+    let index = quick(http, "/v1/services").index("x-beacon-index").max(1);
+    // Two blocking reads hold both places.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(http).unwrap();
+            write!(
+                stream,
+                "GET /v1/services?index={index}&wait=30s HTTP/1.1\r\nHost: beacon\r\n\r\n"
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = TcpStream::connect(http).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(third, "GET /v1/status HTTP/1.1\r\nHost: beacon\r\n\r\n");
+    let mut reply = Vec::new();
+    let _ = third.read_to_end(&mut reply);
+    assert!(
+        reply.is_empty(),
+        "closed without a reply: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        quick(http, "/v1/status").status,
+        200,
+        "a place is free again"
+    );
+}
