@@ -53,6 +53,7 @@ pub async fn start(
     } else {
         config.node.clone()
     };
+    registry.set_node_name(&node);
     let mut task = Node::new(config.clone(), node, registry, log, changes);
     task.security = security;
     task.first_sync = Some(synced_tx);

@@ -70,8 +70,8 @@ pub struct InstanceView {
     ttl_ms: u64,
     /// Milliseconds left on the lease; `null` for an instance another cluster node holds.
     expires_in_ms: Option<u64>,
-    /// The node that holds the lease: this one's name, or `null` for another cluster node's
-    /// instance (etcd does not say which).
+    /// The node that holds the lease: this one's name, or in cluster mode the name of the node
+    /// that wrote it to etcd (`null` only for a value written by a beacon that did not say).
     node: Option<String>,
 }
 
@@ -99,6 +99,15 @@ pub async fn service(
     .await;
     let now = state.registry.now_ms();
     let live_at = state.registry.live_at(now);
+    let nodes = state.registry.node_names();
+    let holder = |i: &crate::registry::Instance| -> Option<String> {
+        if !i.is_remote() {
+            return Some(state.node.to_string());
+        }
+        nodes
+            .get(usize::from(i.holder()).checked_sub(1)?)
+            .map(|n| n.to_string())
+    };
     let instances = state
         .registry
         .service(&name)
@@ -117,7 +126,7 @@ pub async fn service(
                         .collect(),
                     ttl_ms: i.ttl().as_millis() as u64,
                     expires_in_ms: (!i.is_remote()).then(|| i.remaining_ms(now)),
-                    node: (!i.is_remote()).then(|| state.node.to_string()),
+                    node: holder(i),
                 })
                 .collect()
         })

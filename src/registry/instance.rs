@@ -1,7 +1,7 @@
 //! One registered instance, and the validation that turns a provider's request into one.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,10 @@ pub struct Instance {
     owner: super::Owner,
     /// The stamp of the last signed request applied to it (0: none); see `ownership`.
     stamp: AtomicU64,
+    /// Cluster mode: the node that holds a remote instance's lease, an index into the
+    /// registry's node names (0: this node, or not known). Atomic because a provider that moves
+    /// between nodes moves it without replacing the instance. 2 bytes: it fits the padding.
+    node: AtomicU16,
     /// Registry-clock milliseconds at which the lease runs out.
     deadline_ms: AtomicU64,
     /// The deadline this instance is filed under in the registry's deadline queue: at most
@@ -70,6 +74,17 @@ impl Instance {
     /// The key that registered it, as the registry's owners number it.
     pub(super) fn owner(&self) -> super::Owner {
         self.owner
+    }
+
+    /// The node that holds a remote instance, as the registry numbers node names (0: this node
+    /// or not known); see [`super::Registry::node_names`].
+    pub fn holder(&self) -> u16 {
+        self.node.load(Ordering::Relaxed)
+    }
+
+    /// Written under the registry's lock only.
+    pub(super) fn set_holder(&self, node: u16) {
+        self.node.store(node, Ordering::Relaxed);
     }
 
     /// Lease in milliseconds.
@@ -143,6 +158,7 @@ impl Instance {
             ttl: self.ttl(),
             owner: owner.map(String::from),
             stamp: self.stamp(),
+            node: None,
         }
     }
 
@@ -168,6 +184,7 @@ impl Instance {
         service: Arc<str>,
         id: super::InstanceId,
         owner: super::Owner,
+        node: u16,
         reg: &Registration,
         deadline_ms: u64,
         seq: u64,
@@ -188,6 +205,7 @@ impl Instance {
             ttl_ms: u32::try_from(reg.ttl.as_millis()).unwrap_or(u32::MAX),
             owner,
             stamp: AtomicU64::new(reg.stamp),
+            node: AtomicU16::new(node),
             deadline_ms: AtomicU64::new(deadline_ms),
             queued_ms: AtomicU64::new(deadline_ms),
             seq,
@@ -279,6 +297,9 @@ pub struct Registration {
     /// restart, a captured older request for it is still refused.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stamp: u64,
+    /// Cluster mode: the name of the node that wrote it to etcd (holds its lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -289,11 +310,12 @@ impl Registration {
     /// Checks a registration kept elsewhere (on disk, in etcd) against the limits in force now,
     /// keeping its owner and stamp.
     pub fn revalidate(self, limits: &Limits) -> Result<Registration, RegistryError> {
-        let (owner, stamp) = (self.owner.clone(), self.stamp);
+        let (owner, stamp, node) = (self.owner.clone(), self.stamp, self.node.clone());
         let reg = RegistrationRequest::from(self).validate(limits)?;
         Ok(Registration {
             owner,
             stamp,
+            node,
             ..reg
         })
     }
@@ -430,6 +452,7 @@ impl RegistrationRequest {
             ttl,
             owner: None,
             stamp: 0,
+            node: None,
         })
     }
 }

@@ -407,6 +407,10 @@ struct State {
     tombstones: ownership::Tombstones,
     /// The last changes, with their kinds and times (the web view's list).
     recent: recent::Recent,
+    /// Cluster mode: the names of the nodes that hold remote instances, numbered.
+    nodes: ownership::Owners,
+    /// Cluster mode: this node's name, written with every registration it puts in etcd.
+    node_name: Option<Arc<str>>,
 }
 
 impl Registry {
@@ -570,6 +574,17 @@ impl Registry {
     /// [`RECENT_CHANGES`]), oldest first.
     pub fn recent_changes(&self, version: u64) -> Vec<RecentChange> {
         self.lock_state().recent.since(version)
+    }
+
+    /// Cluster mode: names this node in every registration it writes (so the others can say
+    /// which node holds an instance).
+    pub fn set_node_name(&self, name: &str) {
+        self.lock_state().node_name = Some(name.into());
+    }
+
+    /// The names of the nodes holding remote instances, by [`Instance::holder`] - 1.
+    pub fn node_names(&self) -> Vec<Arc<str>> {
+        self.lock_state().nodes.all()
     }
 
     /// From now on, a signed request for an instance this registry holds no record of must
@@ -1189,6 +1204,16 @@ impl State {
         self.instance_count - self.remote_count
     }
 
+    /// The number of the node that holds `reg` (0 for this node's own, `deadline` not remote).
+    fn holder_of(&mut self, reg: &Registration, deadline: u64) -> u16 {
+        match reg.node.as_deref() {
+            Some(name) if deadline == REMOTE_DEADLINE => {
+                u16::try_from(self.nodes.get(name)).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
     /// The number of `reg`'s owner as instances carry it (`None`: a key no instance ever had).
     fn owner_of(&self, reg: &Registration) -> Option<Owner> {
         match reg.owner.as_deref() {
@@ -1213,11 +1238,13 @@ impl State {
             .owner
             .as_deref()
             .map_or(NO_OWNER, |name| self.owners.get(name));
+        let node = self.holder_of(reg, deadline);
         self.tombstones.revive(&reg.service, &reg.id);
         let instance = Arc::new(Instance::from_registration(
             service.clone(),
             id.clone(),
             owner,
+            node,
             reg,
             deadline,
             self.next_seq,
@@ -1262,8 +1289,16 @@ impl State {
 
     fn submit_put(&self, reg: &Registration, version: u64) {
         if let Some(log) = &self.change_log {
-            // Plain strings, numbers and a duration: encoding cannot fail.
-            let value = serde_json::to_vec(reg).unwrap_or_default();
+            // Plain strings, numbers and a duration: encoding cannot fail. In cluster mode the
+            // value names this node, which holds the lease.
+            let value = match &self.node_name {
+                Some(name) => serde_json::to_vec(&Registration {
+                    node: Some(name.to_string()),
+                    ..reg.clone()
+                }),
+                None => serde_json::to_vec(reg),
+            }
+            .unwrap_or_default();
             let put = Change::Put {
                 service: reg.service.clone(),
                 id: reg.id.clone(),
@@ -1338,6 +1373,8 @@ impl State {
         self.preservation.superseded(&reg.service, &reg.id);
         match self.find(&reg.service, &reg.id) {
             Some(old) if old.same_as(reg, self.owner_of(reg)) => {
+                let holder = self.holder_of(reg, REMOTE_DEADLINE);
+                old.set_holder(holder);
                 if !old.is_remote() {
                     self.deadlines.remove(&old.queue_key());
                     old.set_deadline_ms(REMOTE_DEADLINE);

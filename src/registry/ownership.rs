@@ -69,6 +69,11 @@ impl Owners {
         self.index.get(name).copied()
     }
 
+    /// Every name, numbered from 1 by position.
+    pub(super) fn all(&self) -> Vec<Arc<str>> {
+        self.names.clone()
+    }
+
     /// The name of `owner`; `None` for [`NO_OWNER`].
     pub(super) fn name(&self, owner: Owner) -> Option<&str> {
         (owner != NO_OWNER)

@@ -203,6 +203,7 @@ mod tests {
             "web".into(),
             id.into(),
             crate::registry::NO_OWNER,
+            0,
             &reg,
             0,
             seq,

@@ -951,13 +951,18 @@ async fn ownership_and_replay_stamps_travel_through_etcd() {
     let keys_dir = tempfile::tempdir().unwrap();
     let keys = keys_dir.path().join("keys");
     std::fs::write(&keys, format!("web-key {} web\n", crate::auth::WEB_SECRET)).unwrap();
-    let with_keys = vec!["--keys".to_string(), keys.display().to_string()];
+    let http = ["--http".to_string(), "127.0.0.1:0".to_string()];
+    let with_keys = [
+        vec!["--keys".to_string(), keys.display().to_string()],
+        http.to_vec(),
+    ]
+    .concat();
     let nodes = Nodes::start_each(
         &etcd,
         "/it-owner/",
         "3s",
         "",
-        [with_keys.clone(), Vec::new(), with_keys],
+        [with_keys.clone(), http.to_vec(), with_keys],
     );
     let (a, b, c) = (nodes.server(0), nodes.server(1), nodes.server(2));
     let now = crate::auth::now_ms();
@@ -973,6 +978,13 @@ async fn ownership_and_replay_stamps_travel_through_etcd() {
     })
     .await;
     assert!(seen.iter().all(Option::is_some), "{seen:?}");
+    // The HTTP API of every node names the node that holds the instance: a.
+    for node in [a, b, c] {
+        let http = node.http.expect("each node serves HTTP");
+        let page = http_get(http, "GET /v1/services/web HTTP/1.0");
+        let body: Value = serde_json::from_str(page.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body["instances"][0]["node"], "a", "{body}");
+    }
 
     // b has no keys (protected mode: unsigned changes from loopback), yet the instance is
     // web-key's: an unsigned deregister there is refused, and names the key.
