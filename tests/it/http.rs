@@ -205,6 +205,19 @@ fn consuls_catalog_api_answers_its_clients_queries() {
     // Repeated tag: every one must match.
     let tagged = quick(http, "/v1/health/service/web?tag=v2&tag=primary").json();
     assert_eq!(tagged.as_array().unwrap().len(), 1);
+    // The exact shapes Prometheus' discovery/consul sends (catalog.Services, then
+    // health.ServiceMultipleTags with passingOnly false), node-meta included.
+    let index = catalog.index("x-consul-index");
+    let prometheus = [
+        format!("/v1/catalog/services?index={}&node-meta=rack%3Ar1&stale=&wait=30000ms", index - 1),
+        format!("/v1/health/service/web?index={}&node-meta=rack%3Ar1&stale=&tag=v2&tag=primary&wait=30000ms", index - 1),
+    ];
+    for path in prometheus {
+        let reply = quick(http, &path);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        assert_eq!(reply.index("x-consul-index"), index, "{path}");
+        assert_eq!(reply.header("x-consul-knownleader"), Some("true"));
+    }
     let catalog = quick(http, "/v1/catalog/service/web?tag=v2").json();
     assert_eq!(catalog.as_array().unwrap().len(), 2);
     for field in [
