@@ -44,6 +44,8 @@ pub struct State {
     auth: Arc<Auth>,
     /// The DNS rate limiter's counters, for `/metrics`.
     rate_limited: Arc<crate::dns::rrl::RateLimitCounters>,
+    /// Health replies shared by the readers one change wakes.
+    bodies: Arc<consul::BodyCache>,
 }
 
 /// The HTTP side's settings.
@@ -75,6 +77,7 @@ pub fn router(
         shutdown,
         auth: settings.auth.clone(),
         rate_limited: settings.rate_limited.clone(),
+        bodies: Arc::default(),
     };
     let reads = Router::new()
         .route("/v1/services", get(api::services))
