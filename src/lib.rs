@@ -37,3 +37,6 @@ pub mod protocol;
 pub mod registry;
 pub mod serve;
 pub mod store;
+
+#[cfg(test)]
+mod fuzz_replay;

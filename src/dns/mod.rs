@@ -27,6 +27,8 @@
 pub mod answer;
 mod fast;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod order;
 pub mod rrl;
 pub mod server;

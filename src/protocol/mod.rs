@@ -6,6 +6,8 @@
 //! requests to the [`Registry`]. It knows nothing about sockets: [`server`] does.
 
 mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod watch;
 
