@@ -37,7 +37,6 @@ impl Default for DnsHarness {
                 tags: vec!["blue".into()],
                 meta,
                 ttl: Some(Duration::from_secs(3600)),
-                ..Default::default()
             }
             .validate(registry.limits())
             .expect("a valid registration");
