@@ -441,7 +441,6 @@ fn record_header(record: &mut [u8], name: u16, rtype: u16, ttl: u32, rdata_len: 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::str::FromStr;
 
     use hickory_proto::op::{Edns, Message, Query};
@@ -533,31 +532,7 @@ mod tests {
         message.to_vec().unwrap()
     }
 
-    /// Everything a client can observe but the additional section, with record order (which
-    /// rotates) left out; and the additional section apart.
-    fn observable(bytes: &[u8]) -> (String, BTreeSet<String>) {
-        let m = Message::from_vec(bytes).unwrap();
-        let set = |records: &[hickory_proto::rr::Record]| -> BTreeSet<String> {
-            records
-                .iter()
-                .map(|r| r.to_string().to_ascii_lowercase())
-                .collect()
-        };
-        let main = format!(
-            "{:?} aa={} tc={} rd={} ra={} cd={} q={:?} an={:?} ns={:?} edns={:?}",
-            m.metadata.response_code,
-            m.metadata.authoritative,
-            m.metadata.truncation,
-            m.metadata.recursion_desired,
-            m.metadata.recursion_available,
-            m.metadata.checking_disabled,
-            m.queries,
-            set(&m.answers),
-            set(&m.authorities),
-            m.edns.map(|e| (e.max_payload(), e.version())),
-        );
-        (main, set(&m.additionals))
-    }
+    use crate::dns::fuzzing::observable;
 
     #[tokio::test]
     async fn fast_answers_equal_the_general_paths() {

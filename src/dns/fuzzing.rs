@@ -104,8 +104,9 @@ impl DnsHarness {
     }
 }
 
-/// What a client can observe, records as sets (their order is drawn per answer).
-fn observable(bytes: &[u8]) -> (String, BTreeSet<String>) {
+/// What a client can observe, records as sets (their order is drawn per answer), the additional
+/// section apart; shared with the fast path's unit test.
+pub(super) fn observable(bytes: &[u8]) -> (String, BTreeSet<String>) {
     let m = Message::from_vec(bytes).expect("an answer that parses");
     let set = |records: &[hickory_proto::rr::Record]| -> BTreeSet<String> {
         records
