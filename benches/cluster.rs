@@ -164,7 +164,9 @@ fn main() {
     let nodes: Vec<Server> = ["a", "b", "c"]
         .iter()
         .enumerate()
-        .map(|(i, name)| Server::start_logged(Some(&node_config(&etcd.endpoints, i, name))))
+        .map(|(i, name)| {
+            Server::start_logged(Some(&node_config(&etcd.endpoints, i, name, DNS_PAYLOAD)))
+        })
         .collect();
     let synced = Instant::now();
     for (node, name) in nodes.iter().zip(["a", "b", "c"]) {
@@ -198,18 +200,6 @@ fn main() {
     summary(&knobs, &version, &floor, &beacon, scale.as_ref(), &warnings);
     println!();
     println!("total {:.1} s", started.elapsed().as_secs_f64());
-}
-
-/// Node `i`'s configuration: every endpoint, starting with member i + 1's, as a node would list
-/// the member next to it first (a node that talks to one member at a time starts there).
-fn node_config(endpoints: &[String], i: usize, name: &str) -> String {
-    let list: Vec<String> = (0..endpoints.len())
-        .map(|k| format!("\"{}\"", endpoints[(i + k) % endpoints.len()]))
-        .collect();
-    format!(
-        "[cluster]\netcd = [{}]\nnode = \"{name}\"\n\n[dns]\nmax_udp_payload = {DNS_PAYLOAD}\n",
-        list.join(", ")
-    )
 }
 
 /// Waits (up to 30 s) until the node's `list` is no longer marked stale: its first sync with
@@ -680,32 +670,6 @@ impl Watch {
             .into_inner()
             .unwrap();
         (log, error)
-    }
-}
-
-/// The indices of the instances `i<k>` (k < n) a push lists: every `"id":"i<k>"`. Ids are the
-/// only strings after an `"id":` member in a push of this bench (no metadata is registered).
-fn instance_ids(line: &[u8], n: usize, out: &mut Vec<usize>) {
-    const NEEDLE: &[u8] = b"\"id\":\"i";
-    out.clear();
-    let mut at = 0;
-    while let Some(pos) = line[at..]
-        .windows(NEEDLE.len())
-        .position(|w| w == NEEDLE)
-        .map(|p| at + p + NEEDLE.len())
-    {
-        let digits = line[pos..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if let Some(i) = std::str::from_utf8(&line[pos..pos + digits])
-            .ok()
-            .and_then(|d| d.parse::<usize>().ok())
-            .filter(|&i| i < n)
-        {
-            out.push(i);
-        }
-        at = pos + digits;
     }
 }
 
@@ -1181,7 +1145,7 @@ fn scale_new_node(n: usize, etcd: &EtcdCluster, scale: &mut Scale) {
     let q = (n - 1).min(SCALE_SERVICES - 1);
     let expected: HashSet<Ipv4Addr> = (q..n).step_by(SCALE_SERVICES).map(address_of).collect();
     scale.d_expected = expected.len();
-    let config = node_config(&etcd.endpoints, 3, "d");
+    let config = node_config(&etcd.endpoints, 3, "d", DNS_PAYLOAD);
     let spawned = Instant::now();
     let d = Server::start_logged(Some(&config));
     scale.d_listening_ms = ms(spawned.elapsed());

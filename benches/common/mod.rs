@@ -101,13 +101,20 @@ pub struct Server {
 impl Server {
     /// Starts `beacon serve` on ephemeral loopback ports, with `config` (TOML) when given.
     pub fn start(config: Option<&str>) -> Server {
-        Server::start_with(config, false)
+        Server::start_with(config, false, None, &[])
+    }
+
+    /// As [`Server::start`], on the addresses of `at` when given (a restarted server takes its
+    /// predecessor's ports, so its clients need not be told), with `extra` arguments appended
+    /// (such as `--data-dir DIR`).
+    pub fn start_at(config: Option<&str>, at: Option<&ServerAt>, extra: &[&str]) -> Server {
+        Server::start_with(config, false, at, extra)
     }
 
     /// As [`Server::start`], but the server's stderr is also kept, line by line, for
     /// [`Server::logged`] (and still copied to this process's stderr).
     pub fn start_logged(config: Option<&str>) -> Server {
-        Server::start_with(config, true)
+        Server::start_with(config, true, None, &[])
     }
 
     /// The first line the server wrote on stderr that contains `needle` (only for a server
@@ -118,7 +125,21 @@ impl Server {
         lines.iter().find(|l| l.contains(needle)).cloned()
     }
 
-    fn start_with(config: Option<&str>, keep_stderr: bool) -> Server {
+    fn start_with(
+        config: Option<&str>,
+        keep_stderr: bool,
+        at: Option<&ServerAt>,
+        extra: &[&str],
+    ) -> Server {
+        let mut args: Vec<String> = SERVE_ARGS.iter().map(|a| a.to_string()).collect();
+        if let Some(at) = at {
+            args[1] = at.dns.to_string();
+            args[3] = at.registry.to_string();
+            if let Some(http) = at.http {
+                args[5] = http.to_string();
+            }
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut command = Command::new(BEACON);
         command.arg("serve");
         let file = config.map(|config| {
@@ -135,7 +156,7 @@ impl Server {
         let mut process = Proc::spawn(
             "beacon serve",
             command
-                .args(SERVE_ARGS)
+                .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(if keep_stderr {
@@ -392,11 +413,18 @@ impl DnsClient {
         query[..2].copy_from_slice(&self.id.to_be_bytes());
         for _attempt in 0..self.attempts {
             let sent = Instant::now();
-            self.socket.send(query).expect("cannot send a query");
+            match self.socket.send(query) {
+                Ok(_) => {}
+                // A server being restarted (the soak's kill -9): this attempt gets nothing.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => panic!("cannot send a query: {e}"),
+            }
             loop {
                 let len = match self.socket.recv(&mut self.buf) {
                     Ok(len) => len,
                     Err(e) if is_timeout(&e) => break,
+                    // The ICMP port unreachable of a server that is down: no answer to this one.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
                     Err(e) => panic!("DNS receive failed: {e}"),
                 };
                 let received = Instant::now();
@@ -594,10 +622,15 @@ impl EtcdCluster {
     /// if it is still there 30 s later), starts it again on the same data directory and ports
     /// (its log goes to a file of its own), and waits (up to 30 s) until it reports a leader.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        self.restart_after(i, libc::SIGTERM)
+    }
+
+    /// As [`EtcdCluster::restart`], stopping member `i` with `signal` (SIGKILL for a crash).
+    pub fn restart_after(&mut self, i: usize, signal: libc::c_int) -> Result<(), String> {
         let pid = self.pid(i);
         // SAFETY: kill(2) with a PID of our own child that has not been reaped yet, so the PID
         // cannot belong to anything else.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
         let stopping = Instant::now();
         loop {
             match self.members[i].child.try_wait() {
@@ -866,6 +899,50 @@ pub fn query_bytes_payload(name: &Name, rtype: RecordType, payload: u16) -> Vec<
     opt.set_max_payload(payload);
     message.set_edns(opt);
     message.to_vec().expect("cannot encode a query")
+}
+
+/// Open file descriptors of a process (entries of /proc/PID/fd); 0 when it cannot be read.
+pub fn open_fds(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The indices of the instances `i<k>` (k < n) a `list` reply or watch push names: every
+/// `"id":"i<k>"`. Ids are the only strings after an `"id":` member in the benches' data (no
+/// metadata is registered).
+pub fn instance_ids(line: &[u8], n: usize, out: &mut Vec<usize>) {
+    const NEEDLE: &[u8] = b"\"id\":\"i";
+    out.clear();
+    let mut at = 0;
+    while let Some(pos) = line[at..]
+        .windows(NEEDLE.len())
+        .position(|w| w == NEEDLE)
+        .map(|p| at + p + NEEDLE.len())
+    {
+        let digits = line[pos..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if let Some(i) = std::str::from_utf8(&line[pos..pos + digits])
+            .ok()
+            .and_then(|d| d.parse::<usize>().ok())
+            .filter(|&i| i < n)
+        {
+            out.push(i);
+        }
+        at = pos + digits;
+    }
+}
+
+/// A cluster node's configuration: every endpoint, starting with member i + 1's, as a node would
+/// list the member next to it first (a node that talks to one member at a time starts there).
+pub fn node_config(endpoints: &[String], i: usize, name: &str, dns_payload: u16) -> String {
+    let list: Vec<String> = (0..endpoints.len())
+        .map(|k| format!("\"{}\"", endpoints[(i + k) % endpoints.len()]))
+        .collect();
+    format!(
+        "[cluster]\netcd = [{}]\nnode = \"{name}\"\n\n[dns]\nmax_udp_payload = {dns_payload}\n",
+        list.join(", ")
+    )
 }
 
 /// VmHWM (peak resident memory) of a process, KiB; 0 when it cannot be read.
