@@ -29,9 +29,12 @@ out=${SOAK_OUT:-/tmp/beacon-soak}
 plot=${SOAK_PLOT-$repo/docs/soak.png}
 mkdir -p "$out"
 
+# Debian's python3-matplotlib is for /usr/bin/python3, which may not be the python3 on PATH.
+python=python3
+python3 -c 'import matplotlib' 2>/dev/null || python=/usr/bin/python3
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
-python3 -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
+"$python" -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
 if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -41,6 +44,6 @@ cd "$repo"
 cargo build --release --quiet --features etcd
 SOAK_OUT=$out SOAK_STAMP="$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   cargo bench --quiet --features etcd --bench soak 2> "$out/stderr.log" | tee "$out/stdout.log"
-python3 "$repo/bench/soak_plot.py" "$out" "$out/soak.png"
+"$python" "$repo/bench/soak_plot.py" "$out" "$out/soak.png"
 if [[ -n $plot ]]; then cp "$out/soak.png" "$plot"; fi
 echo "bench/soak.sh: $out/summary.md, $out/soak.png${plot:+, $plot}"

@@ -798,10 +798,21 @@ fn list_check(shared: &Shared, node: usize) -> Option<Listed> {
     })
 }
 
+/// When a fault settled.
+struct Settled {
+    /// Every node listed every acknowledged instance and none was stale.
+    at: Option<Instant>,
+    /// The first time every node listed every acknowledged instance, stale or not (a node cut
+    /// off from etcd answers from its last view, docs/PROTOCOL.md §3.4).
+    complete: Option<Instant>,
+    /// Instances still missing when it never settled (added to the lost set).
+    lost: usize,
+}
+
 /// Polls every node's list until each holds every acknowledged instance (and is not stale),
-/// at most [`RECOVERY_LIMIT`] after `since`. Returns when that was, and the instances still
-/// missing (lost, added to the lost set) if it never was.
-fn settle(shared: &Shared, since: Instant) -> (Option<Instant>, usize) {
+/// at most [`RECOVERY_LIMIT`] after `since`.
+fn settle(shared: &Shared, since: Instant) -> Settled {
+    let mut complete_at = None;
     loop {
         let mut missing = std::collections::HashSet::new();
         let mut complete = true;
@@ -814,13 +825,25 @@ fn settle(shared: &Shared, since: Instant) -> (Option<Instant>, usize) {
                 None => complete = false,
             }
         }
+        let now = Instant::now();
+        if missing.is_empty() && complete_at.is_none() {
+            complete_at = Some(now);
+        }
         if complete {
-            return (Some(Instant::now()), 0);
+            return Settled {
+                at: Some(now),
+                complete: complete_at,
+                lost: 0,
+            };
         }
         if since.elapsed() > RECOVERY_LIMIT {
-            let count = missing.len();
+            let lost = missing.len();
             lock(&shared.stats.lost).extend(missing);
-            return (None, count);
+            return Settled {
+                at: None,
+                complete: complete_at,
+                lost,
+            };
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -834,8 +857,41 @@ struct Fault {
     part: usize,
     what: String,
     recovery_ms: Option<f64>,
+    /// Kill -> every acknowledged instance listed by every node, stale or not.
+    complete_ms: Option<f64>,
     lost: usize,
     window: usize,
+}
+
+impl Fault {
+    fn new(
+        t0: Instant,
+        kill: Instant,
+        part: usize,
+        what: String,
+        settled: &Settled,
+        window: usize,
+    ) -> Fault {
+        let fault = Fault {
+            t: (kill - t0).as_secs_f64(),
+            part,
+            what,
+            recovery_ms: settled.at.map(|s| ms(s - kill)),
+            complete_ms: settled.complete.map(|s| ms(s - kill)),
+            lost: settled.lost,
+            window,
+        };
+        println!(
+            "   {:>7.1} s  {}: recovered in {}, lost {}",
+            fault.t,
+            fault.what,
+            fault
+                .recovery_ms
+                .map_or("never".into(), |r| format!("{r:.0} ms")),
+            fault.lost
+        );
+        fault
+    }
 }
 
 struct Out {
@@ -994,31 +1050,16 @@ fn part_one(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
             let restored = Instant::now();
             lock(&shared.book).restarted(kill, restored);
             *lock(&shared.pids) = vec![("beacon".into(), pid(&server))];
-            let (settled, lost) = settle(&shared, kill);
-            let fault = Fault {
-                t: lock(out).t0.elapsed().as_secs_f64() - (kill.elapsed().as_secs_f64()),
-                part: 1,
-                what: "kill -9 beacon --data-dir".into(),
-                recovery_ms: settled.map(|s| ms(s - kill)),
-                lost,
-                window,
-            };
-            println!(
-                "   {:>7.1} s  {}: recovered in {}, lost {lost}",
-                fault.t,
-                fault.what,
-                fault
-                    .recovery_ms
-                    .map_or("never".into(), |r| format!("{r:.0} ms"))
-            );
-            faults.push(fault);
+            let settled = settle(&shared, kill);
+            let what = "kill -9 beacon --data-dir".into();
+            faults.push(Fault::new(lock(out).t0, kill, 1, what, &settled, window));
             next += Duration::from_secs(knobs.kill_every);
         }
         wait_for(end, end + Duration::from_secs(1));
         faults
     });
     let final_check = Instant::now();
-    let (settled, final_missing) = settle(&shared, final_check);
+    let settled = settle(&shared, final_check);
     PartResult {
         name: "Part 1: one server, --data-dir, kill -9".into(),
         t_start: (start - lock(out).t0).as_secs_f64(),
@@ -1026,8 +1067,8 @@ fn part_one(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
         instances: knobs.instances,
         shared,
         faults,
-        final_missing,
-        final_settle_ms: settled.map(|s| ms(s - final_check)),
+        final_missing: settled.lost,
+        final_settle_ms: settled.at.map(|s| ms(s - final_check)),
     }
 }
 
@@ -1055,8 +1096,8 @@ fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
         *lock(&shared.pids) = pids;
     };
     set_pids(&nodes, &etcd);
-    let (first_sync, _) = settle(&shared, Instant::now());
-    assert!(first_sync.is_some(), "the nodes never synced with etcd");
+    let first_sync = settle(&shared, Instant::now());
+    assert!(first_sync.at.is_some(), "the nodes never synced with etcd");
     let took = Instant::now();
     register_bulk(&shared, knobs.cluster_instances);
     println!(
@@ -1070,8 +1111,9 @@ fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
     let every = Duration::from_secs(knobs.cluster_secs) / 7;
     let faults = with_load(&shared, knobs, knobs.cluster_instances, out, 2, || {
         let mut faults = Vec::new();
+        let mut not_before = start;
         for step in 0..6 {
-            if !wait_for(start + every * (step as u32 + 1), end) {
+            if !wait_for((start + every * (step as u32 + 1)).max(not_before), end) {
                 break;
             }
             let window = shared.stats.window.fetch_add(1, Relaxed) + 1;
@@ -1087,30 +1129,16 @@ fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
                 format!("kill -9 node {}", names[i])
             };
             set_pids(&nodes, &etcd);
-            let (settled, lost) = settle(&shared, kill);
-            let fault = Fault {
-                t: lock(out).t0.elapsed().as_secs_f64() - kill.elapsed().as_secs_f64(),
-                part: 2,
-                what,
-                recovery_ms: settled.map(|s| ms(s - kill)),
-                lost,
-                window,
-            };
-            println!(
-                "   {:>7.1} s  {}: recovered in {}, lost {lost}",
-                fault.t,
-                fault.what,
-                fault
-                    .recovery_ms
-                    .map_or("never".into(), |r| format!("{r:.0} ms"))
-            );
-            faults.push(fault);
+            let settled = settle(&shared, kill);
+            // The next fault waits for this one to settle, and half an interval more.
+            not_before = settled.at.unwrap_or_else(Instant::now) + every / 2;
+            faults.push(Fault::new(lock(out).t0, kill, 2, what, &settled, window));
         }
         wait_for(end, end + Duration::from_secs(1));
         faults
     });
     let final_check = Instant::now();
-    let (settled, final_missing) = settle(&shared, final_check);
+    let settled = settle(&shared, final_check);
     etcd.check_running();
     PartResult {
         name: "Part 2: three cluster nodes on three etcd members, members then nodes killed".into(),
@@ -1119,8 +1147,8 @@ fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
         instances: knobs.cluster_instances,
         shared,
         faults,
-        final_missing,
-        final_settle_ms: settled.map(|s| ms(s - final_check)),
+        final_missing: settled.lost,
+        final_settle_ms: settled.at.map(|s| ms(s - final_check)),
     }
 }
 
@@ -1280,22 +1308,24 @@ fn report(r: &PartResult, knobs: &Knobs, warm_from: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "Faults (failed queries counted from this fault to the next):\n\n| t (s) | fault | recovery | lost | queries | failed |\n|---:|---|---:|---:|---:|---:|"
+        "Faults (t: seconds since the soak began; recovery: kill → every node lists every acknowledged instance, not stale; complete: the same, stale allowed; failed queries counted from this fault to the next):\n\n| t (s) | fault | recovery | complete | lost | queries | failed |\n|---:|---|---:|---:|---:|---:|---:|"
     );
     let base = windows.first().copied().unwrap_or((0, 0));
     let _ = writeln!(
         s,
-        "| 0 | (before the first fault) | – | – | {} | {} |",
+        "| – | (before the first fault) | – | – | – | {} | {} |",
         base.0, base.1
     );
     for f in &r.faults {
         let w = windows.get(f.window).copied().unwrap_or((0, 0));
         let _ = writeln!(
             s,
-            "| {:.1} | {} | {} | {} | {} | {} |",
+            "| {:.1} | {} | {} | {} | {} | {} | {} |",
             f.t,
             f.what,
             f.recovery_ms
+                .map_or("never".into(), |m| format!("{m:.0} ms")),
+            f.complete_ms
                 .map_or("never".into(), |m| format!("{m:.0} ms")),
             f.lost,
             w.0,
