@@ -2,7 +2,7 @@
 # The soak (issue 17): steady load with crashes, checked for lost registrations and for DNS
 # answers past a deadline; figures in docs/RELIABILITY.md, curves in docs/soak.png.
 #
-#   bash bench/soak.sh                                       # a short run, about 6 minutes
+#   bash bench/soak.sh                                       # a short run, about 5 minutes
 #   SOAK_SECS=1800 SOAK_CLUSTER_SECS=600 bash bench/soak.sh  # the recorded run, about 45 minutes
 #
 # Knobs (environment; benches/soak.rs's header says what each part does):
@@ -14,7 +14,8 @@
 #   SOAK_CHURN              registrations + deregistrations (+ instances left to expire) per s (20)
 #   SOAK_QPS                DNS queries per second (200)
 #   SOAK_CLUSTER            1 runs part 2, three nodes on three etcd members (1)
-#   SOAK_CLUSTER_SECS       part 2's load, seconds; its six faults are SOAK_CLUSTER_SECS/7 apart (120)
+#   SOAK_CLUSTER_SECS       part 2's load, seconds (150); its six faults are SOAK_CLUSTER_SECS/7
+#                           apart, each at least half that after the previous one settled
 #   SOAK_CLUSTER_INSTANCES  part 2's instances, spread over the nodes (30000)
 #   SOAK_SAMPLE_SECS        RSS, descriptors and latency sampled every N s (5)
 #   SOAK_OUT                output directory (/tmp/beacon-soak): proc.csv, load.csv,

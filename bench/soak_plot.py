@@ -24,7 +24,6 @@ for col, part in enumerate(parts):
         rss_ax.plot(*zip(*pts), label=name, linewidth=1)
     rss_ax.set_ylabel("RSS (MiB)")
     rss_ax.set_title(titles.get(part, f"part {part}"))
-    rss_ax.legend(fontsize=7, ncol=2)
     pts = [(float(r["t_s"]) - t0, float(r["p50_ms"]), float(r["p99_ms"]))
            for r in load if int(r["part"]) == part and r["p50_ms"] != "NaN"]
     if pts:
@@ -39,7 +38,7 @@ for col, part in enumerate(parts):
         if int(f["part"]) == part:
             for ax in (rss_ax, lat_ax):
                 ax.axvline(float(f["t_s"]) - t0, color="red", alpha=0.4, linewidth=0.8)
-    rss_ax.axvline(float("nan"), color="red", alpha=0.4, label="fault")
+    rss_ax.legend(fontsize=7, ncol=2)
 fig.suptitle("beacon soak (red lines: faults)")
 fig.tight_layout()
 fig.savefig(out, dpi=90)

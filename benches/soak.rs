@@ -115,7 +115,7 @@ impl Knobs {
             churn: env_usize("SOAK_CHURN", 20) as f64,
             qps: env_usize("SOAK_QPS", 200) as f64,
             cluster: env_usize("SOAK_CLUSTER", 1) == 1,
-            cluster_secs: env_usize("SOAK_CLUSTER_SECS", 120) as u64,
+            cluster_secs: env_usize("SOAK_CLUSTER_SECS", 150) as u64,
             cluster_instances: env_usize("SOAK_CLUSTER_INSTANCES", 30_000),
             sample: Duration::from_secs(env_usize("SOAK_SAMPLE_SECS", 5) as u64),
             out: std::env::var_os("SOAK_OUT").map_or_else(|| "/tmp/beacon-soak".into(), Into::into),
@@ -329,7 +329,8 @@ struct Shared {
 // Load: registrations, renewals, churn
 
 /// Registers instances `0..count` over one TCP connection per node, pipelined in chunks.
-fn register_bulk(shared: &Shared, count: usize) {
+fn register_bulk(shared: &Shared, count: usize, what: &str) {
+    let took = Instant::now();
     let services = lock(&shared.book).services;
     lock(&shared.book).slots = vec![Slot::Pending; count];
     std::thread::scope(|scope| {
@@ -363,6 +364,10 @@ fn register_bulk(shared: &Shared, count: usize) {
         }
     });
     shared.stats.registered.fetch_add(count as u64, Relaxed);
+    println!(
+        "{what}: {count} instances registered in {:.1} s",
+        took.elapsed().as_secs_f64()
+    );
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -502,7 +507,7 @@ impl<'a> Load<'a> {
         // register, stop renewing (or deregister when abandoning is off).
         self.churn_step += 1;
         let mut book = lock(&self.shared.book);
-        if self.churn_step % 2 == 1 {
+        if !self.churn_step.is_multiple_of(2) {
             let n = book.slots.len();
             assert!(n < 1 << 24, "out of unique 10.x.y.z addresses");
             book.slots.push(Slot::Pending);
@@ -515,7 +520,7 @@ impl<'a> Load<'a> {
             .map(|_| rand::random_range(0..len))
             .find(|&n| matches!(book.slots[n], Slot::Live { ending: false, .. }));
         let Some(n) = pick else { return };
-        if self.churn_step % 4 == 0 && self.shared.abandon {
+        if self.churn_step.is_multiple_of(4) && self.shared.abandon {
             if let Slot::Live { ending, .. } = &mut book.slots[n] {
                 *ending = true;
             }
@@ -1016,6 +1021,33 @@ struct PartResult {
     final_settle_ms: Option<f64>,
 }
 
+impl PartResult {
+    /// The part's figures, after a last check that every node lists every acknowledged
+    /// instance.
+    fn finish(
+        name: &str,
+        start: Instant,
+        t0: Instant,
+        instances: usize,
+        shared: Shared,
+        faults: Vec<Fault>,
+    ) -> PartResult {
+        let secs = start.elapsed().as_secs_f64();
+        let final_check = Instant::now();
+        let settled = settle(&shared, final_check);
+        PartResult {
+            name: name.into(),
+            t_start: (start - t0).as_secs_f64(),
+            secs,
+            instances,
+            shared,
+            faults,
+            final_missing: settled.lost,
+            final_settle_ms: settled.at.map(|s| ms(s - final_check)),
+        }
+    }
+}
+
 fn part_one(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
     let dir = tempfile::Builder::new()
         .prefix("beacon-soak")
@@ -1028,14 +1060,10 @@ fn part_one(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
     let shared = new_shared(vec![at.clone()], knobs.instances, true);
     let pid = |s: &Option<Server>| s.as_ref().map_or(0, |s| s.pid().parse().unwrap_or(0));
     *lock(&shared.pids) = vec![("beacon".into(), pid(&server))];
-    let took = Instant::now();
-    register_bulk(&shared, knobs.instances);
+    register_bulk(&shared, knobs.instances, "part 1 (durable)");
     println!(
-        "part 1: {} instances registered (durable) in {:.1} s; load for {} s, kill -9 every {} s",
-        knobs.instances,
-        took.elapsed().as_secs_f64(),
-        knobs.secs,
-        knobs.kill_every
+        "part 1: load for {} s, kill -9 every {} s",
+        knobs.secs, knobs.kill_every
     );
     let start = Instant::now();
     let end = start + Duration::from_secs(knobs.secs);
@@ -1058,18 +1086,8 @@ fn part_one(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
         wait_for(end, end + Duration::from_secs(1));
         faults
     });
-    let final_check = Instant::now();
-    let settled = settle(&shared, final_check);
-    PartResult {
-        name: "Part 1: one server, --data-dir, kill -9".into(),
-        t_start: (start - lock(out).t0).as_secs_f64(),
-        secs: start.elapsed().as_secs_f64(),
-        instances: knobs.instances,
-        shared,
-        faults,
-        final_missing: settled.lost,
-        final_settle_ms: settled.at.map(|s| ms(s - final_check)),
-    }
+    let name = "Part 1: one server, --data-dir, kill -9";
+    PartResult::finish(name, start, lock(out).t0, knobs.instances, shared, faults)
 }
 
 fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
@@ -1098,14 +1116,8 @@ fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
     set_pids(&nodes, &etcd);
     let first_sync = settle(&shared, Instant::now());
     assert!(first_sync.at.is_some(), "the nodes never synced with etcd");
-    let took = Instant::now();
-    register_bulk(&shared, knobs.cluster_instances);
-    println!(
-        "part 2: {} instances registered over 3 nodes in {:.1} s; load for {} s, 6 faults",
-        knobs.cluster_instances,
-        took.elapsed().as_secs_f64(),
-        knobs.cluster_secs
-    );
+    register_bulk(&shared, knobs.cluster_instances, "part 2 (over 3 nodes)");
+    println!("part 2: load for {} s, 6 faults", knobs.cluster_secs);
     let start = Instant::now();
     let end = start + Duration::from_secs(knobs.cluster_secs);
     let every = Duration::from_secs(knobs.cluster_secs) / 7;
@@ -1137,19 +1149,10 @@ fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
         wait_for(end, end + Duration::from_secs(1));
         faults
     });
-    let final_check = Instant::now();
-    let settled = settle(&shared, final_check);
     etcd.check_running();
-    PartResult {
-        name: "Part 2: three cluster nodes on three etcd members, members then nodes killed".into(),
-        t_start: (start - lock(out).t0).as_secs_f64(),
-        secs: start.elapsed().as_secs_f64(),
-        instances: knobs.cluster_instances,
-        shared,
-        faults,
-        final_missing: settled.lost,
-        final_settle_ms: settled.at.map(|s| ms(s - final_check)),
-    }
+    let name = "Part 2: three cluster nodes on three etcd members, members then nodes killed";
+    let instances = knobs.cluster_instances;
+    PartResult::finish(name, start, lock(out).t0, instances, shared, faults)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1159,7 +1162,9 @@ fn part_two(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
 /// largest, from proc.csv.
 fn resources(path: &std::path::Path, part: usize, warm: f64) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut by: Vec<(String, Vec<(f64, u64, u64)>)> = Vec::new();
+    // Per process, in the order first seen: (t, rss_kib, fds) samples.
+    type Samples = Vec<(f64, u64, u64)>;
+    let mut by: Vec<(String, Samples)> = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() != 6 || f[1] != part.to_string() {
@@ -1273,31 +1278,28 @@ fn report(r: &PartResult, knobs: &Knobs, warm_from: f64) -> String {
         percentile(&all, 99.0),
         percentile(&all, 100.0)
     );
-    let _ = writeln!(
-        s,
-        "| renewals acknowledged, retried after no reply | {}, {} |",
-        st.renewals.load(Relaxed),
-        st.renew_failed.load(Relaxed)
-    );
-    let _ = writeln!(
-        s,
-        "| registered, deregistered, left to expire | {}, {}, {} |",
-        st.registered.load(Relaxed),
-        st.deregistered.load(Relaxed),
-        st.abandoned.load(Relaxed)
-    );
-    let _ = writeln!(
-        s,
-        "| leases run out during an outage (not lost), other unexpected replies | {}, {} |",
-        st.lapsed.load(Relaxed),
-        st.errors.load(Relaxed)
-    );
-    let _ = writeln!(
-        s,
-        "| watch pushes received, watcher reconnections | {}, {} |",
-        st.pushes.load(Relaxed),
-        st.reconnects.load(Relaxed)
-    );
+    let counters: [(&str, &[&AtomicU64]); 4] = [
+        (
+            "renewals acknowledged, retried after no reply",
+            &[&st.renewals, &st.renew_failed],
+        ),
+        (
+            "registered, deregistered, left to expire",
+            &[&st.registered, &st.deregistered, &st.abandoned],
+        ),
+        (
+            "leases run out during an outage (not lost), other unexpected replies",
+            &[&st.lapsed, &st.errors],
+        ),
+        (
+            "watch pushes received, watcher reconnections",
+            &[&st.pushes, &st.reconnects],
+        ),
+    ];
+    for (label, values) in counters {
+        let values: Vec<String> = values.iter().map(|v| v.load(Relaxed).to_string()).collect();
+        let _ = writeln!(s, "| {label} | {} |", values.join(", "));
+    }
     let _ = writeln!(
         s,
         "| final check: every node lists every acknowledged instance after | {} |\n",
