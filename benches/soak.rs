@@ -583,7 +583,8 @@ impl<'a> Load<'a> {
                         }
                     }
                     (Op::Renew, Slot::Live { renewed, .. }) if unknown => {
-                        if renewed + LEASE > sent {
+                        // Processed before its reply arrived (now), while the lease ran.
+                        if renewed + LEASE > now {
                             stats.lost_renewals.fetch_add(1, Relaxed);
                             lock(&stats.lost).insert(n);
                             eprintln!("soak: LOST i{n}: its renewal was answered unknown_instance");
@@ -801,6 +802,28 @@ fn list_check(shared: &Shared, node: usize) -> Option<Listed> {
         missing,
         stale: contains(&line, b"\"stale\":true"),
     })
+}
+
+/// When the first reply of a restarted server arrived: it restored what it held before any
+/// listener was started (`serve::run`), so after its listening line, but before this reply.
+fn first_reply(at: &ServerAt) -> Instant {
+    let since = Instant::now();
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(at.registry) {
+            let mut line = Vec::new();
+            if stream.write_all(b"{\"op\":\"status\"}\n").is_ok()
+                && BufReader::new(stream).read_until(b'\n', &mut line).is_ok()
+                && contains(&line, b"\"ok\":true")
+            {
+                return Instant::now();
+            }
+        }
+        assert!(
+            since.elapsed() < RECOVERY_LIMIT,
+            "the restarted server never answered status"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// When a fault settled.
@@ -1075,7 +1098,7 @@ fn part_one(knobs: &Knobs, out: &Mutex<Out>) -> PartResult {
             let kill = Instant::now();
             drop(server.take()); // SIGKILL, then reaped
             server = Some(Server::start_at(None, Some(&at), &extra));
-            let restored = Instant::now();
+            let restored = first_reply(&at);
             lock(&shared.book).restarted(kill, restored);
             *lock(&shared.pids) = vec![("beacon".into(), pid(&server))];
             let settled = settle(&shared, kill);
