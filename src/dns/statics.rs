@@ -78,6 +78,13 @@ impl StaticZone {
             path: path.to_owned(),
             source,
         })?;
+        StaticZone::parse(text, path)
+    }
+
+    /// Parses the text of the zone file at `path` (whose name gives the origin when the text
+    /// sets no `$ORIGIN`). Apart from [`StaticZone::load`] so the fuzz check can parse text
+    /// without writing files.
+    pub fn parse(text: String, path: &Path) -> Result<StaticZone, ZoneError> {
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -147,6 +154,15 @@ impl StaticZone {
             }
         }
         StaticLookup::NoData
+    }
+
+    /// Every record set, by owner and type (for the fuzz check, which holds `lookup` to them).
+    pub(crate) fn record_sets(&self) -> impl Iterator<Item = (&LowerName, RecordType, &[Record])> {
+        self.records.iter().flat_map(|(name, types)| {
+            types
+                .iter()
+                .map(move |(rtype, records)| (name, *rtype, records.as_slice()))
+        })
     }
 
     /// Number of record sets, for logs.
