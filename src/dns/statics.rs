@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 
 /// Why a zone directory could not be loaded.
@@ -113,6 +113,9 @@ impl StaticZone {
                 )));
             }
             let records: Vec<Record> = set.records_without_rrsigs().cloned().collect();
+            if let Some(reason) = records.iter().find_map(unsendable) {
+                return Err(parse_error(reason));
+            }
             if key.record_type == RecordType::SOA && key.name == apex {
                 zone.soa = records.first().cloned();
             }
@@ -173,6 +176,19 @@ impl StaticZone {
     /// Whether the zone holds no records.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+}
+
+/// Why `record`, which the zone-file parser took, cannot be answered as it reads, if so.
+fn unsendable(record: &Record) -> Option<String> {
+    match &record.data {
+        // RFC 1035 3.3.14: TXT data is one or more strings. The parser takes `TXT` with none,
+        // which would go out with empty RDATA, which resolvers read as no TXT at all.
+        RData::TXT(txt) if txt.txt_data.is_empty() => Some(format!(
+            "{} TXT holds no string: a TXT record needs at least one (\"\" for an empty one)",
+            record.name
+        )),
+        _ => None,
     }
 }
 
