@@ -4,8 +4,9 @@
 //!   answers, its answer equals the general path's once both are parsed (record order aside: it
 //!   is drawn per answer).
 //! - `zone_file` ([`check_zone_file`]): loading a static zone file never panics, a zone that
-//!   loads answers every record set it holds and every name above them, and every record it
-//!   holds can be sent: it encodes to DNS wire form, which decodes to the same record.
+//!   loads keeps its apex's SOA, answers every record set it holds and every name above them,
+//!   and every record it holds can be sent: it encodes to DNS wire form, which decodes to the
+//!   same record.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -161,6 +162,14 @@ pub fn check_zone_file(bytes: &[u8]) {
     let Ok(zone) = StaticZone::parse(text.to_string(), path) else {
         return;
     };
+    // The SOA kept for negative answers is the apex's, whenever the file gives one.
+    let apex_soa = match zone.lookup(&zone.apex, RecordType::SOA) {
+        StaticLookup::Records(records) => {
+            records.iter().find(|r| r.record_type() == RecordType::SOA)
+        }
+        _ => None,
+    };
+    assert_eq!(zone.soa.as_ref(), apex_soa, "the SOA at {}", zone.apex);
     for (name, rtype, records) in zone.record_sets() {
         assert!(!records.is_empty(), "an empty record set {name} {rtype}");
         assert_eq!(

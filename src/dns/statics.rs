@@ -94,9 +94,14 @@ impl StaticZone {
             path: path.to_owned(),
             message,
         };
-        let (apex, sets) = Parser::new(text, Some(path.to_owned()), origin)
+        let (mut apex, sets) = Parser::new(text, Some(path.to_owned()), origin)
             .parse()
             .map_err(|e| parse_error(e.to_string()))?;
+        // The parser keeps `$ORIGIN example.org` (no final dot) as a relative name, though it
+        // places the records under it as absolute names: the apex would equal none of them, so
+        // the SOA at the apex went unseen (negative answers without it) and two files of one
+        // zone were not told apart. The apex is the absolute name the records sit under.
+        apex.set_fqdn(true);
         let apex = LowerName::new(&apex);
         let mut zone = StaticZone {
             apex: apex.clone(),
