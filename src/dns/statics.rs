@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
 use hickory_proto::serialize::txt::Parser;
 
 /// Why a zone directory could not be loaded.
@@ -186,6 +187,15 @@ impl StaticZone {
 
 /// Why `record`, which the zone-file parser took, cannot be answered as it reads, if so.
 fn unsendable(record: &Record) -> Option<String> {
+    // The parser takes strings of any length (a TXT or HINFO string over 255 bytes), which no
+    // answer can carry: every query for the name would fail to encode.
+    if let Err(e) = record.to_bytes() {
+        return Some(format!(
+            "{} {} cannot be sent in DNS answers: {e}",
+            record.name,
+            record.record_type()
+        ));
+    }
     match &record.data {
         // RFC 1035 3.3.14: TXT data is one or more strings. The parser takes `TXT` with none,
         // which would go out with empty RDATA, which resolvers read as no TXT at all.
