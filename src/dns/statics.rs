@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncodable;
+use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 use hickory_proto::serialize::txt::Parser;
 
 /// Why a zone directory could not be loaded.
@@ -189,21 +189,36 @@ impl StaticZone {
 fn unsendable(record: &Record) -> Option<String> {
     // The parser takes strings of any length (a TXT or HINFO string over 255 bytes), which no
     // answer can carry: every query for the name would fail to encode.
-    if let Err(e) = record.to_bytes() {
-        return Some(format!(
-            "{} {} cannot be sent in DNS answers: {e}",
-            record.name,
-            record.record_type()
-        ));
-    }
-    match &record.data {
+    let wire = match record.to_bytes() {
+        Ok(wire) => wire,
+        Err(e) => {
+            return Some(format!(
+                "{} {} cannot be sent in DNS answers: {e}",
+                record.name,
+                record.record_type()
+            ))
+        }
+    };
+    if let RData::TXT(txt) = &record.data {
         // RFC 1035 3.3.14: TXT data is one or more strings. The parser takes `TXT` with none,
         // which would go out with empty RDATA, which resolvers read as no TXT at all.
-        RData::TXT(txt) if txt.txt_data.is_empty() => Some(format!(
-            "{} TXT holds no string: a TXT record needs at least one (\"\" for an empty one)",
-            record.name
+        if txt.txt_data.is_empty() {
+            return Some(format!(
+                "{} TXT holds no string: a TXT record needs at least one (\"\" for an empty one)",
+                record.name
+            ));
+        }
+    }
+    // The parser also takes data whose wire form reads back as something else (a CAA tag with
+    // characters a tag cannot hold): resolvers would get another record than the file says.
+    match Record::from_bytes(&wire) {
+        Ok(sent) if sent == *record => None,
+        _ => Some(format!(
+            "{} {} is not sent as written ({}): check its data",
+            record.name,
+            record.record_type(),
+            record.data
         )),
-        _ => None,
     }
 }
 
