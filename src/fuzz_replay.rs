@@ -66,25 +66,25 @@ fn replay(target: &str, min: usize, check: fn(&[u8])) {
 
 #[test]
 fn the_zone_file_corpus_replays() {
-    replay("zone_file", 5, crate::dns::fuzzing::check_zone_file);
+    replay("zone_file", 100, crate::dns::fuzzing::check_zone_file);
 }
 
 #[test]
 fn the_config_file_corpus_replays() {
-    replay("config_file", 5, crate::config::fuzzing::check);
+    replay("config_file", 100, crate::config::fuzzing::check);
 }
 
 #[test]
 fn the_etcd_value_corpus_replays() {
-    replay("etcd_value", 5, crate::cluster::fuzzing::check);
+    replay("etcd_value", 100, crate::cluster::fuzzing::check);
 }
 
 #[test]
 fn the_watch_push_corpus_replays() {
-    replay("watch_push", 5, crate::client::fuzzing::check);
+    replay("watch_push", 100, crate::client::fuzzing::check);
 }
 
 #[test]
 fn the_signed_request_corpus_replays() {
-    replay("signed_request", 5, crate::auth::fuzzing::check);
+    replay("signed_request", 100, crate::auth::fuzzing::check);
 }
