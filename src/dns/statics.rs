@@ -3,7 +3,9 @@
 //! Parsing is hickory-proto's zone-file parser. Each file holds one zone; its origin is its
 //! `$ORIGIN`, or else the file name without a trailing `.zone` (`example.test.zone` serves
 //! `example.test.`). A zone may also lie inside the service domain (`service.local.zone` with
-//! `db IN A 10.0.0.9`): its records are answered together with the registry's.
+//! `db IN A 10.0.0.9`): its records are answered together with the registry's. The parser takes
+//! some records no answer can carry as written (strings over 255 bytes, TXT without a string, a
+//! CAA tag that is no tag); loading refuses their file, naming the record.
 //!
 //! Invariant: a `StaticZones` is immutable; a reload builds a new one and swaps it in whole, so a
 //! broken file never leaves a half-loaded set in service.
