@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// Everything `beacon serve` can be configured with.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

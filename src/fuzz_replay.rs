@@ -2,6 +2,7 @@
 //! inputs that once failed) through the same checks, on the stable toolchain, so `cargo test`
 //! checks every input ever found without cargo-fuzz.
 
+use std::panic::catch_unwind;
 use std::path::Path;
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
@@ -48,4 +49,42 @@ fn the_protocol_corpus_replays() {
         let outcome = std::panic::catch_unwind(|| crate::protocol::fuzzing::check(&bytes));
         assert!(outcome.is_ok(), "{path}");
     }
+}
+
+/// Replays `target`'s inputs through `check`, after asserting there are at least `min`.
+fn replay(target: &str, min: usize, check: fn(&[u8])) {
+    let inputs = inputs(target);
+    assert!(
+        inputs.len() >= min,
+        "fuzz/corpus/{target} holds {} inputs",
+        inputs.len()
+    );
+    for (path, bytes) in inputs {
+        assert!(catch_unwind(|| check(&bytes)).is_ok(), "{path}");
+    }
+}
+
+#[test]
+fn the_zone_file_corpus_replays() {
+    replay("zone_file", 100, crate::dns::fuzzing::check_zone_file);
+}
+
+#[test]
+fn the_config_file_corpus_replays() {
+    replay("config_file", 100, crate::config::fuzzing::check);
+}
+
+#[test]
+fn the_etcd_value_corpus_replays() {
+    replay("etcd_value", 100, crate::cluster::fuzzing::check);
+}
+
+#[test]
+fn the_watch_push_corpus_replays() {
+    replay("watch_push", 100, crate::client::fuzzing::check);
+}
+
+#[test]
+fn the_signed_request_corpus_replays() {
+    replay("signed_request", 100, crate::auth::fuzzing::check);
 }

@@ -10,6 +10,8 @@
 //! - [`keys`]: key files, secrets (never printed), `beacon keygen`.
 //! - [`sign`]: the signature's wire form, verification in constant time, stamps.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod sign;
 

@@ -23,6 +23,8 @@ use crate::auth::keys::ClientKey;
 use crate::protocol::{ErrorCode, InstanceInfo, Reply, WireRequest};
 
 pub mod check;
+#[doc(hidden)]
+pub mod fuzzing;
 mod provider;
 mod watch;
 

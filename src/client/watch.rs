@@ -1,5 +1,6 @@
 //! The consumer side of push watches: a stream of live sets that survives reconnects.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::Rng;
@@ -158,19 +159,7 @@ impl Watcher {
                 "the registry closed the connection",
             )));
         }
-        let reply: Reply = serde_json::from_slice(&line).map_err(|e| ClientError::BadReply {
-            addr,
-            reason: e.to_string(),
-        })?;
-        let reply = super::into_result(reply)?;
-        Ok(Update {
-            version: reply.version.ok_or_else(|| ClientError::BadReply {
-                addr,
-                reason: "a watch push without a version".into(),
-            })?,
-            run: reply.run,
-            instances: reply.instances.unwrap_or_default(),
-        })
+        parse_push(addr, &line)
     }
 
     async fn connect(
@@ -202,6 +191,25 @@ impl Watcher {
         write.write_all(&line).await.map_err(io)?;
         Ok((BufReader::new(read), write))
     }
+}
+
+/// One line a watcher received from the registry at `addr`: the update it pushes, or its
+/// refusal of the watch. Apart from [`Watcher::next`] so the fuzz check reads pushes as the
+/// watcher does.
+pub(crate) fn parse_push(addr: SocketAddr, line: &[u8]) -> Result<Update, ClientError> {
+    let reply: Reply = serde_json::from_slice(line).map_err(|e| ClientError::BadReply {
+        addr,
+        reason: e.to_string(),
+    })?;
+    let reply = super::into_result(reply)?;
+    Ok(Update {
+        version: reply.version.ok_or_else(|| ClientError::BadReply {
+            addr,
+            reason: "a watch push without a version".into(),
+        })?,
+        run: reply.run,
+        instances: reply.instances.unwrap_or_default(),
+    })
 }
 
 /// 100 ms doubling per failure up to [`MAX_RECONNECT_PAUSE`], with jitter.

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{key, parse_key, ClusterError, ClusterLog, Numbered};
+use super::{decode, key, parse_key, ClusterError, ClusterLog, Numbered};
 use crate::config::{ClusterConfig, ClusterCredentials, ConfigError};
-use crate::registry::{Change, Limits, Registration, Registry, RemoteChange};
+use crate::registry::{Change, Registry, RemoteChange};
 
 /// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
 /// `tracker`, then waits for the first sync: a node that answered before it had read etcd
@@ -1077,35 +1077,11 @@ impl Node {
     }
 }
 
-/// A registration read from etcd, if it decodes, matches its key, and passes this node's
-/// limits: another node validated it against its own, but a hand-written or corrupt value (a
-/// TTL of centuries) must not reach the registry. Nodes of a cluster should share their
-/// `[registry]` limits; a value this node refuses is logged and ignored.
-fn decode(value: &[u8], service: &str, id: &str, limits: &Limits) -> Option<Registration> {
-    let reg = match serde_json::from_slice::<Registration>(value) {
-        Ok(reg) if reg.service == service && reg.id == id => reg,
-        Ok(_) => {
-            tracing::warn!(service, id, "etcd value names another instance; ignored");
-            return None;
-        }
-        Err(error) => {
-            tracing::warn!(service, id, %error, "etcd value is not a registration; ignored");
-            return None;
-        }
-    };
-    match reg.revalidate(limits) {
-        Ok(reg) => Some(reg),
-        Err(error) => {
-            tracing::warn!(service, id, %error, "etcd value refused by this node's limits; ignored");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{RegistryConfig, Secret};
+    use crate::registry::Limits;
 
     /// One etcd member on loopback, killed when dropped.
     struct Etcd {
@@ -1288,20 +1264,6 @@ mod tests {
             tls_options(&config, &ClusterCredentials::default()),
             Ok(None)
         ));
-    }
-
-    #[test]
-    fn values_from_etcd_are_checked_like_registrations() {
-        let limits = Limits::from(&crate::config::RegistryConfig::default());
-        let good = br#"{"service":"web","id":"a","address":"10.0.0.1","port":80,"weight":1,"tags":[],"meta":[],"ttl":"10s"}"#;
-        assert!(decode(good, "web", "a", &limits).is_some());
-        assert!(decode(good, "web", "b", &limits).is_none(), "another key");
-        assert!(decode(b"garbage", "web", "a", &limits).is_none());
-        let centuries = br#"{"service":"web","id":"a","address":"10.0.0.1","port":80,"weight":1,"tags":[],"meta":[],"ttl":"500years"}"#;
-        assert!(
-            decode(centuries, "web", "a", &limits).is_none(),
-            "a TTL past max_ttl"
-        );
     }
 
     /// A write of an instance the registry no longer holds (deregistered while the write

@@ -21,6 +21,8 @@
 
 #[cfg(feature = "etcd")]
 mod etcd;
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::registry::{Change, ChangeLog};
+use crate::registry::{Change, ChangeLog, Limits, Registration};
 
 #[cfg(feature = "etcd")]
 pub use etcd::start;
@@ -78,6 +80,37 @@ pub fn parse_key<'a>(prefix: &str, key: &'a [u8]) -> Option<(&'a str, &'a str)> 
     let rest = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
     let (service, id) = rest.split_once('/')?;
     (!service.is_empty() && !id.is_empty() && !id.contains('/')).then_some((service, id))
+}
+
+/// A registration read from etcd, if it decodes, matches its key, and passes this node's
+/// limits: another node validated it against its own, but a hand-written or corrupt value (a
+/// TTL of centuries) must not reach the registry. Nodes of a cluster should share their
+/// `[registry]` limits; a value this node refuses is logged and ignored. Outside `etcd.rs`,
+/// which needs the etcd client, so the fuzz check builds without it.
+pub(crate) fn decode(
+    value: &[u8],
+    service: &str,
+    id: &str,
+    limits: &Limits,
+) -> Option<Registration> {
+    let reg = match serde_json::from_slice::<Registration>(value) {
+        Ok(reg) if reg.service == service && reg.id == id => reg,
+        Ok(_) => {
+            tracing::warn!(service, id, "etcd value names another instance; ignored");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(service, id, %error, "etcd value is not a registration; ignored");
+            return None;
+        }
+    };
+    match reg.revalidate(limits) {
+        Ok(reg) => Some(reg),
+        Err(error) => {
+            tracing::warn!(service, id, %error, "etcd value refused by this node's limits; ignored");
+            None
+        }
+    }
 }
 
 /// A change the registry made, numbered in the order the registry made it.
@@ -192,6 +225,20 @@ mod tests {
         assert_eq!(parse_key(prefix, b"/beacon/instances/web"), None);
         assert_eq!(parse_key(prefix, b"/beacon/instances/web/a/b"), None);
         assert_eq!(parse_key(prefix, b"/beacon/instances//a"), None);
+    }
+
+    #[test]
+    fn values_from_etcd_are_checked_like_registrations() {
+        let limits = Limits::from(&crate::config::RegistryConfig::default());
+        let good = br#"{"service":"web","id":"a","address":"10.0.0.1","port":80,"weight":1,"tags":[],"meta":[],"ttl":"10s"}"#;
+        assert!(decode(good, "web", "a", &limits).is_some());
+        assert!(decode(good, "web", "b", &limits).is_none(), "another key");
+        assert!(decode(b"garbage", "web", "a", &limits).is_none());
+        let centuries = br#"{"service":"web","id":"a","address":"10.0.0.1","port":80,"weight":1,"tags":[],"meta":[],"ttl":"500years"}"#;
+        assert!(
+            decode(centuries, "web", "a", &limits).is_none(),
+            "a TTL past max_ttl"
+        );
     }
 
     #[test]

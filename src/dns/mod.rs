@@ -97,6 +97,18 @@ impl Zone {
         }
         let mut name = Name::from_ascii(trimmed).map_err(|e| format!("{domain:?}: {e}"))?;
         name.set_fqdn(true);
+        // Every negative answer carries the zone's SOA, whose mailbox is hostmaster.<domain>
+        // (Responder::new): a domain that leaves no room for it would validate, then stop
+        // the server at start-up with a message that names no setting.
+        if Name::from_ascii("hostmaster")
+            .and_then(|h| h.append_domain(&name))
+            .is_err()
+        {
+            return Err(format!(
+                "{domain:?} is too long: hostmaster.{trimmed}, the SOA's mailbox, must fit in \
+                 a DNS name (255 bytes)"
+            ));
+        }
         Ok(name.to_lowercase())
     }
 

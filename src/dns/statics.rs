@@ -3,7 +3,9 @@
 //! Parsing is hickory-proto's zone-file parser. Each file holds one zone; its origin is its
 //! `$ORIGIN`, or else the file name without a trailing `.zone` (`example.test.zone` serves
 //! `example.test.`). A zone may also lie inside the service domain (`service.local.zone` with
-//! `db IN A 10.0.0.9`): its records are answered together with the registry's.
+//! `db IN A 10.0.0.9`): its records are answered together with the registry's. The parser takes
+//! some records no answer can carry as written (strings over 255 bytes, TXT without a string, a
+//! CAA tag that is no tag); loading refuses their file, naming the record.
 //!
 //! Invariant: a `StaticZones` is immutable; a reload builds a new one and swaps it in whole, so a
 //! broken file never leaves a half-loaded set in service.
@@ -11,7 +13,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 use hickory_proto::serialize::txt::Parser;
 
 /// Why a zone directory could not be loaded.
@@ -78,6 +81,13 @@ impl StaticZone {
             path: path.to_owned(),
             source,
         })?;
+        StaticZone::parse(text, path)
+    }
+
+    /// Parses the text of the zone file at `path` (whose name gives the origin when the text
+    /// sets no `$ORIGIN`). Apart from [`StaticZone::load`] so the fuzz check can parse text
+    /// without writing files.
+    pub fn parse(text: String, path: &Path) -> Result<StaticZone, ZoneError> {
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -87,9 +97,14 @@ impl StaticZone {
             path: path.to_owned(),
             message,
         };
-        let (apex, sets) = Parser::new(text, Some(path.to_owned()), origin)
+        let (mut apex, sets) = Parser::new(text, Some(path.to_owned()), origin)
             .parse()
             .map_err(|e| parse_error(e.to_string()))?;
+        // The parser keeps `$ORIGIN example.org` (no final dot) as a relative name, though it
+        // places the records under it as absolute names: the apex would equal none of them, so
+        // the SOA at the apex went unseen (negative answers without it) and two files of one
+        // zone were not told apart. The apex is the absolute name the records sit under.
+        apex.set_fqdn(true);
         let apex = LowerName::new(&apex);
         let mut zone = StaticZone {
             apex: apex.clone(),
@@ -106,6 +121,9 @@ impl StaticZone {
                 )));
             }
             let records: Vec<Record> = set.records_without_rrsigs().cloned().collect();
+            if let Some(reason) = records.iter().find_map(unsendable) {
+                return Err(parse_error(reason));
+            }
             if key.record_type == RecordType::SOA && key.name == apex {
                 zone.soa = records.first().cloned();
             }
@@ -149,6 +167,15 @@ impl StaticZone {
         StaticLookup::NoData
     }
 
+    /// Every record set, by owner and type (for the fuzz check, which holds `lookup` to them).
+    pub(crate) fn record_sets(&self) -> impl Iterator<Item = (&LowerName, RecordType, &[Record])> {
+        self.records.iter().flat_map(|(name, types)| {
+            types
+                .iter()
+                .map(move |(rtype, records)| (name, *rtype, records.as_slice()))
+        })
+    }
+
     /// Number of record sets, for logs.
     pub fn len(&self) -> usize {
         self.records.values().map(|t| t.len()).sum()
@@ -157,6 +184,43 @@ impl StaticZone {
     /// Whether the zone holds no records.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+}
+
+/// Why `record`, which the zone-file parser took, cannot be answered as it reads, if so.
+fn unsendable(record: &Record) -> Option<String> {
+    // The parser takes strings of any length (a TXT or HINFO string over 255 bytes), which no
+    // answer can carry: every query for the name would fail to encode.
+    let wire = match record.to_bytes() {
+        Ok(wire) => wire,
+        Err(e) => {
+            return Some(format!(
+                "{} {} cannot be sent in DNS answers: {e}",
+                record.name,
+                record.record_type()
+            ))
+        }
+    };
+    if let RData::TXT(txt) = &record.data {
+        // RFC 1035 3.3.14: TXT data is one or more strings. The parser takes `TXT` with none,
+        // which would go out with empty RDATA, which resolvers read as no TXT at all.
+        if txt.txt_data.is_empty() {
+            return Some(format!(
+                "{} TXT holds no string: a TXT record needs at least one (\"\" for an empty one)",
+                record.name
+            ));
+        }
+    }
+    // The parser also takes data whose wire form reads back as something else (a CAA tag with
+    // characters a tag cannot hold): resolvers would get another record than the file says.
+    match Record::from_bytes(&wire) {
+        Ok(sent) if sent == *record => None,
+        _ => Some(format!(
+            "{} {} is not sent as written ({}): check its data",
+            record.name,
+            record.record_type(),
+            record.data
+        )),
     }
 }
 

@@ -172,8 +172,9 @@ async fn require_signature(
     }
 }
 
-/// `Beacon key=NAME, ts=MS, sig=SIG` into its three parts.
-fn parse_authorization(header: &str) -> Option<(&str, u64, &str)> {
+/// `Beacon key=NAME, ts=MS, sig=SIG` into its three parts (`pub(crate)` for the fuzz check in
+/// `auth::fuzzing`).
+pub(crate) fn parse_authorization(header: &str) -> Option<(&str, u64, &str)> {
     let fields = header.strip_prefix("Beacon ")?;
     let (mut key, mut ts, mut sig) = (None, None, None);
     for field in fields.split(',') {

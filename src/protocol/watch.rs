@@ -23,7 +23,7 @@ use super::{bad, InstanceInfo, Reply, WatchRequest, VERSION};
 use crate::registry::{Registry, ServiceView};
 
 /// The JSON objects of one service's live instances, separated by commas.
-type Fragment = Arc<Vec<u8>>;
+pub(crate) type Fragment = Arc<Vec<u8>>;
 
 /// Each service's instances as JSON, with the service version it was built at, shared by watchers.
 #[derive(Default)]
@@ -89,7 +89,7 @@ fn serialise(view: &ServiceView, live_at: u64) -> Vec<u8> {
 /// One push: `{"v":1,"ok":true,"op":"watch","version":N,"run":R,"instances":[...]}` and a
 /// newline, exactly what serialising a [`Reply`] with those fields gives (a unit test holds
 /// them equal).
-fn push_line(version: u64, run: u64, fragments: &[Fragment]) -> Vec<u8> {
+pub(crate) fn push_line(version: u64, run: u64, fragments: &[Fragment]) -> Vec<u8> {
     let size: usize = fragments.iter().map(|f| f.len() + 1).sum();
     let mut line = Vec::with_capacity(64 + size);
     line.extend_from_slice(
