@@ -241,6 +241,44 @@ impl Auth {
         Ok(())
     }
 
+    /// Decides a change of `service` whose signature was checked elsewhere: a DNS UPDATE, whose
+    /// TSIG `crate::update` verified under the key named `key` (`None`: unsigned). The same rules
+    /// as [`Auth::check`]: unsigned changes only without keys, and then only from loopback in
+    /// protected mode; a signed one needs a key that covers the service. `stamp` orders it
+    /// among the instance's signed changes (see `registry::ownership`).
+    pub fn check_verified(
+        &self,
+        service: &str,
+        key: Option<&str>,
+        stamp: u64,
+        source: IpAddr,
+    ) -> Result<Origin, AuthError> {
+        let Some(name) = key else {
+            return self.check(Access::Change { service }, None, b"", source);
+        };
+        let ring = self.ring.load();
+        let Some(found) = ring.get(name) else {
+            return Err(AuthError::Unauthorized(format!(
+                "unknown key {name:?}: this registry has no key of that name"
+            )));
+        };
+        if !found.covers(service) {
+            return Err(AuthError::Forbidden(format!(
+                "key {name:?} may not change service {service:?}"
+            )));
+        }
+        Ok(Origin {
+            owner: Some(found.name.clone()),
+            stamp,
+            floor: self.floor_at(wall_clock_ms()),
+        })
+    }
+
+    /// How far a signature's time may be from the server's clock, in milliseconds.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
     /// Whether reads need a signature (`auth.read = "signed"`).
     pub fn signed_reads(&self) -> bool {
         self.read == ReadAccess::Signed
