@@ -87,7 +87,7 @@ pub fn serve_udp_blocking(
             if crate::update::is_update(query) {
                 if let Some(handled) = dns
                     .updater()
-                    .and_then(|u| u.handle(query, peer.ip(), &responder))
+                    .and_then(|u| u.handle(query, peer.ip(), Transport::Udp, &responder))
                 {
                     if handled.changed {
                         dns.wait_durable();
@@ -198,7 +198,7 @@ async fn serve_connection(
         let responder = dns.load();
         let update = if crate::update::is_update(&buf[..len]) {
             dns.updater()
-                .and_then(|u| u.handle(&buf[..len], peer.ip(), &responder))
+                .and_then(|u| u.handle(&buf[..len], peer.ip(), Transport::Tcp, &responder))
         } else {
             None
         };

@@ -147,11 +147,20 @@ impl Updater {
     }
 
     /// Answers one UPDATE (`bytes`, from `source`); `reader` answers the prerequisites' questions.
-    /// `None`: nothing to send (a response, or too short to answer).
-    pub fn handle(&self, bytes: &[u8], source: IpAddr, reader: &Responder) -> Option<Handled> {
+    /// `None`: nothing to send (a response, or too short to answer). Over UDP an unsigned
+    /// reply is at most 3× the request, as the protocol's are, its EDE text cut to fit: a
+    /// forged source gets no amplifier.
+    pub fn handle(
+        &self,
+        bytes: &[u8],
+        source: IpAddr,
+        transport: Transport,
+        reader: &Responder,
+    ) -> Option<Handled> {
+        let limit = (transport == Transport::Udp).then(|| 3 * bytes.len());
         let request = match Message::from_vec(bytes) {
             Ok(request) => request,
-            Err(e) => return formerr(bytes, &e.to_string(), source),
+            Err(e) => return formerr(bytes, &e.to_string(), source, limit),
         };
         if request.metadata.message_type != MessageType::Query
             || request.metadata.op_code != OpCode::Update
@@ -170,7 +179,7 @@ impl Updater {
                 match tsig::verify(&self.auth.key_ring(), bytes, &request, now_s, window_s) {
                     Ok(verified) => Some(verified),
                     Err(failure) => {
-                        return Some(self.tsig_failure(response, &request, failure, source, now_s))
+                        return self.tsig_failure(response, &request, failure, source, now_s, limit)
                     }
                 }
             }
@@ -192,13 +201,12 @@ impl Updater {
             )),
             _ => self.carry_out(&request, key, source, reader),
         };
-        let (changed, granted) = match outcome {
-            Ok(done) => done,
+        let (changed, granted, refusal) = match outcome {
+            Ok((changed, granted)) => (changed, granted, None),
             Err(refusal) => {
                 auth::log_refusal(source, key, &rcode_name(refusal.rcode), &refusal.text);
-                set_edns(&mut response, Some(&refusal), None);
                 response.metadata.response_code = refusal.rcode;
-                (false, None)
+                (false, None, Some(refusal))
             }
         };
         if let Some(granted) = &granted {
@@ -206,6 +214,9 @@ impl Updater {
         }
         let reply = match &verified {
             Some(v) => {
+                if let Some(refusal) = &refusal {
+                    set_edns(&mut response, Some(refusal), None);
+                }
                 let reply = tsig::sign_reply(
                     response,
                     request.metadata.id,
@@ -220,7 +231,10 @@ impl Updater {
                     .put(v.mac.clone(), reply.clone(), now_s, v.time + window_s + 1);
                 reply
             }
-            None => response.to_vec().ok()?,
+            None => match &refusal {
+                Some(refusal) => encode_within(response, refusal, limit, |m| m.to_vec().ok())?,
+                None => response.to_vec().ok()?,
+            },
         };
         Some(Handled { reply, changed })
     }
@@ -233,32 +247,30 @@ impl Updater {
         failure: tsig::Failure,
         source: IpAddr,
         now_s: u64,
-    ) -> Handled {
+        limit: Option<usize>,
+    ) -> Option<Handled> {
         response.metadata.response_code = ResponseCode::NotAuth;
         let id = request.metadata.id;
+        // BADKEY and BADSIG answer requests anyone can forge: unsigned, and held to the limit.
         let reply = match &failure {
             tsig::Failure::BadKey { name, reason } => {
                 auth::log_refusal(source, Some(&name.to_ascii()), "BADKEY", reason);
-                set_edns(
-                    &mut response,
-                    Some(&Refusal::new(
-                        ResponseCode::NotAuth,
-                        ede::OTHER,
-                        format!("BADKEY: {reason}"),
-                    )),
-                    None,
+                let refusal = Refusal::new(
+                    ResponseCode::NotAuth,
+                    ede::OTHER,
+                    format!("BADKEY: {reason}"),
                 );
-                tsig::sign_reply(response, id, tsig::Reply::BadKey(name), now_s)
+                encode_within(response, &refusal, limit, |m| {
+                    tsig::sign_reply(m, id, tsig::Reply::BadKey(name), now_s)
+                })
             }
             tsig::Failure::BadSig { signer, key } => {
                 let text = format!("BADSIG: the TSIG MAC does not verify under key {key:?}");
                 auth::log_refusal(source, Some(key), "BADSIG", &text);
-                set_edns(
-                    &mut response,
-                    Some(&Refusal::new(ResponseCode::NotAuth, ede::OTHER, text)),
-                    None,
-                );
-                tsig::sign_reply(response, id, tsig::Reply::BadSig(signer), now_s)
+                let refusal = Refusal::new(ResponseCode::NotAuth, ede::OTHER, text);
+                encode_within(response, &refusal, limit, |m| {
+                    tsig::sign_reply(m, id, tsig::Reply::BadSig(signer), now_s)
+                })
             }
             tsig::Failure::BadTime { verified, skew } => {
                 let text = format!(
@@ -284,10 +296,10 @@ impl Updater {
                 )
             }
         };
-        Handled {
-            reply: reply.unwrap_or_default(),
+        Some(Handled {
+            reply: reply?,
             changed: false,
-        }
+        })
     }
 
     /// Zone, prerequisites, mapping, access, then the writes. Returns whether the live set
@@ -579,12 +591,38 @@ fn set_edns(response: &mut Message, refusal: Option<&Refusal>, granted: Option<&
     response.set_edns(edns);
 }
 
+/// Encodes `response` with `encode` after putting `refusal`'s EDE on it; with a `limit`,
+/// shortens the EDE text until the reply fits (the info code stays).
+fn encode_within(
+    response: Message,
+    refusal: &Refusal,
+    limit: Option<usize>,
+    encode: impl Fn(Message) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let mut refusal = refusal.clone();
+    loop {
+        let mut message = response.clone();
+        set_edns(&mut message, Some(&refusal), None);
+        let bytes = encode(message)?;
+        match limit {
+            Some(limit) if bytes.len() > limit && !refusal.text.is_empty() => {
+                let mut keep = refusal.text.len().saturating_sub(bytes.len() - limit);
+                while !refusal.text.is_char_boundary(keep) {
+                    keep -= 1;
+                }
+                refusal.text.truncate(keep);
+            }
+            _ => return Some(bytes),
+        }
+    }
+}
+
 /// The EDE option's code (RFC 8914).
 pub const EDE: u16 = 15;
 
 /// FORMERR to a message hickory cannot parse, built from its header (its ID and opcode), with
 /// an EDE saying why; nothing when there is no header.
-fn formerr(bytes: &[u8], why: &str, source: IpAddr) -> Option<Handled> {
+fn formerr(bytes: &[u8], why: &str, source: IpAddr, limit: Option<usize>) -> Option<Handled> {
     if bytes.len() < 12 {
         return None;
     }
@@ -597,9 +635,8 @@ fn formerr(bytes: &[u8], why: &str, source: IpAddr) -> Option<Handled> {
         format!("the UPDATE does not parse: {why}"),
     );
     auth::log_refusal(source, None, "FORMERR", &refusal.text);
-    set_edns(&mut response, Some(&refusal), None);
     Some(Handled {
-        reply: response.to_vec().ok()?,
+        reply: encode_within(response, &refusal, limit, |m| m.to_vec().ok())?,
         changed: false,
     })
 }
@@ -607,6 +644,98 @@ fn formerr(bytes: &[u8], why: &str, source: IpAddr) -> Option<Handled> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DnsConfig, RegistryConfig};
+    use crate::dns::forward::Forwarder;
+    use crate::dns::statics::StaticZones;
+    use crate::registry::Limits;
+
+    fn updater() -> (Updater, Responder) {
+        let registry = Registry::new(Limits::from(&RegistryConfig::default()));
+        let reader = Responder::new(
+            registry.clone(),
+            &DnsConfig::default(),
+            vec!["127.0.0.1".parse().unwrap()],
+            StaticZones::empty(),
+            Forwarder::new(vec![], vec![], Duration::from_secs(1)),
+        )
+        .unwrap();
+        let updater = Updater::new(
+            registry,
+            Arc::new(Auth::open_loopback()),
+            Zone::new("service.local").unwrap(),
+            Duration::from_secs(10),
+            0,
+        );
+        (updater, reader)
+    }
+
+    /// The smallest UPDATE: the zone section alone.
+    fn empty_update(zone: &str) -> Vec<u8> {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Update);
+        m.add_query(Query::query(zone.parse().unwrap(), RecordType::SOA));
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn an_unsigned_refusal_over_udp_is_at_most_three_times_the_request() {
+        let (updater, reader) = updater();
+        let request = empty_update("service.local.");
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        let udp = updater
+            .handle(&request, outside, Transport::Udp, &reader)
+            .unwrap();
+        assert!(
+            udp.reply.len() <= 3 * request.len(),
+            "{} bytes",
+            udp.reply.len()
+        );
+        let reply = Message::from_vec(&udp.reply).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        let edns = reply.edns.unwrap();
+        let Some(EdnsOption::Unknown(EDE, data)) = edns.option(EDE.into()) else {
+            panic!("no EDE");
+        };
+        assert_eq!(u16::from_be_bytes([data[0], data[1]]), ede::PROHIBITED);
+        // Over TCP the whole text.
+        let tcp = updater
+            .handle(&request, outside, Transport::Tcp, &reader)
+            .unwrap();
+        let reply = Message::from_vec(&tcp.reply).unwrap();
+        let edns = reply.edns.unwrap();
+        let Some(EdnsOption::Unknown(_, data)) = edns.option(EDE.into()) else {
+            panic!("no EDE");
+        };
+        assert!(String::from_utf8_lossy(&data[2..]).contains("protected mode"));
+        assert!(!tcp.changed);
+    }
+
+    #[test]
+    fn from_loopback_unsigned_an_empty_update_succeeds_and_another_zone_is_notauth() {
+        let (updater, reader) = updater();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let ok = updater
+            .handle(
+                &empty_update("service.local."),
+                local,
+                Transport::Udp,
+                &reader,
+            )
+            .unwrap();
+        let reply = Message::from_vec(&ok.reply).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(reply.metadata.op_code, OpCode::Update);
+        assert_eq!(reply.queries.len(), 1, "the zone section is echoed");
+        let other = updater
+            .handle(
+                &empty_update("example.com."),
+                local,
+                Transport::Tcp,
+                &reader,
+            )
+            .unwrap();
+        let reply = Message::from_vec(&other.reply).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NotAuth);
+    }
 
     #[test]
     fn recognises_updates_by_their_header() {
