@@ -28,7 +28,7 @@ fn keys(dir: &std::path::Path) -> String {
 }
 
 /// The nsupdate script that registers web-1 (SRV, the target's A, TXT, the PTR).
-fn register_script(dns: SocketAddr) -> String {
+pub fn register_script(dns: SocketAddr) -> String {
     format!(
         "server {} {}\nzone service.local\n\
          update add _web._tcp.service.local 60 PTR web-1._web._tcp.service.local\n\
@@ -60,11 +60,11 @@ fn run_script(program: &str, package: &str, args: &[&str], script: &str) -> (i32
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn nsupdate(args: &[&str], script: &str) -> (i32, String) {
+pub fn nsupdate(args: &[&str], script: &str) -> (i32, String) {
     run_script("nsupdate", "bind9-dnsutils", args, script)
 }
 
-fn web_key() -> String {
+pub fn web_key() -> String {
     format!("hmac-sha256:web-key:{WEB_SECRET}")
 }
 
