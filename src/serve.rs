@@ -264,12 +264,16 @@ pub async fn run(
     describe(&responder);
     let dns = Dns::new(responder);
     // DNS UPDATE (issue 18): a writer beside the protocol, through the same auth. Its zone is
-    // the domain at start-up; leases without the Update Lease option are registry.default_ttl.
+    // the domain at start-up; leases without the Update Lease option are update.default_lease
+    // (unset: registry.default_ttl).
     dns.set_updater(Arc::new(crate::update::Updater::new(
         registry.clone(),
         auth.clone(),
         crate::dns::Zone::new(&config.dns.domain).map_err(ServeError::Domain)?,
-        config.registry.default_ttl,
+        config
+            .update
+            .default_lease
+            .unwrap_or(config.registry.default_ttl),
         sockets.bound_at_ms,
     )));
     // One limiter for every UDP thread; its counters are shared with the metrics page, which

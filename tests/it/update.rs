@@ -279,6 +279,21 @@ async fn the_update_lease_option_is_echoed_and_the_instance_expires_at_it() {
     assert_eq!(reply.lease, Some(3600), "{reply:?}");
     let reply = dnspython(server.dns, registration(WEB, Some(0)));
     assert_eq!(reply.lease, Some(1), "{reply:?}");
+
+    // update.default_lease sets the default.
+    let config = dir.path().join("beacon.toml");
+    std::fs::write(&config, "[update]\ndefault_lease = \"30m\"\n").unwrap();
+    let server = Server::start(&[
+        "--keys",
+        &keys(dir.path()),
+        "--config",
+        &config.display().to_string(),
+    ]);
+    let reply = dnspython(server.dns, registration(WEB, None));
+    assert_eq!(
+        (reply.rcode, reply.lease),
+        (ResponseCode::NoError, Some(1800))
+    );
 }
 
 #[tokio::test]
