@@ -272,6 +272,12 @@ impl Updater {
                     tsig::sign_reply(m, id, tsig::Reply::BadSig(signer), now_s)
                 })
             }
+            tsig::Failure::Malformed(text) => {
+                auth::log_refusal(source, None, "FORMERR", text);
+                response.metadata.response_code = ResponseCode::FormErr;
+                let refusal = Refusal::new(ResponseCode::FormErr, ede::OTHER, text.clone());
+                encode_within(response, &refusal, limit, |m| m.to_vec().ok())
+            }
             tsig::Failure::BadTime { verified, skew } => {
                 let text = format!(
                     "BADTIME: signed {}s {} this server's clock; at most {}s either way is accepted (auth.window)",
@@ -650,6 +656,10 @@ mod tests {
     use crate::registry::Limits;
 
     fn updater() -> (Updater, Responder) {
+        updater_with(Auth::open_loopback())
+    }
+
+    fn updater_with(auth: Auth) -> (Updater, Responder) {
         let registry = Registry::new(Limits::from(&RegistryConfig::default()));
         let reader = Responder::new(
             registry.clone(),
@@ -661,7 +671,7 @@ mod tests {
         .unwrap();
         let updater = Updater::new(
             registry,
-            Arc::new(Auth::open_loopback()),
+            Arc::new(auth),
             Zone::new("service.local").unwrap(),
             Duration::from_secs(10),
             0,
@@ -746,5 +756,94 @@ mod tests {
         header[2] |= 0x80;
         assert!(!is_update(&header), "a response is not handled");
         assert!(!is_update(&header[..11]));
+    }
+
+    /// Hostile input: every one-bit change and every truncation of a signed UPDATE is answered
+    /// (or ignored) without a panic and changes nothing; the message ID aside, which TSIG leaves
+    /// out of the MAC on purpose (RFC 8945 §4.3.1: Original ID), any change breaks the MAC.
+    #[test]
+    fn altered_signed_updates_never_panic_and_change_nothing() {
+        use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
+        use hickory_proto::rr::rdata::{A, SRV};
+        use hickory_proto::rr::TSigner;
+
+        const SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, format!("web-key {SECRET} web\n")).unwrap();
+        let auth = Auth::from_config(&crate::config::AuthConfig {
+            keys_file: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        let secret = auth
+            .key_ring()
+            .get("web-key")
+            .unwrap()
+            .secret()
+            .expose_bytes()
+            .to_vec();
+        let (updater, reader) = updater_with(auth);
+        let signer = TSigner::new(
+            secret,
+            TsigAlgorithm::HmacSha256,
+            Name::from_ascii("web-key").unwrap(),
+            300,
+        )
+        .unwrap();
+        let mut m = Message::new(9, MessageType::Query, OpCode::Update);
+        m.add_query(Query::query(
+            "service.local.".parse().unwrap(),
+            RecordType::SOA,
+        ));
+        let host: Name = "h.service.local.".parse().unwrap();
+        m.add_authority(Record::from_rdata(
+            "w1._web._tcp.service.local.".parse().unwrap(),
+            60,
+            RData::SRV(SRV::new(0, 1, 8080, host.clone())),
+        ));
+        m.add_authority(Record::from_rdata(host, 60, RData::A(A::new(10, 0, 0, 1))));
+        let mut edns = Edns::new();
+        edns.options_mut().insert(EdnsOption::Unknown(
+            lease::CODE,
+            600u32.to_be_bytes().to_vec(),
+        ));
+        m.set_edns(edns);
+        m.finalize(&signer, auth::wall_clock_ms() / 1000).unwrap();
+        let bytes = m.to_vec().unwrap();
+
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let version = updater.registry.version();
+        for at in 2..bytes.len() {
+            for bit in [0x01, 0x10, 0x80] {
+                let mut altered = bytes.clone();
+                altered[at] ^= bit;
+                let handled = updater.handle(&altered, local, Transport::Udp, &reader);
+                assert!(handled.is_none_or(|h| !h.changed), "byte {at} bit {bit:#x}");
+                assert_eq!(
+                    updater.registry.version(),
+                    version,
+                    "byte {at} bit {bit:#x}"
+                );
+            }
+        }
+        for len in 0..bytes.len() {
+            let _ = updater.handle(&bytes[..len], local, Transport::Tcp, &reader);
+            assert_eq!(updater.registry.version(), version, "cut at {len}");
+        }
+        let first = updater
+            .handle(&bytes, local, Transport::Udp, &reader)
+            .unwrap();
+        assert!(first.changed);
+        assert_eq!(updater.registry.service("web").unwrap().live(0).count(), 1);
+        // The same request with another message ID is the same signed request: its first
+        // reply again, nothing applied.
+        let mut other_id = bytes.clone();
+        other_id[1] ^= 1;
+        let again = updater
+            .handle(&other_id, local, Transport::Udp, &reader)
+            .unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.reply, first.reply);
     }
 }

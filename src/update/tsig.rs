@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::tsig::{make_tsig_record, TsigAlgorithm, TsigError, TSIG};
-use hickory_proto::rr::{Name, Record, TSigResponseContext, TSigner};
+use hickory_proto::rr::{DNSClass, Name, Record, TSigResponseContext, TSigner};
 
 use crate::auth::keys::KeyRing;
 
@@ -45,6 +45,9 @@ pub enum Failure {
         /// The key's name.
         key: String,
     },
+    /// Not a TSIG RR as RFC 8945 §4.2 writes one (class ANY, TTL 0): FORMERR. (hickory's MAC
+    /// takes both as those constants, so an altered one would verify.)
+    Malformed(String),
     /// Time Signed outside the window: BADTIME, answered signed.
     BadTime {
         /// The request, verified but for its time.
@@ -76,6 +79,12 @@ pub fn verify(
         });
     };
     let key = key_name(&record.name);
+    if record.dns_class != DNSClass::ANY || record.ttl != 0 {
+        return Err(Failure::Malformed(format!(
+            "the TSIG RR has class {} and TTL {}; RFC 8945 §4.2 wants ANY and 0",
+            record.dns_class, record.ttl
+        )));
+    }
     if record.data.algorithm != TsigAlgorithm::HmacSha256 {
         return Err(Failure::BadKey {
             name: record.name.clone(),
