@@ -263,13 +263,12 @@ pub async fn run(
     let responder = build_responder(config, &registry, dns_addr)?;
     describe(&responder);
     let dns = Dns::new(responder);
-    // DNS UPDATE (issue 18): a writer beside the protocol, through the same auth. Its zone is
-    // the domain at start-up; leases without the Update Lease option are update.default_lease
+    // DNS UPDATE (issue 18): a writer beside the protocol, through the same auth, for the
+    // responder's domain; leases without the Update Lease option are update.default_lease
     // (unset: registry.default_ttl).
     dns.set_updater(Arc::new(crate::update::Updater::new(
         registry.clone(),
         auth.clone(),
-        crate::dns::Zone::new(&config.dns.domain).map_err(ServeError::Domain)?,
         config
             .update
             .default_lease

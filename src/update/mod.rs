@@ -34,7 +34,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::auth::{self, Auth, AuthError};
 use crate::dns::answer::{Outcome, Transport};
-use crate::dns::{Responder, Zone};
+use crate::dns::Responder;
 use crate::registry::{Registry, RegistryError};
 use map::ede;
 
@@ -76,11 +76,11 @@ pub fn is_update(message: &[u8]) -> bool {
     message.len() >= 12 && message[2] & 0x80 == 0 && (message[2] >> 3) & 0x0f == 5
 }
 
-/// Answers UPDATEs for one zone, writing through the registry.
+/// Answers UPDATEs for the service domain (the responder's, so a reload that changes
+/// `dns.domain` moves updates with the answers), writing through the registry.
 pub struct Updater {
     registry: Registry,
     auth: Arc<Auth>,
-    zone: Zone,
     default_lease: Duration,
     seen: tsig::Seen,
     /// The last stamp given to a signed change (see [`Updater::next_stamp`]).
@@ -93,26 +93,23 @@ pub struct Updater {
 impl std::fmt::Debug for Updater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Updater")
-            .field("zone", &self.zone.apex)
             .field("default_lease", &self.default_lease)
             .finish()
     }
 }
 
 impl Updater {
-    /// Updates for `zone`, with `default_lease` for an UPDATE without the Update Lease option;
+    /// Updates with `default_lease` for an UPDATE without the Update Lease option;
     /// `started_ms`: when the server started (Unix ms).
     pub fn new(
         registry: Registry,
         auth: Arc<Auth>,
-        zone: Zone,
         default_lease: Duration,
         started_ms: u64,
     ) -> Updater {
         Updater {
             registry,
             auth,
-            zone,
             default_lease,
             seen: tsig::Seen::default(),
             last_stamp: AtomicU64::new(0),
@@ -351,13 +348,13 @@ impl Updater {
                 ),
             ));
         }
-        if zone.name().to_lowercase() != self.zone.apex {
+        if zone.name().to_lowercase() != reader.zone().apex {
             return Err(Refusal::new(
                 ResponseCode::NotAuth,
                 ede::NOT_AUTHORITATIVE,
                 format!(
                     "beacon takes updates for {} only, not {}",
-                    self.zone.apex,
+                    reader.zone().apex,
                     zone.name()
                 ),
             ));
@@ -367,7 +364,7 @@ impl Updater {
         // 3. Prerequisites (the answer section).
         self.check_prerequisites(&request.answers, source, reader)?;
         // 4. The update section.
-        let plan = map::plan(&self.zone, &request.authorities)?;
+        let plan = map::plan(reader.zone(), &request.authorities)?;
         // 5. Access, for every service before any write.
         let stamp = if key.is_some() { self.next_stamp() } else { 0 };
         let mut origins = Vec::new();
@@ -444,11 +441,14 @@ impl Updater {
                     "prerequisite {name} {rtype}: TTL must be 0 (RFC 2136 §2.4)"
                 )));
             }
-            if map::role(&self.zone, &name).is_none() {
+            if map::role(reader.zone(), &name).is_none() {
                 return Err(Refusal::new(
                     ResponseCode::NotZone,
                     ede::NOT_AUTHORITATIVE,
-                    format!("prerequisite {name} is outside the zone {}", self.zone.apex),
+                    format!(
+                        "prerequisite {name} is outside the zone {}",
+                        reader.zone().apex
+                    ),
                 ));
             }
             let unmet = |rcode, what: &str| {
@@ -669,13 +669,7 @@ mod tests {
             Forwarder::new(vec![], vec![], Duration::from_secs(1)),
         )
         .unwrap();
-        let updater = Updater::new(
-            registry,
-            Arc::new(auth),
-            Zone::new("service.local").unwrap(),
-            Duration::from_secs(10),
-            0,
-        );
+        let updater = Updater::new(registry, Arc::new(auth), Duration::from_secs(10), 0);
         (updater, reader)
     }
 

@@ -487,3 +487,46 @@ async fn updated_instances_are_listed_pushed_to_watchers_and_kept_by_the_data_di
     assert_ne!(code, 0);
     assert_eq!(instances(&server).len(), 1);
 }
+
+/// SIGHUP: a new `dns.domain` moves updates with the answers, and a key that left the keys
+/// file stops signing updates at once.
+#[tokio::test]
+async fn sighup_moves_updates_to_a_new_domain_and_takes_a_key_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let config = dir.path().join("beacon.toml");
+    std::fs::write(&config, "[dns]\ndomain = \"one.test\"\n").unwrap();
+    let server = Server::start(&["--keys", &keys, "--config", &config.display().to_string()]);
+    let in_zone = |zone: &str| {
+        let mut r = registration(WEB, Some(600));
+        r["zone"] = zone.into();
+        r
+    };
+    assert_eq!(
+        dnspython(server.dns, in_zone("one.test")).rcode,
+        ResponseCode::NoError
+    );
+
+    std::fs::write(&config, "[dns]\ndomain = \"two.test\"\n").unwrap();
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    let dns = server.dns;
+    let moved = eventually(Duration::from_secs(5), || {
+        let reply = dnspython(dns, in_zone("two.test"));
+        async move { reply.rcode == ResponseCode::NoError }
+    })
+    .await;
+    assert!(moved, "updates for two.test still refused after SIGHUP");
+    assert_eq!(
+        dnspython(server.dns, in_zone("one.test")).rcode,
+        ResponseCode::NotAuth
+    );
+
+    std::fs::write(&keys, format!("db-key {DB_SECRET} db\n")).unwrap();
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    let refused = eventually(Duration::from_secs(5), || {
+        let reply = dnspython(dns, in_zone("two.test"));
+        async move { reply.tsig_error == Some(17) }
+    })
+    .await;
+    assert!(refused, "web-key still signs updates after SIGHUP");
+}
