@@ -49,3 +49,19 @@ fn the_protocol_corpus_replays() {
         assert!(outcome.is_ok(), "{path}");
     }
 }
+
+#[test]
+fn the_update_corpus_replays() {
+    let harness = crate::update::fuzzing::UpdateHarness::default();
+    let inputs = inputs("dns_update");
+    assert!(
+        inputs.len() >= 10,
+        "fuzz/corpus/dns_update holds {} inputs",
+        inputs.len()
+    );
+    for (path, bytes) in inputs {
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| harness.check(&bytes)));
+        assert!(outcome.is_ok(), "{path}");
+    }
+}

@@ -103,6 +103,18 @@ impl Auth {
         })
     }
 
+    /// The policy of `config` with the keys of `ring` instead of its keys file (for harnesses
+    /// and tests that hold keys in memory).
+    pub fn with_ring(ring: KeyRing, config: &AuthConfig) -> Auth {
+        Auth {
+            ring: ArcSwap::from_pointee(ring),
+            keys_file: None,
+            protected: config.protected,
+            read: config.read,
+            window_ms: config.window.as_millis() as u64,
+        }
+    }
+
     /// No keys, protected mode, open reads: what a server without `[auth]` runs with.
     pub fn open_loopback() -> Auth {
         Auth::from_config(&AuthConfig::default()).expect("no keys file to read")

@@ -18,6 +18,8 @@
 //! logged through [`auth::log_refusal`]. Not atomic across the prerequisite check and the
 //! writes: see docs/UPDATE.md.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lease;
 pub mod map;
 pub mod tsig;
