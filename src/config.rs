@@ -36,6 +36,18 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The HTTP API, the web view, Consul's catalog API and `/metrics` (`--http`).
     pub http: HttpConfig,
+    /// DNS UPDATE (docs/UPDATE.md).
+    pub update: UpdateConfig,
+}
+
+/// DNS UPDATE: registrations on the DNS listener (docs/UPDATE.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// The lease of an UPDATE without the Update Lease option (RFC 9664). Unset:
+    /// `registry.default_ttl`. Within `registry.min_ttl..registry.max_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub default_lease: Option<Duration>,
 }
 
 /// Where the HTTP listener is, if anywhere.
@@ -513,6 +525,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -752,6 +765,19 @@ impl Config {
                 ),
             );
         }
+        if let Some(lease) = self.update.default_lease {
+            if lease < r.min_ttl || lease > r.max_ttl {
+                return invalid(
+                    "update.default_lease",
+                    format!(
+                        "{} is outside registry.min_ttl..registry.max_ttl ({}..{})",
+                        humantime::format_duration(lease),
+                        humantime::format_duration(r.min_ttl),
+                        humantime::format_duration(r.max_ttl)
+                    ),
+                );
+            }
+        }
         if r.max_instances == 0 {
             return invalid("registry.max_instances", "must be at least 1".into());
         }
@@ -892,6 +918,19 @@ mod tests {
     fn example_file_parses_to_the_defaults() {
         let text = include_str!("../beacon.example.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_default_lease_of_updates_is_checked_and_named() {
+        let config = Config::from_toml("[update]\ndefault_lease = \"30m\"\n").unwrap();
+        assert_eq!(config.update.default_lease, Some(Duration::from_secs(1800)));
+        for toml in [
+            "[update]\ndefault_lease = \"2h\"\n",
+            "[update]\ndefault_lease = \"10ms\"\n",
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains("update.default_lease"), "{e}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! inputs that once failed) through the same checks, on the stable toolchain, so `cargo test`
 //! checks every input ever found without cargo-fuzz.
 
-use std::panic::catch_unwind;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
@@ -24,35 +24,16 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn the_dns_corpus_replays() {
     let harness = crate::dns::fuzzing::DnsHarness::default();
-    let inputs = inputs("dns_query");
-    assert!(
-        inputs.len() >= 100,
-        "fuzz/corpus/dns_query holds {} inputs",
-        inputs.len()
-    );
-    for (path, bytes) in inputs {
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| harness.check(&bytes)));
-        assert!(outcome.is_ok(), "{path}");
-    }
+    replay("dns_query", 100, |bytes| harness.check(bytes));
 }
 
 #[test]
 fn the_protocol_corpus_replays() {
-    let inputs = inputs("protocol_request");
-    assert!(
-        inputs.len() >= 40,
-        "fuzz/corpus/protocol_request holds {} inputs",
-        inputs.len()
-    );
-    for (path, bytes) in inputs {
-        let outcome = std::panic::catch_unwind(|| crate::protocol::fuzzing::check(&bytes));
-        assert!(outcome.is_ok(), "{path}");
-    }
+    replay("protocol_request", 40, crate::protocol::fuzzing::check);
 }
 
 /// Replays `target`'s inputs through `check`, after asserting there are at least `min`.
-fn replay(target: &str, min: usize, check: fn(&[u8])) {
+fn replay(target: &str, min: usize, check: impl Fn(&[u8])) {
     let inputs = inputs(target);
     assert!(
         inputs.len() >= min,
@@ -60,7 +41,10 @@ fn replay(target: &str, min: usize, check: fn(&[u8])) {
         inputs.len()
     );
     for (path, bytes) in inputs {
-        assert!(catch_unwind(|| check(&bytes)).is_ok(), "{path}");
+        assert!(
+            catch_unwind(AssertUnwindSafe(|| check(&bytes))).is_ok(),
+            "{path}"
+        );
     }
 }
 
@@ -87,4 +71,10 @@ fn the_watch_push_corpus_replays() {
 #[test]
 fn the_signed_request_corpus_replays() {
     replay("signed_request", 100, crate::auth::fuzzing::check);
+}
+
+#[test]
+fn the_update_corpus_replays() {
+    let harness = crate::update::fuzzing::UpdateHarness::default();
+    replay("dns_update", 100, |bytes| harness.check(bytes));
 }

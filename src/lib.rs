@@ -10,6 +10,8 @@
 //! - [`protocol`]: the registration protocol's messages and its UDP/TCP listeners.
 //! - [`auth`]: keys, signed requests, the replay window and protected mode, between
 //!   [`protocol`] and [`registry`].
+//! - [`update`]: DNS UPDATE (RFC 2136) with TSIG and the Update Lease option: a second writer
+//!   beside [`protocol`], through the same [`auth`], handed UPDATEs by the DNS listener.
 //! - [`dns`]: DNS answers from registry snapshots, and the DNS UDP/TCP listeners.
 //! - [`net`]: datagram and connection loops shared by both listeners.
 //! - [`client`]: the client library: one-off requests, providers kept registered with
@@ -37,6 +39,7 @@ pub mod protocol;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod update;
 
 #[cfg(test)]
 mod fuzz_replay;

@@ -263,6 +263,18 @@ pub async fn run(
     let responder = build_responder(config, &registry, dns_addr)?;
     describe(&responder);
     let dns = Dns::new(responder);
+    // DNS UPDATE (issue 18): a writer beside the protocol, through the same auth, for the
+    // responder's domain; leases without the Update Lease option are update.default_lease
+    // (unset: registry.default_ttl).
+    dns.set_updater(Arc::new(crate::update::Updater::new(
+        registry.clone(),
+        auth.clone(),
+        config
+            .update
+            .default_lease
+            .unwrap_or(config.registry.default_ttl),
+        sockets.bound_at_ms,
+    )));
     // One limiter for every UDP thread; its counters are shared with the metrics page, which
     // only reads them.
     let rate_limited = Arc::new(RateLimitCounters::default());

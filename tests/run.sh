@@ -14,7 +14,8 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 # Each command the tests run, and the package that has it.
 tools=(
-  dig:bind9-dnsutils  # DNS answers checked with dig
+  dig:bind9-dnsutils  # DNS answers checked with dig; nsupdate sends DNS UPDATEs
+  knsupdate:knot-dnsutils # Knot's UPDATE client
   etcd:etcd-server    # cluster tests and the etcd client's unit tests start real members
   etcdctl:etcd-client # cluster tests read and change etcd directly
   python3:python3     # the Python example providers
@@ -36,6 +37,9 @@ missing_packages() {
   for tool in "${tools[@]}"; do
     command -v "${tool%%:*}" >/dev/null || echo "${tool#*:}"
   done
+  # dnspython, a module rather than a command: the UPDATE tests (tests/it/update.py) run it
+  # with Debian's /usr/bin/python3.
+  /usr/bin/python3 -c 'import dns.update' 2>/dev/null || echo python3-dnspython
 }
 
 mapfile -t missing < <(missing_packages)

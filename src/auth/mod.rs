@@ -105,6 +105,18 @@ impl Auth {
         })
     }
 
+    /// The policy of `config` with the keys of `ring` instead of its keys file (for harnesses
+    /// and tests that hold keys in memory).
+    pub fn with_ring(ring: KeyRing, config: &AuthConfig) -> Auth {
+        Auth {
+            ring: ArcSwap::from_pointee(ring),
+            keys_file: None,
+            protected: config.protected,
+            read: config.read,
+            window_ms: config.window.as_millis() as u64,
+        }
+    }
+
     /// No keys, protected mode, open reads: what a server without `[auth]` runs with.
     pub fn open_loopback() -> Auth {
         Auth::from_config(&AuthConfig::default()).expect("no keys file to read")
@@ -241,6 +253,44 @@ impl Auth {
             )));
         }
         Ok(())
+    }
+
+    /// Decides a change of `service` whose signature was checked elsewhere: a DNS UPDATE, whose
+    /// TSIG `crate::update` verified under the key named `key` (`None`: unsigned). The same rules
+    /// as [`Auth::check`]: unsigned changes only without keys, and then only from loopback in
+    /// protected mode; a signed one needs a key that covers the service. `stamp` orders it
+    /// among the instance's signed changes (see `registry::ownership`).
+    pub fn check_verified(
+        &self,
+        service: &str,
+        key: Option<&str>,
+        stamp: u64,
+        source: IpAddr,
+    ) -> Result<Origin, AuthError> {
+        let Some(name) = key else {
+            return self.check(Access::Change { service }, None, b"", source);
+        };
+        let ring = self.ring.load();
+        let Some(found) = ring.get(name) else {
+            return Err(AuthError::Unauthorized(format!(
+                "unknown key {name:?}: this registry has no key of that name"
+            )));
+        };
+        if !found.covers(service) {
+            return Err(AuthError::Forbidden(format!(
+                "key {name:?} may not change service {service:?}"
+            )));
+        }
+        Ok(Origin {
+            owner: Some(found.name.clone()),
+            stamp,
+            floor: self.floor_at(wall_clock_ms()),
+        })
+    }
+
+    /// How far a signature's time may be from the server's clock, in milliseconds.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
     }
 
     /// Whether reads need a signature (`auth.read = "signed"`).

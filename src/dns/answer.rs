@@ -189,6 +189,11 @@ impl Responder {
         &self.forwarder
     }
 
+    /// The service domain (for `crate::update`, which takes updates into it).
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
     /// Answers one message from `client`.
     pub fn respond(&self, query: &[u8], client: IpAddr, transport: Transport) -> Outcome {
         if let Some(bytes) = self.fast_answer(query, client, transport) {

@@ -632,4 +632,22 @@ mod tests {
             .fast_answer(&response[..20], LOCALHOST, Transport::Udp)
             .is_none());
     }
+
+    /// An UPDATE is the writer's (`crate::update`): the fast path must never answer one, not
+    /// even one whose bytes otherwise look like a question it answers (opcode bits aside).
+    #[test]
+    fn never_answers_an_update() {
+        let r = responder();
+        for (name, rtype) in [
+            ("web.service.local.", RecordType::A),
+            ("_web._tcp.service.local.", RecordType::SRV),
+        ] {
+            let mut q = query(name, rtype, None);
+            assert!(r.fast_answer(&q, LOCALHOST, Transport::Udp).is_some());
+            q[2] = (q[2] & !0x78) | (5 << 3);
+            assert!(crate::update::is_update(&q));
+            assert!(r.fast_answer(&q, LOCALHOST, Transport::Udp).is_none());
+            assert!(r.fast_answer(&q, LOCALHOST, Transport::Tcp).is_none());
+        }
+    }
 }

@@ -45,6 +45,8 @@ use hickory_proto::rr::{LowerName, Name};
 /// each query works with the responder it loaded, so none sees half a reload.
 pub struct Dns {
     current: ArcSwap<Responder>,
+    /// Where UPDATEs go (`crate::update`), set once at start-up; without it they get NOTIMP.
+    updater: std::sync::OnceLock<Arc<crate::update::Updater>>,
 }
 
 impl Dns {
@@ -52,12 +54,30 @@ impl Dns {
     pub fn new(responder: Responder) -> Arc<Dns> {
         Arc::new(Dns {
             current: ArcSwap::from_pointee(responder),
+            updater: std::sync::OnceLock::new(),
         })
     }
 
     /// The responder in service now.
     pub fn load(&self) -> Arc<Responder> {
         self.current.load_full()
+    }
+
+    /// Hands UPDATE messages to `updater` from now on (once; a second call is ignored).
+    pub fn set_updater(&self, updater: Arc<crate::update::Updater>) {
+        let _ = self.updater.set(updater);
+    }
+
+    /// The updater, if UPDATEs are taken.
+    pub fn updater(&self) -> Option<&crate::update::Updater> {
+        self.updater.get().map(|u| &**u)
+    }
+
+    /// Waits until the updater's last change is on disk (with `--data-dir`; at once otherwise).
+    pub fn wait_durable(&self) {
+        if let Some(updater) = self.updater() {
+            updater.wait_durable();
+        }
     }
 
     /// Puts `responder` in service for every query that starts from now on.

@@ -82,6 +82,20 @@ pub fn serve_udp_blocking(
                     }
                 }
             }
+            // An UPDATE goes to the writer (`crate::update`), past the same rate limit; a
+            // change is on disk (with `--data-dir`) before its reply leaves.
+            if crate::update::is_update(query) {
+                if let Some(handled) = dns
+                    .updater()
+                    .and_then(|u| u.handle(query, peer.ip(), Transport::Udp, &responder))
+                {
+                    if handled.changed {
+                        dns.wait_durable();
+                    }
+                    replies.push(handled.reply, peer);
+                    continue;
+                }
+            }
             let response = match responder.respond(query, peer.ip(), Transport::Udp) {
                 Outcome::Reply(bytes) => bytes,
                 Outcome::Ignore => continue,
@@ -163,7 +177,7 @@ pub async fn serve_tcp(
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    dns: &Dns,
+    dns: &Arc<Dns>,
     idle_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -182,11 +196,25 @@ async fn serve_connection(
             _ = shutdown.cancelled() => return Ok(()),
         };
         let responder = dns.load();
-        let response = match responder.respond(&buf[..len], peer.ip(), Transport::Tcp) {
-            Outcome::Reply(bytes) => bytes,
-            Outcome::Forward(pending) => forward(&responder, *pending).await,
-            // Not a query: a TCP peer that sends garbage gets no more of our time.
-            Outcome::Ignore => return Ok(()),
+        let update = if crate::update::is_update(&buf[..len]) {
+            dns.updater()
+                .and_then(|u| u.handle(&buf[..len], peer.ip(), Transport::Tcp, &responder))
+        } else {
+            None
+        };
+        let response = if let Some(handled) = update {
+            if handled.changed {
+                let dns = dns.clone();
+                let _ = tokio::task::spawn_blocking(move || dns.wait_durable()).await;
+            }
+            handled.reply
+        } else {
+            match responder.respond(&buf[..len], peer.ip(), Transport::Tcp) {
+                Outcome::Reply(bytes) => bytes,
+                Outcome::Forward(pending) => forward(&responder, *pending).await,
+                // Not a query: a TCP peer that sends garbage gets no more of our time.
+                Outcome::Ignore => return Ok(()),
+            }
         };
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());

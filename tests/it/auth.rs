@@ -421,13 +421,13 @@ async fn signed_reads_need_a_key_and_dns_stays_open() {
 }
 
 /// A veth pair into a network namespace of the test's own: a host on another address.
-struct Namespace {
+pub struct Namespace {
     name: String,
     host_side: String,
 }
 
 impl Namespace {
-    fn create(tag: &str, host_ip: &str, ns_ip: &str) -> Option<Namespace> {
+    pub fn create(tag: &str, host_ip: &str, ns_ip: &str) -> Option<Namespace> {
         require("ip", "iproute2");
         let name = format!("bcn-{tag}-{}", std::process::id());
         let host_side = format!("vh{}{tag}", std::process::id() % 100_000);
@@ -457,7 +457,7 @@ impl Namespace {
         Some(ns)
     }
 
-    fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
+    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
         Command::new("ip")
             .args(["netns", "exec", &self.name, program])
             .args(args)

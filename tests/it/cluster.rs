@@ -1016,6 +1016,54 @@ async fn ownership_and_replay_stamps_travel_through_etcd() {
     assert!(gone(b.dns, "web").await);
 }
 
+/// DNS UPDATE (issue 18) in cluster mode: an instance registered by nsupdate at one node is
+/// answered by the others, keeps its owner everywhere, and a TSIG-signed delete at another node
+/// removes it from all.
+#[tokio::test]
+async fn an_update_at_one_node_is_answered_and_deleted_at_the_others() {
+    require_etcd();
+    let etcd = EtcdCluster::start();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys");
+    std::fs::write(&keys, format!("web-key {} web\n", crate::auth::WEB_SECRET)).unwrap();
+    let with_keys = vec!["--keys".to_string(), keys.display().to_string()];
+    let nodes = Nodes::start_each(
+        &etcd,
+        "/it-update/",
+        "3s",
+        "",
+        [with_keys.clone(), Vec::new(), with_keys],
+    );
+    let (a, b, c) = (nodes.server(0), nodes.server(1), nodes.server(2));
+    let (code, out) = crate::update::nsupdate(
+        &["-y", &crate::update::web_key()],
+        &crate::update::register_script(a.dns),
+    );
+    assert_eq!(code, 0, "{out}");
+    let expected = ["10.0.0.7".to_string()];
+    let seen = first_held(&[b.dns, c.dns], Duration::from_secs(5), |dns| {
+        answers(dns, "web", &expected)
+    })
+    .await;
+    assert!(seen.iter().all(Option::is_some), "{seen:?}");
+    // b has no keys: an unsigned delete there is refused (the instance is web-key's).
+    let at = |dns: SocketAddr| format!("server {} {}\nzone service.local\n", dns.ip(), dns.port());
+    let delete = "update delete web-1._web._tcp.service.local\nsend\n";
+    let (code, _) = crate::update::nsupdate(&[], &format!("{}{delete}", at(b.dns)));
+    assert_ne!(code, 0);
+    assert!(answers(b.dns, "web", &expected).await);
+    let (code, out) = crate::update::nsupdate(
+        &["-y", &crate::update::web_key()],
+        &format!("{}{delete}", at(c.dns)),
+    );
+    assert_eq!(code, 0, "{out}");
+    let left = first_held(&[a.dns, b.dns], Duration::from_secs(5), |dns| {
+        gone(dns, "web")
+    })
+    .await;
+    assert!(left.iter().all(Option::is_some), "{left:?}");
+}
+
 #[tokio::test]
 async fn killing_the_etcd_leader_loses_nothing() {
     require_etcd();

@@ -19,5 +19,6 @@ mod resolver;
 mod sidecar;
 mod support;
 mod system_resolver;
+mod update;
 mod watch;
 mod web_view;
