@@ -15,8 +15,9 @@
 //!    as the protocol does; the registry learns the key's name (the owner), never the key.
 //!
 //! Each refusal has its rcode (and TSIG error), an EDE option (RFC 8914) saying why, and is
-//! logged through [`auth::log_refusal`]. Not atomic across the prerequisite check and the
-//! writes: see docs/UPDATE.md.
+//! logged through [`auth::log_refusal`]. Updates are serialised among themselves (prerequisites
+//! to last write under one lock); a protocol write may still land between an update's check and
+//! its writes: see docs/UPDATE.md.
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -90,6 +91,11 @@ pub struct Updater {
     /// When this server started, Unix seconds: a request signed before is refused, as the
     /// protocol refuses stamps below its start (what an earlier run saw is not remembered).
     started_s: u64,
+    /// Held from the prerequisite check to the last write of an update, so that two updates
+    /// (on UDP and TCP tasks at once) never interleave: each sees the other whole or not at
+    /// all, as RFC 2136 §3.7 asks. It covers no wait for the disk, only the registry's
+    /// in-memory writes, so it costs microseconds per update.
+    serial: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Updater {
@@ -116,6 +122,7 @@ impl Updater {
             seen: tsig::Seen::default(),
             last_stamp: AtomicU64::new(0),
             started_s: started_ms / 1000,
+            serial: std::sync::Mutex::new(()),
         }
     }
 
@@ -198,7 +205,15 @@ impl Updater {
                 ede::PROHIBITED,
                 "signed before this server started; what an earlier run applied is not remembered, so a request from then could be a replay: sign it again",
             )),
-            _ => self.carry_out(&request, key, source, reader),
+            _ => {
+                // A panic elsewhere while holding it leaves nothing half-written that matters
+                // here (each write is the registry's own), so a poisoned lock is still usable.
+                let _serial = self
+                    .serial
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.carry_out(&request, key, source, reader)
+            }
         };
         let (changed, granted, refusal) = match outcome {
             Ok((changed, granted)) => (changed, granted, None),
