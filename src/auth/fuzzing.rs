@@ -43,17 +43,6 @@ fn client_key() -> ClientKey {
     ClientKey::new(KEY, SECRET).expect("the known key")
 }
 
-/// `bytes` without the JSON whitespace after the request, which the server tolerates.
-fn trimmed(bytes: &[u8]) -> &[u8] {
-    let end = bytes.len()
-        - bytes
-            .iter()
-            .rev()
-            .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-            .count();
-    &bytes[..end]
-}
-
 /// The signed form of the unsigned request whose head (without `}`) is `head`.
 fn resigned(head: &[u8]) -> Vec<u8> {
     let mut unsigned = head.to_vec();
@@ -81,7 +70,7 @@ pub fn check(bytes: &[u8]) {
             let parts = sign::split(bytes).expect("an accepted request has a signature");
             assert_eq!(
                 resigned(parts.head),
-                trimmed(bytes),
+                sign::trim_trailing_whitespace(bytes),
                 "accepted, but not the signed form of its unsigned part"
             );
             if let Access::Change { .. } = access {
@@ -97,7 +86,7 @@ pub fn check(bytes: &[u8]) {
         if sign::verify(key.mac(), parts).is_ok() {
             assert_eq!(
                 resigned(parts.head),
-                trimmed(bytes),
+                sign::trim_trailing_whitespace(bytes),
                 "verified, but not signed so"
             );
         }

@@ -32,16 +32,21 @@ pub struct Parts<'a> {
     pub sig: &'a [u8],
 }
 
-/// Finds the signature at the end of `bytes`, after which only JSON whitespace may follow.
-/// `None` when the request does not end with `,"sig":"<44 characters>"}`.
-pub fn split(bytes: &[u8]) -> Option<Parts<'_>> {
+/// `bytes` without the JSON whitespace after the request, which the server tolerates.
+pub fn trim_trailing_whitespace(bytes: &[u8]) -> &[u8] {
     let end = bytes.len()
         - bytes
             .iter()
             .rev()
             .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
             .count();
-    let body = bytes[..end].strip_suffix(SIG_CLOSE)?;
+    &bytes[..end]
+}
+
+/// Finds the signature at the end of `bytes`, after which only JSON whitespace may follow.
+/// `None` when the request does not end with `,"sig":"<44 characters>"}`.
+pub fn split(bytes: &[u8]) -> Option<Parts<'_>> {
+    let body = trim_trailing_whitespace(bytes).strip_suffix(SIG_CLOSE)?;
     let sig_start = body.len().checked_sub(SIG_TEXT_LEN)?;
     let (rest, sig) = body.split_at(sig_start);
     let head = rest.strip_suffix(SIG_OPEN)?;
