@@ -105,7 +105,20 @@ pub(crate) fn decode(
         }
     };
     match reg.revalidate(limits) {
-        Ok(reg) => Some(reg),
+        // Validation puts names in their canonical form (ids are case-insensitive): a key that
+        // is not canonical (`web/Web-1`, written by hand) would be a second key for the same
+        // instance, and deleting either would remove it while the other still holds it.
+        Ok(reg) if reg.service == service && reg.id == id => Some(reg),
+        Ok(reg) => {
+            tracing::warn!(
+                service,
+                id,
+                canonical_service = %reg.service,
+                canonical_id = %reg.id,
+                "etcd key does not name its instance in canonical form (beacon writes ids lower-case); ignored"
+            );
+            None
+        }
         Err(error) => {
             tracing::warn!(service, id, %error, "etcd value refused by this node's limits; ignored");
             None
