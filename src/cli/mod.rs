@@ -258,8 +258,13 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // RUST_LOG wins when it is a filter, as before; `default` (log_level) was validated with
+    // the same function, so "info" is only a last resort.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| crate::config::log_filter(&text))
+        .or_else(|| crate::config::log_filter(default))
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
