@@ -249,7 +249,7 @@ mod tests {
             Change::Delete {
                 service: "web".into(),
                 id: "a".into(),
-                remote: false,
+                remote: None,
             },
             1,
         );
@@ -260,7 +260,7 @@ mod tests {
             Change::Delete {
                 service: "web".into(),
                 id: "b".into(),
-                remote: false,
+                remote: None,
             },
             2,
         );
