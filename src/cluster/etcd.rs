@@ -401,6 +401,23 @@ const SYNC_MESSAGE_LIMIT: usize = 64 << 20;
 /// How long `start` waits for a first sync that is making progress.
 const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(60);
 
+/// Gives the heap's free pages back to the system, after a sync. A sync's page buffers (a page
+/// of 50 000 values is about 8 MB, received, then decoded) are freed once the registry holds the
+/// instances, but glibc keeps such memory in its arenas, between the instances allocated since,
+/// where nothing of the sync's size comes to reuse it: 13 MB per node at 100 000 instances,
+/// returned by `malloc_trim(0)`, which hands whole free pages anywhere in the heap back to the
+/// kernel. A few milliseconds once per sync.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let started = std::time::Instant::now();
+        // SAFETY: malloc_trim takes no pointer and only walks glibc's own arenas under their
+        // locks; any thread may call it at any time.
+        let released = unsafe { libc::malloc_trim(0) } == 1;
+        tracing::debug!(released, took = ?started.elapsed(), "heap trimmed after a sync");
+    }
+}
+
 /// The end of the key range `prefix` covers: the prefix with its last byte incremented.
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -862,6 +879,7 @@ impl Node {
         self.put_all(client, lease, puts).await?;
         self.delete_all(client, lease, stale_keys).await?;
         self.changed_while_away.clear();
+        release_free_heap();
         self.log.written(covered);
         tracing::debug!(own = held, revision, "synced with etcd");
         Ok(revision)
