@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{decode, key, parse_key, ClusterError, ClusterLog, Numbered};
+use super::{decode, encode, key, parse_key, ClusterError, ClusterLog, Numbered};
 use crate::config::{ClusterConfig, ClusterCredentials, ConfigError};
 use crate::registry::{Change, Registry, RemoteChange, SyncedRecord};
 
@@ -861,7 +861,8 @@ impl Node {
         let puts: Vec<(String, Vec<u8>)> = own
             .iter()
             .map(|reg| {
-                let value = serde_json::to_vec(reg).unwrap_or_default();
+                // Naming this node, as its other writes do (the registry's).
+                let value = encode(reg, Some(&self.node));
                 (key(&prefix, &reg.service, &reg.id), value)
             })
             .collect();

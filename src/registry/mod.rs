@@ -1134,15 +1134,11 @@ impl State {
     fn submit_put(&self, reg: &Registration, version: u64) {
         if let Some(log) = &self.change_log {
             // Plain strings, numbers and a duration: encoding cannot fail. In cluster mode the
-            // value names this node, which holds the lease.
+            // value is etcd's compact form, and names this node, which holds the lease.
             let value = match &self.node_name {
-                Some(name) => serde_json::to_vec(&Registration {
-                    node: Some(name.to_string()),
-                    ..reg.clone()
-                }),
-                None => serde_json::to_vec(reg),
-            }
-            .unwrap_or_default();
+                Some(name) => crate::cluster::encode(reg, Some(name)),
+                None => serde_json::to_vec(reg).unwrap_or_default(),
+            };
             let put = Change::Put {
                 service: reg.service.clone(),
                 id: reg.id.clone(),
