@@ -377,10 +377,11 @@ type EtcdResult<T> = Result<T, etcd_client::Error>;
 /// etcd's default limit on the operations of one transaction (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
 
-/// Keys per page when a sync reads the catalog: about 8 MB. Pages are few because etcd 3.4
-/// reads the whole rest of the range for each page before applying the limit (a sync in pages
-/// of 2 000 took 6.3 s at 240 000 instances, most of it waiting on etcd).
-const SYNC_PAGE: i64 = 50_000;
+/// Keys per page when a sync reads the catalog: about 20 MB of keys and values (about 100 B
+/// each). Pages are few because etcd 3.4 reads the whole rest of the range for each page before
+/// applying the limit (a sync in pages of 2 000 took 6.3 s at 240 000 instances, most of it
+/// waiting on etcd; in pages of 50 000, 10.4 s at 1 000 000).
+const SYNC_PAGE: i64 = 200_000;
 
 /// Records handed to the registry at a time while a sync decodes a page: a copy of only this
 /// many is ever held.
@@ -394,8 +395,8 @@ const DELETES_PER_TXN: usize = 64;
 /// Capacity the map of writes in flight keeps once empty.
 const IN_FLIGHT_KEPT: usize = 1024;
 
-/// The largest response a sync accepts: a page of [`SYNC_PAGE`] keys with room to spare
-/// (gRPC's default, 4 MiB, holds about 25 000 instances).
+/// The largest response a sync accepts: a page of [`SYNC_PAGE`] keys with room to spare for
+/// values with tags and metadata (gRPC's default, 4 MiB, holds about 40 000 instances).
 const SYNC_MESSAGE_LIMIT: usize = 64 << 20;
 
 /// How long `start` waits for a first sync that is making progress.
@@ -429,6 +430,38 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     }
     // A prefix of 0xff bytes only (never valid UTF-8, so never a configured prefix): to the end.
     vec![0]
+}
+
+/// One page of a sync, read by a task of its own so that etcd reads the next page while this
+/// node decodes the current one. Aborted if dropped (the session failed meanwhile).
+struct PageFetch {
+    /// The first key asked for.
+    from: Vec<u8>,
+    task: tokio::task::JoinHandle<EtcdResult<etcd_client::GetResponse>>,
+}
+
+impl PageFetch {
+    fn start(mut kv: etcd_client::KvClient, from: Vec<u8>, options: GetOptions) -> PageFetch {
+        let key = from.clone();
+        PageFetch {
+            from,
+            task: tokio::spawn(async move { kv.get(key, Some(options)).await }),
+        }
+    }
+
+    async fn response(mut self) -> EtcdResult<etcd_client::GetResponse> {
+        match (&mut self.task).await {
+            Ok(response) => response,
+            // Only a panic in etcd-client, or the runtime shutting down.
+            Err(error) => Err(etcd_client::Error::IoError(std::io::Error::other(error))),
+        }
+    }
+}
+
+impl Drop for PageFetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What the lease keeper last learnt of this node's lease.
@@ -540,6 +573,8 @@ struct Node {
     changed_while_away: HashSet<String>,
     /// Keys per page when syncing ([`SYNC_PAGE`]; smaller in tests).
     sync_page: i64,
+    /// The largest sync page accepted ([`SYNC_MESSAGE_LIMIT`]; smaller in tests).
+    sync_message_limit: usize,
     /// Sessions started: each talks to the next endpoint of `cluster.etcd`.
     sessions: usize,
     /// Told when the first sync is done, or every endpoint failed once before it: `start`
@@ -572,6 +607,7 @@ impl Node {
             alive_until: HashMap::new(),
             changed_while_away: HashSet::new(),
             sync_page: SYNC_PAGE,
+            sync_message_limit: SYNC_MESSAGE_LIMIT,
             sessions: 0,
             first_sync: None,
             first_refusal: None,
@@ -807,22 +843,44 @@ impl Node {
         // 300 B per instance at its peak, and its holes stayed in the heap.
         self.registry.begin_remote_sync();
         let mut batch = Vec::with_capacity(SYNC_BATCH);
-        let mut kv = client
+        let kv = client
             .kv_client()
-            .max_decoding_message_size(SYNC_MESSAGE_LIMIT);
+            .max_decoding_message_size(self.sync_message_limit);
         let end = prefix_end(&prefix);
-        let mut from = prefix.clone().into_bytes();
-        let mut revision = 0;
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.sync_page);
+        let mut limit = self.sync_page;
+        let page = |from: Vec<u8>, revision: i64, limit: i64| {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let response = kv.get(from.clone(), Some(options)).await?;
+            PageFetch::start(kv.clone(), from, options)
+        };
+        let mut revision = 0;
+        let mut next = Some(page(prefix.clone().into_bytes(), revision, limit));
+        while let Some(fetch) = next.take() {
+            let from = fetch.from.clone();
+            let response = match fetch.response().await {
+                // Values far larger than usual (many tags and metadata): half the page, again.
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.message().contains("message length too large") && limit > 1 =>
+                {
+                    limit /= 2;
+                    tracing::warn!(limit, "a sync page passed the message limit: smaller pages");
+                    next = Some(page(from, revision, limit));
+                    continue;
+                }
+                response => response?,
+            };
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
+            }
+            // The next page is asked for before this one is decoded: etcd reads it while this
+            // node decodes (both take about as long at a million instances).
+            if let Some(last) = response.kvs().last().filter(|_| response.more()) {
+                // The next key after the last one read.
+                let mut from = last.key().to_vec();
+                from.push(0);
+                next = Some(page(from, revision, limit));
             }
             for kv in response.kvs() {
                 let Some((service, id)) = parse_key(&prefix, kv.key()) else {
@@ -846,14 +904,6 @@ impl Node {
                 }
             }
             self.registry.sync_remote_records(batch.drain(..));
-            match response.kvs().last() {
-                Some(last) if response.more() => {
-                    // The next key after the last one read.
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => break,
-            }
         }
         drop(batch);
         let own = self.registry.end_remote_sync();
@@ -1410,6 +1460,18 @@ mod tests {
         this.sync(&mut client, lease).await.unwrap();
         let view = this.registry.service("web").expect("synced");
         assert_eq!(view.instances.len(), 5, "every page was read");
+        // Pages over the message limit are asked for again, smaller.
+        let mut big = node(&etcd.url);
+        big.sync_page = 5;
+        big.sync_message_limit = 600;
+        let big_lease = big.lease(&mut client).await.unwrap();
+        big.sync(&mut client, big_lease).await.unwrap();
+        let view = big.registry.service("web").expect("synced");
+        assert_eq!(
+            view.instances.len(),
+            5,
+            "every page was read, in smaller ones"
+        );
         assert!(view.instances.values().all(|i| i.is_remote()));
         // The registry kept each write's revision: a deregistration here hands it back.
         let k = key(&this.config.prefix, "web", "i3");
