@@ -224,16 +224,14 @@ fn main() {
         hold(&knobs, &nodes, scale.as_ref(), &etcd);
     }
 
-    let warnings: Vec<String> = nodes
+    let mut warnings: Vec<String> = scale.as_ref().map_or(Vec::new(), |s| s.b_warnings.clone());
+    for (node, name) in nodes
         .iter()
         .chain(scale.as_ref().and_then(|s| s.d.as_ref()))
         .zip(["a", "b", "c", "d"])
-        .flat_map(|(node, name)| {
-            CLUSTER_WARNINGS
-                .iter()
-                .filter_map(move |w| node.logged(w).map(|line| format!("node {name}: {line}")))
-        })
-        .collect();
+    {
+        warnings.extend(warnings_of(node, name));
+    }
 
     println!();
     summary(
@@ -245,6 +243,14 @@ fn main() {
     );
     println!();
     println!("total {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The first line of each cluster warning the node logged.
+fn warnings_of(node: &Server, name: &str) -> Vec<String> {
+    CLUSTER_WARNINGS
+        .iter()
+        .filter_map(|w| node.logged(w).map(|line| format!("node {name}: {line}")))
+        .collect()
 }
 
 /// Waits (up to 30 s) until the node's `list` is no longer marked stale: its first sync with
@@ -962,6 +968,8 @@ struct Scale {
     d: Option<Server>,
     /// Node d from its spawn, and node b from its restart (`kill -9`, same ports).
     d_join: Option<Joining>,
+    /// The cluster warnings node b logged before it was killed.
+    b_warnings: Vec<String>,
     b_restart: Option<Joining>,
     /// The service whose full answer the joining nodes are timed to, and its A records.
     answer_service: String,
@@ -1362,6 +1370,7 @@ fn scale_restart(etcd: &EtcdCluster, nodes: &mut Vec<Server>, scale: &mut Scale)
     let at = nodes[1].at.clone();
     let service = format!("s{q}.{}", at.domain);
     let wait = per_100k(SCALE_D_WAIT, scale.n);
+    scale.b_warnings = warnings_of(&nodes[1], "b (before its restart)");
     drop(nodes.remove(1)); // SIGKILL, reaped
     let killed = Instant::now();
     let dns = at.dns;
@@ -1456,6 +1465,7 @@ fn scale_part(knobs: &Knobs, nodes: &mut Vec<Server>, etcd: &EtcdCluster) -> Sca
         etcd_key_value: None,
         d: None,
         d_join: None,
+        b_warnings: Vec::new(),
         b_restart: None,
         answer_service: String::new(),
         answer_expected: 0,
