@@ -1335,6 +1335,55 @@ mod tests {
         assert!(this.in_flight[&k2] > written);
     }
 
+    /// Another node's write that reached etcd before this node's own write of the same key, but
+    /// reaches this node's watch after it, is stale: the instance stays this node's, and the
+    /// write in flight ends with its own event.
+    #[tokio::test]
+    async fn an_event_older_than_this_nodes_write_is_stale() {
+        let etcd = etcd();
+        let mut client = connect(&etcd.url).await;
+        let mut this = node(&etcd.url);
+        this.registry.register(registration(&this, "a")).unwrap();
+        let lease = this.lease(&mut client).await.unwrap();
+        let k = key(&this.config.prefix, "web", "a");
+        let other = client.lease_grant(30, None).await.unwrap().id();
+        let theirs = serde_json::to_vec(&registration(&this, "a")).unwrap();
+        let options = PutOptions::new().with_lease(other);
+        let first = client
+            .put(k.as_str(), theirs, Some(options))
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        this.put_all(&mut client, lease, vec![(k.clone(), b"mine".to_vec())])
+            .await
+            .unwrap();
+        assert!(this.in_flight[&k] > first);
+
+        let watch = WatchOptions::new()
+            .with_start_revision(first)
+            .with_prev_key();
+        let mut stream = client.watch(k.as_str(), Some(watch)).await.unwrap();
+        let mut events = Vec::new();
+        while events.len() < 2 {
+            let response = stream.message().await.unwrap().expect("the watch ended");
+            events.extend(response.events().iter().cloned());
+        }
+        this.apply_events(&mut client, lease, &events)
+            .await
+            .unwrap();
+        let view = this.registry.service("web").expect("held");
+        assert!(
+            !view.instances["a"].is_remote(),
+            "the older write of another node was applied"
+        );
+        assert!(
+            this.in_flight.is_empty(),
+            "its own event ends the write in flight"
+        );
+    }
+
     /// Deletions go out in nested transactions that fit etcd's `--max-txn-ops`, however many.
     #[tokio::test]
     async fn many_deletions_fit_the_transaction_limit() {
