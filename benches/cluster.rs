@@ -23,23 +23,34 @@
 //!    it for ids.
 //!
 //! 3. scale (`CLUSTER_SCALE` instances, default 100000; 0 skips it): registrations of
-//!    `CLUSTER_SCALE` instances (`i<k>` of service `s<k % 1000>`, each its own 10.x address)
-//!    sent to node a over one TCP connection, pipelined: a writer thread sends every line while
-//!    the bench reads the replies (each must be `ok`; a's reply waits for a's etcd write). The
-//!    rate is instances over first line sent → last reply read. A thread asks node b for its
-//!    `status` every 5 ms from the start of the burst; the propagation of the burst is the last
-//!    reply → the first status of b counting them all, confirmed by one `list` of b over TCP.
-//!    Then a fourth node d starts (configured like the others, `node = "d"`) and must sync the
-//!    whole catalog from etcd: "new node → answering" is the time from its spawn to the first
-//!    UDP DNS answer from d for `s999.service.local A` holding the A record of every instance of
-//!    `s999` (a query every 5 ms, EDNS(0) 4096; earlier answers are counted by kind). Last, the
-//!    RSS (/proc/PID/status) of nodes a and b before and after the burst, and of d: bytes per
-//!    instance is ΔVmRSS / instances (for d, from b's RSS before the burst: an idle node).
+//!    `CLUSTER_SCALE` instances (`i<k>` of service `s<k % CLUSTER_SERVICES>`, default 1000
+//!    services, each its own 10.x address) sent to node a over one TCP connection, pipelined: a
+//!    writer thread sends every line while the bench reads the replies (each must be `ok`; a's
+//!    reply waits for a's etcd write). The rate is instances over first line sent → last reply
+//!    read. A thread asks node b for its `status` every 5 ms from the start of the burst; the
+//!    propagation of the burst is the last reply → the first status of b counting them all;
+//!    then c is waited for likewise. The RSS (/proc/PID/status) of nodes a, b and c is read
+//!    before the burst and once b and c hold everything: bytes per instance is ΔVmRSS /
+//!    instances. Each etcd member's dbSize and dbSizeInUse (Status) are read at the same two
+//!    moments, and the mean key and value sizes of 1000 of beacon's keys. Then one `list` of b
+//!    over TCP checks that it lists every instance. Then a fourth node d starts (configured like
+//!    the others, `node = "d"`) and must sync the whole catalog from etcd: "new node →
+//!    answering" is the time from its spawn to the first UDP DNS answer from d for the last
+//!    service's A records holding every one of its instances (a query every 5 ms, EDNS(0) 4096;
+//!    earlier answers are counted by kind: NXDOMAIN, incomplete, other). Last, node b is killed
+//!    (`kill -9`) and started again on the same ports: the same query, sent from the kill on,
+//!    times "restarted node → answering", and counts the queries refused while nothing
+//!    listened. A joining node's bytes per instance is (its VmRSS then − b's before the burst) /
+//!    instances.
+//!
+//! `CLUSTER_N=0` skips parts 1 and 2 (the scale part alone). `CLUSTER_HOLD_S` keeps every
+//! process running that many seconds after part 3 and prints their PIDs (to inspect a node
+//! with gdb, e.g. `call malloc_stats()`).
 //!
 //! After the last request of a phase the bench waits up to `CLUSTER_WAIT_S` for the last
 //! pushes (events); a phase stops sending after `CLUSTER_PHASE_CAP_S`, which keeps the whole
-//! run under three minutes however slow etcd is (part 3: the burst is cut after 60 s, d is
-//! waited for 30 s). CPU per change is the utime + stime (/proc/PID/stat, 10 ms ticks) of each
+//! run under three minutes however slow etcd is (part 3: the burst is cut after 60 s, and d and
+//! the restarted b are waited for 30 s, per 100 000 instances). CPU per change is the utime + stime (/proc/PID/stat, 10 ms ticks) of each
 //! process over the part, divided by the changes made in it. `CLUSTER_SAMPLES=1` also prints
 //! part 2's samples one by one. Every connection is to 127.0.0.1; the 10.x addresses are only
 //! registered data.
@@ -76,18 +87,26 @@ const CLUSTER_WARNINGS: [&str; 4] = [
     "lease ran out",
     "etcd not reached at start",
 ];
-/// Part 3's instance `i<k>` belongs to service `s<k % SCALE_SERVICES>`.
+/// Part 3's instance `i<k>` belongs to service `s<k % services>`; `CLUSTER_SERVICES` sets
+/// the number of services (default 1000).
 const SCALE_SERVICES: usize = 1000;
-/// The largest `CLUSTER_SCALE`: part 3's DNS answer (one A record per instance of `s999`, 16
-/// bytes each) must fit in one UDP response of [`DNS_PAYLOAD`] bytes.
-const SCALE_MAX: usize = 240_000;
+/// The most part-3 instances in one service: part 3's DNS answer (one A record per instance of
+/// the last service, 16 bytes each) must fit in one UDP response of [`DNS_PAYLOAD`] bytes.
+const SCALE_PER_SERVICE_MAX: usize = 240;
 /// `dns.max_udp_payload` of every node, and the EDNS(0) payload of part 3's query: 100 A
 /// records (about 1650 bytes) are more than the default 1232 holds.
 const DNS_PAYLOAD: u16 = 4096;
-/// Part 3: the burst stops being read (the connection is closed) after this long.
+/// Part 3: the burst stops being read (the connection is closed) after this long per 100 000
+/// instances (at least this long).
 const SCALE_BURST_CAP: Duration = Duration::from_secs(60);
-/// Part 3: how long node d may take to answer.
+/// Part 3: how long node d (and the restarted node b) may take to answer, per 100 000
+/// instances (at least this long).
 const SCALE_D_WAIT: Duration = Duration::from_secs(30);
+
+/// `unit` for every 100 000 of `n` instances, and at least `unit`.
+fn per_100k(unit: Duration, n: usize) -> Duration {
+    unit * (n.div_ceil(100_000).max(1) as u32)
+}
 
 struct Knobs {
     n: usize,
@@ -97,6 +116,10 @@ struct Knobs {
     samples: bool,
     /// Part 3's instances; 0 skips part 3.
     scale: usize,
+    /// Part 3's services.
+    services: usize,
+    /// Seconds to wait after part 3, with every process still running (for a debugger).
+    hold: Duration,
 }
 
 impl Knobs {
@@ -108,24 +131,33 @@ impl Knobs {
             phase_cap: Duration::from_secs(env_usize("CLUSTER_PHASE_CAP_S", 25) as u64),
             samples: env_usize("CLUSTER_SAMPLES", 0) != 0,
             scale: env_usize("CLUSTER_SCALE", 100_000),
+            services: env_usize("CLUSTER_SERVICES", SCALE_SERVICES),
+            hold: Duration::from_secs(env_usize("CLUSTER_HOLD_S", 0) as u64),
         };
-        assert!(k.n >= 1, "CLUSTER_N: nothing to measure");
         assert!(k.n < 60_000, "CLUSTER_N: at most 60000 instances here");
         assert!(
-            k.scale <= SCALE_MAX,
-            "CLUSTER_SCALE: at most {SCALE_MAX} (s999's A records must fit in {DNS_PAYLOAD} bytes)"
+            k.n > 0 || k.scale > 0,
+            "CLUSTER_N=0 and CLUSTER_SCALE=0: nothing to measure"
+        );
+        assert!(k.services >= 1, "CLUSTER_SERVICES: at least 1");
+        assert!(
+            k.scale.div_ceil(k.services) <= SCALE_PER_SERVICE_MAX,
+            "CLUSTER_SCALE / CLUSTER_SERVICES: at most {SCALE_PER_SERVICE_MAX} instances per \
+             service (a service's A records must fit in {DNS_PAYLOAD} bytes)"
         );
         k
     }
 
     fn describe(&self) -> String {
         format!(
-            "CLUSTER_N={} CLUSTER_PACE_MS={} CLUSTER_WAIT_S={} CLUSTER_PHASE_CAP_S={} CLUSTER_SCALE={}",
+            "CLUSTER_N={} CLUSTER_PACE_MS={} CLUSTER_WAIT_S={} CLUSTER_PHASE_CAP_S={} \
+             CLUSTER_SCALE={} CLUSTER_SERVICES={}",
             self.n,
             self.pace.as_millis(),
             self.wait.as_secs(),
             self.phase_cap.as_secs(),
-            self.scale
+            self.scale,
+            self.services
         )
     }
 }
@@ -161,7 +193,7 @@ fn main() {
         started.elapsed().as_secs_f64(),
         etcd.endpoints.join(" ")
     );
-    let nodes: Vec<Server> = ["a", "b", "c"]
+    let mut nodes: Vec<Server> = ["a", "b", "c"]
         .iter()
         .enumerate()
         .map(|(i, name)| {
@@ -178,28 +210,47 @@ fn main() {
     );
     println!();
 
-    let floor = floor_part(&knobs, &etcd);
+    // CLUSTER_N=0 skips parts 1 and 2, as CLUSTER_SCALE=0 skips part 3.
+    let propagation = (knobs.n > 0).then(|| {
+        let floor = floor_part(&knobs, &etcd);
+        etcd.check_running();
+        let beacon = beacon_part(&knobs, &nodes, &etcd);
+        etcd.check_running();
+        (floor, beacon)
+    });
+    let scale = (knobs.scale > 0).then(|| scale_part(&knobs, &mut nodes, &etcd));
     etcd.check_running();
-    let beacon = beacon_part(&knobs, &nodes, &etcd);
-    etcd.check_running();
-    let scale = (knobs.scale > 0).then(|| scale_part(&knobs, &nodes, &etcd));
-    etcd.check_running();
+    if !knobs.hold.is_zero() {
+        hold(&knobs, &nodes, scale.as_ref(), &etcd);
+    }
 
-    let warnings: Vec<String> = nodes
+    let mut warnings: Vec<String> = scale.as_ref().map_or(Vec::new(), |s| s.b_warnings.clone());
+    for (node, name) in nodes
         .iter()
         .chain(scale.as_ref().and_then(|s| s.d.as_ref()))
         .zip(["a", "b", "c", "d"])
-        .flat_map(|(node, name)| {
-            CLUSTER_WARNINGS
-                .iter()
-                .filter_map(move |w| node.logged(w).map(|line| format!("node {name}: {line}")))
-        })
-        .collect();
+    {
+        warnings.extend(warnings_of(node, name));
+    }
 
     println!();
-    summary(&knobs, &version, &floor, &beacon, scale.as_ref(), &warnings);
+    summary(
+        &knobs,
+        &version,
+        propagation.as_ref(),
+        scale.as_ref(),
+        &warnings,
+    );
     println!();
     println!("total {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The first line of each cluster warning the node logged.
+fn warnings_of(node: &Server, name: &str) -> Vec<String> {
+    CLUSTER_WARNINGS
+        .iter()
+        .filter_map(|w| node.logged(w).map(|line| format!("node {name}: {line}")))
+        .collect()
 }
 
 /// Waits (up to 30 s) until the node's `list` is no longer marked stale: its first sync with
@@ -889,11 +940,12 @@ fn print_samples(registers: &Sent, deregisters: &Sent, watched: &[(Watched, Opti
 /// Part 3's figures.
 struct Scale {
     n: usize,
+    services: usize,
     /// Replies read, and those that were not an `ok` register (with the first few).
     replies: usize,
     failed: usize,
     first_failures: Vec<String>,
-    /// The burst was cut at [`SCALE_BURST_CAP`] (or the connection ended early).
+    /// The burst was cut at its cap (or the connection ended early).
     cut_short: Option<String>,
     /// First line sent → last reply read.
     burst_secs: f64,
@@ -901,37 +953,83 @@ struct Scale {
     /// b's count then (or at the end of the wait).
     b_all_ms: Option<f64>,
     b_count: usize,
+    /// c's count once b held them all (waited for up to `CLUSTER_WAIT_S` more).
+    c_count: usize,
     /// b's list over TCP afterwards: instances of part 3 in it, bytes, ms.
     b_list: Option<(usize, usize, f64)>,
     /// CPU over the burst (until b held all): nodes a, b, c and the etcd members.
     node_cpu: Vec<Duration>,
     etcd_cpu: Vec<Duration>,
+    /// Each etcd member's (dbSize, dbSizeInUse) before the burst and once b held them all.
+    etcd_db: (Vec<DbSize>, Vec<DbSize>),
+    /// What one instance costs in etcd's requests: mean key and value bytes of a sample.
+    etcd_key_value: Option<(f64, f64)>,
     /// Node d, kept running until the report (its log is read for warnings).
     d: Option<Server>,
-    d_listening_ms: f64,
-    /// Spawn → the first full answer.
-    d_answer_ms: Option<f64>,
-    d_service: String,
-    d_expected: usize,
-    /// Answers before the full one: NXDOMAIN, incomplete (and the most A records in one),
-    /// other (the first described).
-    d_nxdomain: usize,
-    d_partial: usize,
-    d_partial_most: usize,
-    d_other: usize,
-    d_other_first: Option<String>,
-    d_cpu: Duration,
-    /// (before, after) of a and b; d after, and d's peak (VmHWM, KiB).
+    /// Node d from its spawn, and node b from its restart (`kill -9`, same ports).
+    d_join: Option<Joining>,
+    /// The cluster warnings node b logged before it was killed.
+    b_warnings: Vec<String>,
+    b_restart: Option<Joining>,
+    /// The service whose full answer the joining nodes are timed to, and its A records.
+    answer_service: String,
+    answer_expected: usize,
+    /// (before the burst, once b and c held all) of a, b and c, read before b's list.
     mem_a: (Mem, Mem),
     mem_b: (Mem, Mem),
-    mem_d: Option<(Mem, u64)>,
+    mem_c: (Mem, Mem),
 }
 
-fn scale_request(i: usize) -> String {
+/// A node joining the cluster (new, or restarted), from its spawn (or kill) to its first full
+/// answer: every answer before it counted by kind.
+struct Joining {
+    /// → the node's listening line (its first sync is done).
+    listening_ms: f64,
+    /// → the first complete answer.
+    answer_ms: Option<f64>,
+    /// Answers before the complete one: NXDOMAIN, incomplete (and the most A records in one),
+    /// other (the first described).
+    nxdomain: usize,
+    partial: usize,
+    partial_most: usize,
+    other: usize,
+    other_first: Option<String>,
+    /// Queries sent while nothing listened on the port (refused, for a restarted node).
+    refused: usize,
+    /// CPU to answering; resident memory then, and its peak (VmHWM, KiB).
+    cpu: Duration,
+    mem: Mem,
+    peak_kib: u64,
+}
+
+impl Joining {
+    fn describe(&self, wait: Duration) -> String {
+        let answered = match self.answer_ms {
+            Some(t) => format!("first full answer {t:.0} ms"),
+            None => format!("no full answer within {} s", wait.as_secs()),
+        };
+        format!(
+            "listening {:.0} ms, {answered}; before it {} NXDOMAIN, {} incomplete (at most {} \
+             records), {} other{}, {} refused (port closed); CPU {:.2} s",
+            self.listening_ms,
+            self.nxdomain,
+            self.partial,
+            self.partial_most,
+            self.other,
+            self.other_first
+                .as_ref()
+                .map_or(String::new(), |o| format!(" (first: {o})")),
+            self.refused,
+            self.cpu.as_secs_f64(),
+        )
+    }
+}
+
+fn scale_request(i: usize, services: usize) -> String {
     format!(
         "{{\"op\":\"register\",\"seq\":{i},\"service\":\"s{}\",\"id\":\"i{i}\",\"address\":\"{}\",\
          \"port\":8080,\"ttl_ms\":{TTL_MS}}}\n",
-        i % SCALE_SERVICES,
+        i % services,
         address_of(i)
     )
 }
@@ -947,7 +1045,7 @@ impl LineConn {
         let stream = TcpStream::connect(registry).expect("connect to the node");
         stream.set_nodelay(true).expect("nodelay");
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(60)))
             .expect("read timeout");
         LineConn {
             reader: BufReader::with_capacity(1 << 20, stream.try_clone().expect("clone")),
@@ -1004,8 +1102,8 @@ fn number_after(line: &[u8], key: &[u8]) -> Option<usize> {
 }
 
 /// Counts the distinct part-3 instances a `list` reply holds: every `{"service":"s<q>","id":
-/// "i<k>"` with k < n and k % SCALE_SERVICES = q.
-fn scale_instances_listed(line: &[u8], n: usize) -> usize {
+/// "i<k>"` with k < n and k % services = q.
+fn scale_instances_listed(line: &[u8], n: usize, services: usize) -> usize {
     const SERVICE: &[u8] = b"{\"service\":\"s";
     const ID: &[u8] = b"\",\"id\":\"i";
     let mut seen = vec![false; n];
@@ -1023,7 +1121,7 @@ fn scale_instances_listed(line: &[u8], n: usize) -> usize {
             continue;
         };
         at = end;
-        if k < n && k % SCALE_SERVICES == q && !seen[k] {
+        if k < n && k % services == q && !seen[k] {
             seen[k] = true;
             count += 1;
         }
@@ -1031,7 +1129,7 @@ fn scale_instances_listed(line: &[u8], n: usize) -> usize {
     count
 }
 
-/// Asks node b for its instance count every 5 ms until it reaches `target` or `stop` is set;
+/// Asks a node for its instance count every 5 ms until it reaches `target` or `stop` is set;
 /// returns when it first did (if it did) and the last count read.
 fn poll_count(
     registry: SocketAddr,
@@ -1053,7 +1151,7 @@ fn poll_count(
                     }
                 }
                 Err(e) => {
-                    eprintln!("part 3: status of node b failed: {e}");
+                    eprintln!("part 3: status of {registry} failed: {e}");
                     return (None, last);
                 }
             }
@@ -1066,6 +1164,8 @@ fn poll_count(
 
 /// Sends the burst to node a over one connection, pipelined; fills in the burst's fields.
 fn scale_burst(n: usize, at: SocketAddr, scale: &mut Scale) -> Option<Instant> {
+    let services = scale.services;
+    let cap = per_100k(SCALE_BURST_CAP, n);
     let stream = TcpStream::connect(at).expect("connect to node a");
     stream
         .set_read_timeout(Some(Duration::from_secs(1)))
@@ -1075,7 +1175,7 @@ fn scale_burst(n: usize, at: SocketAddr, scale: &mut Scale) -> Option<Instant> {
         std::thread::spawn(move || -> std::io::Result<()> {
             let mut out = std::io::BufWriter::with_capacity(1 << 16, &stream);
             for i in 0..n {
-                out.write_all(scale_request(i).as_bytes())?;
+                out.write_all(scale_request(i, services).as_bytes())?;
             }
             out.flush()?;
             drop(out);
@@ -1088,10 +1188,10 @@ fn scale_burst(n: usize, at: SocketAddr, scale: &mut Scale) -> Option<Instant> {
     let mut line = Vec::with_capacity(1024);
     let mut last_reply = None;
     while scale.replies < n {
-        if started.elapsed() > SCALE_BURST_CAP {
+        if started.elapsed() > cap {
             scale.cut_short = Some(format!(
                 "cut after {} s, {} replies",
-                SCALE_BURST_CAP.as_secs(),
+                cap.as_secs(),
                 scale.replies
             ));
             break;
@@ -1140,56 +1240,76 @@ fn scale_burst(n: usize, at: SocketAddr, scale: &mut Scale) -> Option<Instant> {
     last_reply
 }
 
-/// Starts node d and waits for its first full answer for `s<q>` A; fills in d's fields.
-fn scale_new_node(n: usize, etcd: &EtcdCluster, scale: &mut Scale) {
-    let q = (n - 1).min(SCALE_SERVICES - 1);
-    let expected: HashSet<Ipv4Addr> = (q..n).step_by(SCALE_SERVICES).map(address_of).collect();
-    scale.d_expected = expected.len();
-    let config = node_config(&etcd.endpoints, 3, "d", DNS_PAYLOAD);
-    let spawned = Instant::now();
-    let d = Server::start_logged(Some(&config));
-    scale.d_listening_ms = ms(spawned.elapsed());
-    scale.d_service = format!("s{q}.{}", d.at.domain);
-    let mut query = query_bytes_payload(&dns_name(&scale.d_service), RecordType::A, DNS_PAYLOAD);
-    let socket = udp_connected(d.at.dns, Duration::from_millis(1));
+/// What the answers of a joining node looked like, until the first complete one.
+#[derive(Default)]
+struct Answers {
+    complete: Option<Instant>,
+    nxdomain: usize,
+    partial: usize,
+    partial_most: usize,
+    other: usize,
+    other_first: Option<String>,
+    refused: usize,
+}
+
+/// Asks `dns` for `service` A every 5 ms until an answer holds exactly `expected` (or `wait`
+/// passes since `since`), counting the answers before it by kind; a closed port (a node not
+/// listening yet) counts as refused.
+fn await_complete_answer(
+    dns: SocketAddr,
+    service: &str,
+    expected: &HashSet<Ipv4Addr>,
+    since: Instant,
+    wait: Duration,
+) -> Answers {
+    let mut answers = Answers::default();
+    let mut query = query_bytes_payload(&dns_name(service), RecordType::A, DNS_PAYLOAD);
+    let socket = udp_connected(dns, Duration::from_millis(1));
     let mut buf = vec![0u8; 65_536];
     let mut id: u16 = rand::random();
     let mut next_query = Instant::now();
-    while spawned.elapsed() < SCALE_D_WAIT {
+    while since.elapsed() < wait {
         if Instant::now() >= next_query {
             id = id.wrapping_add(1);
             query[..2].copy_from_slice(&id.to_be_bytes());
-            socket.send(&query).expect("send a query");
+            if socket.send(&query).is_err() {
+                // A refusal of an earlier query, reported on this send.
+                answers.refused += 1;
+            }
             next_query += Duration::from_millis(5);
         }
-        // Any answer counts, to this query or an earlier one: it tells what d holds now.
+        // Any answer counts, to this query or an earlier one: it tells what the node holds now.
         let len = match socket.recv(&mut buf) {
             Ok(len) => len,
             Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => panic!("DNS receive from node d failed: {e}"),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                answers.refused += 1;
+                continue;
+            }
+            Err(e) => panic!("DNS receive from {dns} failed: {e}"),
         };
         let received = Instant::now();
         let Ok(response) = Message::from_vec(&buf[..len]) else {
-            scale.d_other += 1;
-            scale
-                .d_other_first
+            answers.other += 1;
+            answers
+                .other_first
                 .get_or_insert("an unreadable response".into());
             continue;
         };
         let code = response.metadata.response_code;
         let found: HashSet<Ipv4Addr> = a_records(&response).into_iter().collect();
-        if code == ResponseCode::NoError && !response.metadata.truncation && found == expected {
-            scale.d_answer_ms = Some(ms(received - spawned));
+        if code == ResponseCode::NoError && !response.metadata.truncation && found == *expected {
+            answers.complete = Some(received);
             break;
         }
         if code == ResponseCode::NXDomain {
-            scale.d_nxdomain += 1;
-        } else if code == ResponseCode::NoError && found.is_subset(&expected) {
-            scale.d_partial += 1;
-            scale.d_partial_most = scale.d_partial_most.max(found.len());
+            answers.nxdomain += 1;
+        } else if code == ResponseCode::NoError && found.is_subset(expected) {
+            answers.partial += 1;
+            answers.partial_most = answers.partial_most.max(found.len());
         } else {
-            scale.d_other += 1;
-            scale.d_other_first.get_or_insert_with(|| {
+            answers.other += 1;
+            answers.other_first.get_or_insert_with(|| {
                 format!(
                     "{code:?}, {} A records, TC {}",
                     found.len(),
@@ -1198,19 +1318,138 @@ fn scale_new_node(n: usize, etcd: &EtcdCluster, scale: &mut Scale) {
             });
         }
     }
-    scale.d_cpu = d.cpu();
+    answers
+}
+
+/// The timed service (the last one, `s<q>`) and the addresses of its part-3 instances.
+fn answer_target(n: usize, services: usize) -> (usize, HashSet<Ipv4Addr>) {
+    let q = (n - 1).min(services - 1);
+    (q, (q..n).step_by(services).map(address_of).collect())
+}
+
+fn joining(since: Instant, listening: Instant, answers: Answers, node: &Server) -> Joining {
+    Joining {
+        listening_ms: ms(listening - since),
+        answer_ms: answers.complete.map(|t| ms(t - since)),
+        nxdomain: answers.nxdomain,
+        partial: answers.partial,
+        partial_most: answers.partial_most,
+        other: answers.other,
+        other_first: answers.other_first,
+        refused: answers.refused,
+        cpu: node.cpu(),
+        mem: node.memory(),
+        peak_kib: vm_hwm_kib(&node.pid()),
+    }
+}
+
+/// Starts node d and times it to its first full answer.
+fn scale_new_node(etcd: &EtcdCluster, scale: &mut Scale) {
+    let (q, expected) = answer_target(scale.n, scale.services);
+    let config = node_config(&etcd.endpoints, 3, "d", DNS_PAYLOAD);
+    let spawned = Instant::now();
+    let d = Server::start_logged(Some(&config));
+    let listening = Instant::now();
+    scale.answer_service = format!("s{q}.{}", d.at.domain);
+    scale.answer_expected = expected.len();
+    let answers = await_complete_answer(
+        d.at.dns,
+        &scale.answer_service,
+        &expected,
+        spawned,
+        per_100k(SCALE_D_WAIT, scale.n),
+    );
+    scale.d_join = Some(joining(spawned, listening, answers, &d));
     scale.d = Some(d);
 }
 
-fn scale_part(knobs: &Knobs, nodes: &[Server], etcd: &EtcdCluster) -> Scale {
+/// Kills node b (`kill -9`), starts it again on the same ports, and times it to its first full
+/// answer, asking from the kill on: what a resolver that has b as a nameserver meets meanwhile.
+fn scale_restart(etcd: &EtcdCluster, nodes: &mut Vec<Server>, scale: &mut Scale) {
+    let (q, expected) = answer_target(scale.n, scale.services);
+    let at = nodes[1].at.clone();
+    let service = format!("s{q}.{}", at.domain);
+    let wait = per_100k(SCALE_D_WAIT, scale.n);
+    scale.b_warnings = warnings_of(&nodes[1], "b (before its restart)");
+    drop(nodes.remove(1)); // SIGKILL, reaped
+    let killed = Instant::now();
+    let dns = at.dns;
+    let asker =
+        std::thread::spawn(move || await_complete_answer(dns, &service, &expected, killed, wait));
+    let config = node_config(&etcd.endpoints, 1, "b", DNS_PAYLOAD);
+    let b = Server::start_logged_at(Some(&config), &at);
+    let listening = Instant::now();
+    let answers = asker.join().expect("the asking thread panicked");
+    scale.b_restart = Some(joining(killed, listening, answers, &b));
+    nodes.insert(1, b);
+}
+
+/// An etcd member's dbSize and dbSizeInUse, bytes.
+type DbSize = (i64, i64);
+
+/// Each member's (dbSize, dbSizeInUse), asked of the member itself.
+fn etcd_db_sizes(etcd: &EtcdCluster) -> Vec<DbSize> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let mut sizes = Vec::new();
+        for endpoint in &etcd.endpoints {
+            let status = async {
+                let mut client = Client::connect([endpoint], None).await?;
+                client.status().await
+            }
+            .await;
+            sizes.push(match status {
+                Ok(s) => (s.db_size(), s.raft_used_db_size()),
+                Err(e) => {
+                    eprintln!("part 3: status of etcd at {endpoint} failed: {e}");
+                    (0, 0)
+                }
+            });
+        }
+        sizes
+    })
+}
+
+/// The mean key and value sizes of up to 1000 of beacon's keys, as written.
+fn etcd_key_value_sizes(etcd: &EtcdCluster) -> Option<(f64, f64)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let mut client = Client::connect([&etcd.endpoints[0]], None).await.ok()?;
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_limit(1000);
+        let response = client.get("/beacon/instances/", Some(options)).await.ok()?;
+        let kvs = response.kvs();
+        let count = kvs.len().max(1) as f64;
+        (!kvs.is_empty()).then(|| {
+            (
+                kvs.iter().map(|kv| kv.key().len()).sum::<usize>() as f64 / count,
+                kvs.iter().map(|kv| kv.value().len()).sum::<usize>() as f64 / count,
+            )
+        })
+    })
+}
+
+fn scale_part(knobs: &Knobs, nodes: &mut Vec<Server>, etcd: &EtcdCluster) -> Scale {
     let n = knobs.scale;
+    let services = knobs.services;
     println!();
     println!(
-        "3. scale: {n} registrations at node a over one TCP connection, pipelined ({SCALE_SERVICES} \
-         services); node b polled until it holds them all; then a new node d syncs them"
+        "3. scale: {n} registrations at node a over one TCP connection, pipelined ({services} \
+         services); node b polled until it holds them all; then a new node d syncs them, then \
+         node b is killed and restarted"
     );
+    let memories = |nodes: &[Server]| -> Vec<Mem> { nodes.iter().map(Server::memory).collect() };
+    let before = memories(nodes);
     let mut scale = Scale {
         n,
+        services,
         replies: 0,
         failed: 0,
         first_failures: Vec::new(),
@@ -1218,23 +1457,21 @@ fn scale_part(knobs: &Knobs, nodes: &[Server], etcd: &EtcdCluster) -> Scale {
         burst_secs: 0.0,
         b_all_ms: None,
         b_count: 0,
+        c_count: 0,
         b_list: None,
         node_cpu: Vec::new(),
         etcd_cpu: Vec::new(),
+        etcd_db: (etcd_db_sizes(etcd), Vec::new()),
+        etcd_key_value: None,
         d: None,
-        d_listening_ms: 0.0,
-        d_answer_ms: None,
-        d_service: String::new(),
-        d_expected: 0,
-        d_nxdomain: 0,
-        d_partial: 0,
-        d_partial_most: 0,
-        d_other: 0,
-        d_other_first: None,
-        d_cpu: Duration::ZERO,
-        mem_a: (nodes[0].memory(), nodes[0].memory()),
-        mem_b: (nodes[1].memory(), nodes[1].memory()),
-        mem_d: None,
+        d_join: None,
+        b_warnings: Vec::new(),
+        b_restart: None,
+        answer_service: String::new(),
+        answer_expected: 0,
+        mem_a: (before[0], before[0]),
+        mem_b: (before[1], before[1]),
+        mem_c: (before[2], before[2]),
     };
     let mut line = Vec::new();
     let b_before = LineConn::connect(nodes[1].at.registry)
@@ -1261,6 +1498,19 @@ fn scale_part(knobs: &Knobs, nodes: &[Server], etcd: &EtcdCluster) -> Scale {
     if let (Some(all), Some(last)) = (b_all, last_reply) {
         scale.b_all_ms = Some(signed_ms(all, last));
     }
+    // c too, so that its memory is read holding them all.
+    let c_done = Arc::new(AtomicBool::new(false));
+    let c_poller = poll_count(nodes[2].at.registry, b_before + n, c_done.clone());
+    let waited = Instant::now();
+    while !c_poller.is_finished() && waited.elapsed() < knobs.wait {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c_done.store(true, Relaxed);
+    scale.c_count = c_poller
+        .join()
+        .expect("the status thread panicked")
+        .1
+        .saturating_sub(b_before);
     println!(
         "   registrations: {} replies in {:.2} s ({:.0}/s), {} failed{}{}",
         scale.replies,
@@ -1285,6 +1535,34 @@ fn scale_part(knobs: &Knobs, nodes: &[Server], etcd: &EtcdCluster) -> Scale {
             knobs.wait.as_secs()
         ),
     }
+    // Memory before b's list, whose reply (n instances as one JSON line) b builds in memory.
+    let after = memories(nodes);
+    scale.mem_a.1 = after[0];
+    scale.mem_b.1 = after[1];
+    scale.mem_c.1 = after[2];
+    scale.etcd_db.1 = etcd_db_sizes(etcd);
+    scale.etcd_key_value = etcd_key_value_sizes(etcd);
+    for (name, (before, after)) in [
+        ("a", &scale.mem_a),
+        ("b", &scale.mem_b),
+        ("c", &scale.mem_c),
+    ] {
+        println!(
+            "   node {name}: {} before the burst, {} after",
+            before.describe(),
+            after.describe()
+        );
+    }
+    for (m, (before, after)) in scale.etcd_db.0.iter().zip(&scale.etcd_db.1).enumerate() {
+        println!(
+            "   etcd m{}: dbSize {:.1} → {:.1} MiB, dbSizeInUse {:.1} → {:.1} MiB",
+            m + 1,
+            before.0 as f64 / 1048576.0,
+            after.0 as f64 / 1048576.0,
+            before.1 as f64 / 1048576.0,
+            after.1 as f64 / 1048576.0,
+        );
+    }
 
     // b's own list, over TCP: every instance in it.
     {
@@ -1294,7 +1572,7 @@ fn scale_part(knobs: &Knobs, nodes: &[Server], etcd: &EtcdCluster) -> Scale {
         match conn.call("{\"op\":\"list\"}", &mut list) {
             Ok(()) => {
                 let took = ms(asked.elapsed());
-                let listed = scale_instances_listed(&list, n);
+                let listed = scale_instances_listed(&list, n, services);
                 println!(
                     "   node b's list (TCP): {listed}/{n} instances, {:.1} MB in {took:.0} ms",
                     list.len() as f64 / 1e6
@@ -1304,60 +1582,24 @@ fn scale_part(knobs: &Knobs, nodes: &[Server], etcd: &EtcdCluster) -> Scale {
             Err(e) => println!("   node b's list (TCP) failed: {e}"),
         }
     }
-    scale.mem_a.1 = nodes[0].memory();
-    scale.mem_b.1 = nodes[1].memory();
 
-    if scale.cut_short.is_none() {
-        scale_new_node(n, etcd, &mut scale);
-        match scale.d_answer_ms {
-            Some(t) => println!(
-                "   node d: listening {:.0} ms after spawn; first full answer ({} A records for {}) \
-                 {t:.0} ms after spawn; before it {} NXDOMAIN, {} incomplete (at most {} records), \
-                 {} other answers",
-                scale.d_listening_ms,
-                scale.d_expected,
-                scale.d_service,
-                scale.d_nxdomain,
-                scale.d_partial,
-                scale.d_partial_most,
-                scale.d_other,
-            ),
-            None => println!(
-                "   node d: no full answer for {} within {} s ({} NXDOMAIN, {} incomplete, {} \
-                 other{})",
-                scale.d_service,
-                SCALE_D_WAIT.as_secs(),
-                scale.d_nxdomain,
-                scale.d_partial,
-                scale.d_other,
-                scale
-                    .d_other_first
-                    .as_ref()
-                    .map_or(String::new(), |o| format!(": {o}")),
-            ),
-        }
-        if let Some(d) = &scale.d {
-            scale.mem_a.1 = nodes[0].memory();
-            scale.mem_b.1 = nodes[1].memory();
-            scale.mem_d = Some((d.memory(), vm_hwm_kib(&d.pid())));
-        }
-    } else {
-        println!("   node d not started: the burst did not complete");
+    if scale.cut_short.is_some() {
+        println!("   node d not started, node b not restarted: the burst did not complete");
+        return scale;
     }
-    for (name, (before, after)) in [("a", &scale.mem_a), ("b", &scale.mem_b)] {
+    let wait = per_100k(SCALE_D_WAIT, n);
+    scale_new_node(etcd, &mut scale);
+    if let Some(d) = &scale.d_join {
         println!(
-            "   node {name}: {} before the burst, {} after",
-            before.describe(),
-            after.describe()
+            "   node d (new; {} A records for {}): {}",
+            scale.answer_expected,
+            scale.answer_service,
+            d.describe(wait)
         );
     }
-    if let Some((after, peak)) = &scale.mem_d {
-        println!(
-            "   node d: {} (peak VmHWM {:.1} MiB), CPU {:.2} s to answering",
-            after.describe(),
-            *peak as f64 / 1024.0,
-            scale.d_cpu.as_secs_f64()
-        );
+    scale_restart(etcd, nodes, &mut scale);
+    if let Some(b) = &scale.b_restart {
+        println!("   node b (kill -9, restarted): {}", b.describe(wait));
     }
     scale
 }
@@ -1373,9 +1615,11 @@ fn per_instance(before: &Mem, after: &Mem, n: usize) -> (f64, f64) {
 
 fn scale_summary(s: &Scale) {
     let n = s.n;
+    let wait = per_100k(SCALE_D_WAIT, n);
     println!();
     println!(
-        "| scale: {n} instances ({SCALE_SERVICES} services) registered at a in one burst | value |"
+        "| scale: {n} instances ({} services) registered at a in one burst | value |",
+        s.services
     );
     println!("| --- | --- |");
     println!(
@@ -1402,27 +1646,34 @@ fn scale_summary(s: &Scale) {
             bytes as f64 / 1e6
         );
     }
-    if s.d.is_some() {
-        println!(
-            "| new node syncing {n} instances → answering (spawn → first UDP answer for {} A \
-             with all {}) | {} (listening at {:.0} ms; before: {} NXDOMAIN, {} incomplete, {} \
-             other; CPU {:.2} s) |",
-            s.d_service,
-            s.d_expected,
-            s.d_answer_ms.map_or_else(
-                || format!("none within {} s", SCALE_D_WAIT.as_secs()),
-                |t| format!("**{t:.0} ms**")
-            ),
-            s.d_listening_ms,
-            s.d_nxdomain,
-            s.d_partial,
-            s.d_other,
-            s.d_cpu.as_secs_f64(),
-        );
+    for (what, joined) in [
+        ("new node d syncing", &s.d_join),
+        ("node b restarted (kill -9, same ports)", &s.b_restart),
+    ] {
+        if let Some(j) = joined {
+            println!(
+                "| {what} {n} instances → answering (→ first UDP answer for {} A with all {}) | \
+                 {} (listening at {:.0} ms; before: {} NXDOMAIN, {} incomplete, {} other, {} \
+                 refused; CPU {:.2} s) |",
+                s.answer_service,
+                s.answer_expected,
+                j.answer_ms.map_or_else(
+                    || format!("none within {} s", wait.as_secs()),
+                    |t| format!("**{t:.0} ms**")
+                ),
+                j.listening_ms,
+                j.nxdomain,
+                j.partial,
+                j.other,
+                j.refused,
+                j.cpu.as_secs_f64(),
+            );
+        }
     }
     for (what, (before, after)) in [
         ("node a (its own instances)", &s.mem_a),
-        ("node b (remote instances)", &s.mem_b),
+        ("node b (remote, from the watch)", &s.mem_b),
+        ("node c (remote, from the watch)", &s.mem_c),
     ] {
         let (rss, anon) = per_instance(before, after, n);
         println!(
@@ -1432,13 +1683,34 @@ fn scale_summary(s: &Scale) {
             after.rss_kib as f64 / 1024.0,
         );
     }
-    if let Some((after, peak)) = &s.mem_d {
-        let (rss, anon) = per_instance(&s.mem_b.0, after, n);
+    // A joining node is compared with b before the burst: an idle node of the same build.
+    for (what, joined) in [
+        ("node d (remote, synced at start)", &s.d_join),
+        ("node b restarted (remote, synced at start)", &s.b_restart),
+    ] {
+        if let Some(j) = joined {
+            let (rss, anon) = per_instance(&s.mem_b.0, &j.mem, n);
+            println!(
+                "| memory, {what}: VmRSS − b's before the burst, / instances | **{rss:.0} \
+                 B/instance** (anon {anon:.0} B); RSS {:.1} MiB, peak {:.1} MiB |",
+                j.mem.rss_kib as f64 / 1024.0,
+                j.peak_kib as f64 / 1024.0,
+            );
+        }
+    }
+    let (db_before, db_after) = &s.etcd_db;
+    if let (Some(first), Some(last)) = (db_before.first(), db_after.first()) {
+        let per = |b: i64, a: i64| (a - b) as f64 / n.max(1) as f64;
         println!(
-            "| memory, node d (remote, synced at start): VmRSS − b's before the burst, / instances | \
-             **{rss:.0} B/instance** (anon {anon:.0} B); RSS {:.1} MiB, peak {:.1} MiB |",
-            after.rss_kib as f64 / 1024.0,
-            *peak as f64 / 1024.0,
+            "| etcd m1: Δ dbSize / instances (in use: Δ dbSizeInUse) | **{:.0} B/instance** (in \
+             use {:.0} B); dbSize {:.1} MiB (in use {:.1} MiB){} |",
+            per(first.0, last.0),
+            per(first.1, last.1),
+            last.0 as f64 / 1048576.0,
+            last.1 as f64 / 1048576.0,
+            s.etcd_key_value.map_or(String::new(), |(k, v)| format!(
+                "; per instance written: key {k:.0} B, value {v:.0} B"
+            )),
         );
     }
     let per = |cpu: Duration| us(cpu) / n.max(1) as f64;
@@ -1455,9 +1727,38 @@ fn scale_summary(s: &Scale) {
             .join(" / "),
         per(sum(&s.etcd_cpu)),
     );
+    if s.c_count < n {
+        println!(
+            "| node c held {}/{n} when its memory was read | |",
+            s.c_count
+        );
+    }
     for f in &s.first_failures {
         println!("failed registration (part 3): {f}");
     }
+}
+
+/// `CLUSTER_HOLD_S`: every process's PID, then a wait with all of them running (to attach a
+/// debugger, read /proc/PID/smaps, or call `malloc_stats()` in a node).
+fn hold(knobs: &Knobs, nodes: &[Server], scale: Option<&Scale>, etcd: &EtcdCluster) {
+    let mut pids: Vec<String> = nodes
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(node, name)| format!("node {name} {}", node.pid()))
+        .collect();
+    if let Some(d) = scale.and_then(|s| s.d.as_ref()) {
+        pids.push(format!("node d {}", d.pid()));
+    }
+    for m in 0..etcd.endpoints.len() {
+        pids.push(format!("etcd m{} {}", m + 1, etcd.pid(m)));
+    }
+    println!();
+    println!(
+        "holding {} s (CLUSTER_HOLD_S): {}",
+        knobs.hold.as_secs(),
+        pids.join(", ")
+    );
+    std::thread::sleep(knobs.hold);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1481,11 +1782,43 @@ fn per_change_ms(cpu: Duration, changes: usize) -> f64 {
 fn summary(
     knobs: &Knobs,
     version: &str,
-    floor: &Floor,
-    beacon: &BeaconResult,
+    propagation: Option<&(Floor, BeaconResult)>,
     scale: Option<&Scale>,
     warnings: &[String],
 ) {
+    println!("summary");
+    println!();
+    if let Some((floor, beacon)) = propagation {
+        propagation_summary(knobs, version, floor, beacon);
+    }
+    if let Some(scale) = scale {
+        scale_summary(scale);
+        println!();
+    }
+    if warnings.is_empty() {
+        println!("node logs: no cluster warnings");
+    }
+    for w in warnings {
+        println!("node log: {w}");
+    }
+    println!("machine: {}", machine());
+    println!(
+        "command: cargo bench --features etcd --bench cluster   ({})",
+        knobs.describe()
+    );
+    println!(
+        "both sides: the bench and all {} processes share the machine's cores; a sample is the \
+         time from the request written to the push (event) read, on the bench's clock.",
+        if scale.is_some_and(|s| s.d.is_some()) {
+            "seven (six, and node d in part 3)"
+        } else {
+            "six"
+        }
+    );
+}
+
+/// Parts 1 and 2: beacon's propagation next to etcd's.
+fn propagation_summary(knobs: &Knobs, version: &str, floor: &Floor, beacon: &BeaconResult) {
     let (b, c) = (&beacon.watched[0].0, &beacon.watched[1].0);
     let (reg, dereg) = (&beacon.registers, &beacon.deregisters);
     let floor_put = delays(&floor.puts.at, &floor.put_seen);
@@ -1493,8 +1826,6 @@ fn summary(
     let ab = delays(&reg.at, &b.seen);
     let ac = delays(&reg.at, &c.seen);
 
-    println!("summary");
-    println!();
     println!(
         "| ms from the request sent, {} changes paced ≥ {} ms apart, each reply awaited | \
          samples | min | p50 | p99 | max |",
@@ -1596,10 +1927,6 @@ fn summary(
         c.pushes,
         c.bytes as f64 / c.pushes.max(1) as f64 / 1e3,
     );
-    if let Some(scale) = scale {
-        scale_summary(scale);
-        println!();
-    }
     if let Some(e) = &floor.error {
         println!("etcd part: {e}");
     }
@@ -1608,24 +1935,5 @@ fn summary(
             println!("failed request: {f}");
         }
     }
-    if warnings.is_empty() {
-        println!("node logs: no cluster warnings");
-    }
-    for w in warnings {
-        println!("node log: {w}");
-    }
-    println!("machine: {}", machine());
-    println!(
-        "command: cargo bench --features etcd --bench cluster   ({})",
-        knobs.describe()
-    );
-    println!(
-        "both sides: the bench and all {} processes share the machine's cores; a sample is the \
-         time from the request written to the push (event) read, on the bench's clock.",
-        if scale.is_some_and(|s| s.d.is_some()) {
-            "seven (six, and node d in part 3)"
-        } else {
-            "six"
-        }
-    );
+    println!();
 }

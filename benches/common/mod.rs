@@ -117,6 +117,11 @@ impl Server {
         Server::start_with(config, true, None, &[])
     }
 
+    /// As [`Server::start_logged`], on the addresses of `at` (a restarted node).
+    pub fn start_logged_at(config: Option<&str>, at: &ServerAt) -> Server {
+        Server::start_with(config, true, Some(at), &[])
+    }
+
     /// The first line the server wrote on stderr that contains `needle` (only for a server
     /// started by [`Server::start_logged`]).
     pub fn logged(&self, needle: &str) -> Option<String> {

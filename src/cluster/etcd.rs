@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{decode, key, parse_key, ClusterError, ClusterLog, Numbered};
+use super::{decode, encode, key, parse_key, ClusterError, ClusterLog, Numbered};
 use crate::config::{ClusterConfig, ClusterCredentials, ConfigError};
-use crate::registry::{Change, Registry, RemoteChange};
+use crate::registry::{Change, Registry, RemoteChange, SyncedRecord};
 
 /// Starts cluster mode: attaches the change log to `registry` and spawns the etcd task on
 /// `tracker`, then waits for the first sync: a node that answered before it had read etcd
@@ -377,17 +377,47 @@ type EtcdResult<T> = Result<T, etcd_client::Error>;
 /// etcd's default limit on the operations of one transaction (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
 
-/// Keys per page when a sync reads the catalog: about 8 MB. Pages are few because etcd 3.4
-/// reads the whole rest of the range for each page before applying the limit (a sync in pages
-/// of 2 000 took 6.3 s at 240 000 instances, most of it waiting on etcd).
-const SYNC_PAGE: i64 = 50_000;
+/// Keys per page when a sync reads the catalog: about 20 MB of keys and values (about 100 B
+/// each). Pages are few because etcd 3.4 reads the whole rest of the range for each page before
+/// applying the limit (a sync in pages of 2 000 took 6.3 s at 240 000 instances, most of it
+/// waiting on etcd; in pages of 50 000, 10.4 s at 1 000 000).
+const SYNC_PAGE: i64 = 200_000;
 
-/// The largest response a sync accepts: a page of [`SYNC_PAGE`] keys with room to spare
-/// (gRPC's default, 4 MiB, holds about 25 000 instances).
+/// Records handed to the registry at a time while a sync decodes a page: a copy of only this
+/// many is ever held.
+const SYNC_BATCH: usize = 1024;
+
+/// Deletions per transaction. etcd counts a nested transaction's operations against what the
+/// outer one leaves of `--max-txn-ops` (128): 64 deletions, each one comparison and one delete
+/// nested in it, fit.
+const DELETES_PER_TXN: usize = 64;
+
+/// Capacity the map of writes in flight keeps once empty.
+const IN_FLIGHT_KEPT: usize = 1024;
+
+/// The largest response a sync accepts: a page of [`SYNC_PAGE`] keys with room to spare for
+/// values with tags and metadata (gRPC's default, 4 MiB, holds about 40 000 instances).
 const SYNC_MESSAGE_LIMIT: usize = 64 << 20;
 
 /// How long `start` waits for a first sync that is making progress.
 const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(60);
+
+/// Gives the heap's free pages back to the system, after a sync. A sync's page buffers (a page
+/// of 50 000 values is about 8 MB, received, then decoded) are freed once the registry holds the
+/// instances, but glibc keeps such memory in its arenas, between the instances allocated since,
+/// where nothing of the sync's size comes to reuse it: 13 MB per node at 100 000 instances,
+/// returned by `malloc_trim(0)`, which hands whole free pages anywhere in the heap back to the
+/// kernel. A few milliseconds once per sync.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let started = std::time::Instant::now();
+        // SAFETY: malloc_trim takes no pointer and only walks glibc's own arenas under their
+        // locks; any thread may call it at any time.
+        let released = unsafe { libc::malloc_trim(0) } == 1;
+        tracing::debug!(released, took = ?started.elapsed(), "heap trimmed after a sync");
+    }
+}
 
 /// The end of the key range `prefix` covers: the prefix with its last byte incremented.
 fn prefix_end(prefix: &str) -> Vec<u8> {
@@ -400,6 +430,38 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     }
     // A prefix of 0xff bytes only (never valid UTF-8, so never a configured prefix): to the end.
     vec![0]
+}
+
+/// One page of a sync, read by a task of its own so that etcd reads the next page while this
+/// node decodes the current one. Aborted if dropped (the session failed meanwhile).
+struct PageFetch {
+    /// The first key asked for.
+    from: Vec<u8>,
+    task: tokio::task::JoinHandle<EtcdResult<etcd_client::GetResponse>>,
+}
+
+impl PageFetch {
+    fn start(mut kv: etcd_client::KvClient, from: Vec<u8>, options: GetOptions) -> PageFetch {
+        let key = from.clone();
+        PageFetch {
+            from,
+            task: tokio::spawn(async move { kv.get(key, Some(options)).await }),
+        }
+    }
+
+    async fn response(mut self) -> EtcdResult<etcd_client::GetResponse> {
+        match (&mut self.task).await {
+            Ok(response) => response,
+            // Only a panic in etcd-client, or the runtime shutting down.
+            Err(error) => Err(etcd_client::Error::IoError(std::io::Error::other(error))),
+        }
+    }
+}
+
+impl Drop for PageFetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What the lease keeper last learnt of this node's lease.
@@ -470,12 +532,16 @@ impl Drop for Keeper {
     }
 }
 
-/// What this node knows of one key: the revision of its last write, and whether that write was
-/// this node's.
-#[derive(Debug, Clone, Copy)]
-struct Known {
-    revision: i64,
-    ours: bool,
+/// The write a deletion this node sends must still find in the key, so that it never removes a
+/// newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The write of this revision: another node's, as this node last read it (the registry
+    /// keeps it with the remote instance), or one of this node's whose revision it knows.
+    AtRevision(i64),
+    /// Any write of this node (under its lease): its own instance, whatever write of it etcd
+    /// holds; another node's take-over is under that node's lease.
+    ByThisNode,
 }
 
 struct Node {
@@ -487,9 +553,14 @@ struct Node {
     /// This node's lease, kept across sessions while etcd still has it, so a short outage
     /// does not drop this node's keys.
     lease: Option<i64>,
-    /// The last write of every key, for the revision checks that keep a deletion from removing
-    /// a newer registration.
-    revisions: HashMap<String, Known>,
+    /// This node's writes and deletions whose own events the watch has not delivered yet: by
+    /// key, the revision of the latest. An event of such a key older than that is stale
+    /// (another node's write that this node has since overwritten, or its own earlier one), and
+    /// the event of that revision is this node's own. Events come in revision order, so once a
+    /// key's own event is delivered every later event of it is newer, and the entry goes: this
+    /// holds the writes in flight, not the catalog (a map of every key's revision cost about
+    /// 120 B per instance on every node).
+    in_flight: HashMap<String, i64>,
     /// Leases seen to have run out (their nodes died): never alive again.
     dead_leases: HashSet<i64>,
     /// Leases known to live at least until then. No beacon node revokes its lease, and a lease
@@ -502,6 +573,8 @@ struct Node {
     changed_while_away: HashSet<String>,
     /// Keys per page when syncing ([`SYNC_PAGE`]; smaller in tests).
     sync_page: i64,
+    /// The largest sync page accepted ([`SYNC_MESSAGE_LIMIT`]; smaller in tests).
+    sync_message_limit: usize,
     /// Sessions started: each talks to the next endpoint of `cluster.etcd`.
     sessions: usize,
     /// Told when the first sync is done, or every endpoint failed once before it: `start`
@@ -529,11 +602,12 @@ impl Node {
             log,
             changes,
             lease: None,
-            revisions: HashMap::new(),
+            in_flight: HashMap::new(),
             dead_leases: HashSet::new(),
             alive_until: HashMap::new(),
             changed_while_away: HashSet::new(),
             sync_page: SYNC_PAGE,
+            sync_message_limit: SYNC_MESSAGE_LIMIT,
             sessions: 0,
             first_sync: None,
             first_refusal: None,
@@ -758,77 +832,105 @@ impl Node {
         self.drop_queued();
         let covered = self.log.issued();
         let prefix = self.config.prefix.clone();
-        self.revisions.clear();
-        let mut remote = Vec::new();
-        let mut ours_in_etcd = Vec::new();
+        self.in_flight.clear();
+        // Keys under this node's lease (a session that kept it): those the registry no longer
+        // holds are deleted below.
+        let mut ours_in_etcd: Vec<(String, i64)> = Vec::new();
         // Read in pages, all at the revision of the first: one response holding every instance
         // of a large catalog could pass any message limit (100 000 instances are about 15 MB),
-        // and the node would never get in sync.
-        let mut kv = client
+        // and the node would never get in sync. Each page goes into the registry in batches as
+        // it is decoded: a copy of the whole catalog, decoded, held until the end cost about
+        // 300 B per instance at its peak, and its holes stayed in the heap.
+        self.registry.begin_remote_sync();
+        let mut batch = Vec::with_capacity(SYNC_BATCH);
+        let kv = client
             .kv_client()
-            .max_decoding_message_size(SYNC_MESSAGE_LIMIT);
+            .max_decoding_message_size(self.sync_message_limit);
         let end = prefix_end(&prefix);
-        let mut from = prefix.clone().into_bytes();
-        let mut revision = 0;
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.sync_page);
+        let mut limit = self.sync_page;
+        let page = |from: Vec<u8>, revision: i64, limit: i64| {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let response = kv.get(from.clone(), Some(options)).await?;
+            PageFetch::start(kv.clone(), from, options)
+        };
+        let mut revision = 0;
+        let mut next = Some(page(prefix.clone().into_bytes(), revision, limit));
+        while let Some(fetch) = next.take() {
+            let from = fetch.from.clone();
+            let response = match fetch.response().await {
+                // Values far larger than usual (many tags and metadata): half the page, again.
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.message().contains("message length too large") && limit > 1 =>
+                {
+                    limit /= 2;
+                    tracing::warn!(limit, "a sync page passed the message limit: smaller pages");
+                    next = Some(page(from, revision, limit));
+                    continue;
+                }
+                response => response?,
+            };
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
+            }
+            // The next page is asked for before this one is decoded: etcd reads it while this
+            // node decodes (both take about as long at a million instances).
+            if let Some(last) = response.kvs().last().filter(|_| response.more()) {
+                // The next key after the last one read.
+                let mut from = last.key().to_vec();
+                from.push(0);
+                next = Some(page(from, revision, limit));
             }
             for kv in response.kvs() {
                 let Some((service, id)) = parse_key(&prefix, kv.key()) else {
                     continue;
                 };
-                let k = key(&prefix, service, id);
-                let ours = kv.lease() == lease;
-                self.revisions.insert(
-                    k.clone(),
-                    Known {
-                        revision: kv.mod_revision(),
-                        ours,
-                    },
-                );
-                if ours {
-                    ours_in_etcd.push(k);
+                if kv.lease() == lease {
+                    ours_in_etcd.push((key(&prefix, service, id), kv.mod_revision()));
                     continue;
                 }
+                let changed_here = !self.changed_while_away.is_empty()
+                    && self.changed_while_away.contains(&key(&prefix, service, id));
                 if let Some(reg) = decode(kv.value(), service, id, self.registry.limits()) {
-                    remote.push((reg, self.changed_while_away.contains(&k)));
+                    batch.push(SyncedRecord {
+                        reg,
+                        revision: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                        changed_here,
+                    });
+                }
+                if batch.len() == SYNC_BATCH {
+                    self.registry.sync_remote_records(batch.drain(..));
                 }
             }
-            match response.kvs().last() {
-                Some(last) if response.more() => {
-                    // The next key after the last one read.
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => break,
-            }
+            self.registry.sync_remote_records(batch.drain(..));
         }
-        let own = self.registry.sync_remote(remote);
+        drop(batch);
+        let own = self.registry.end_remote_sync();
         let held = own.len();
         let puts: Vec<(String, Vec<u8>)> = own
             .iter()
             .map(|reg| {
-                let value = serde_json::to_vec(reg).unwrap_or_default();
+                // Naming this node, as its other writes do (the registry's).
+                let value = encode(reg, Some(&self.node));
                 (key(&prefix, &reg.service, &reg.id), value)
             })
             .collect();
-        let own_keys: HashSet<String> = puts.iter().map(|(k, _)| k.clone()).collect();
-        self.put_all(client, lease, puts).await?;
-        let stale_keys = ours_in_etcd
+        let own_keys: HashSet<&str> = if ours_in_etcd.is_empty() {
+            HashSet::new()
+        } else {
+            puts.iter().map(|(k, _)| k.as_str()).collect()
+        };
+        let stale_keys: Vec<(String, Held)> = ours_in_etcd
             .into_iter()
-            .filter(|k| !own_keys.contains(k))
-            .filter_map(|k| self.revisions.remove(&k).map(|known| (k, known)))
+            .filter(|(k, _)| !own_keys.contains(k.as_str()))
+            .map(|(k, revision)| (k, Held::AtRevision(revision)))
             .collect();
-        self.delete_all(client, stale_keys).await?;
+        drop(own_keys);
+        self.put_all(client, lease, puts).await?;
+        self.delete_all(client, lease, stale_keys).await?;
         self.changed_while_away.clear();
+        release_free_heap();
         self.log.written(covered);
         tracing::debug!(own = held, revision, "synced with etcd");
         Ok(revision)
@@ -843,9 +945,9 @@ impl Node {
     }
 
     /// Writes one queued change and whatever else is queued behind it, in at most two
-    /// transactions: every put in one, every delete in another (conditional on the revisions
-    /// this node last saw; if any key moved on, the deletes are retried one by one). A burst of
-    /// registrations costs etcd one commit, not one per instance.
+    /// transactions: every put in one, every delete in another (each conditional on the write
+    /// it must remove, see [`Held`]). A burst of registrations costs etcd one commit, not one
+    /// per instance.
     async fn write(&mut self, client: &mut Client, lease: i64, first: Numbered) -> EtcdResult<()> {
         let mut last: HashMap<String, Change> = HashMap::new();
         let mut ticket = first.ticket;
@@ -863,22 +965,21 @@ impl Node {
         for (k, change) in last {
             match change {
                 Change::Put { value, .. } => puts.push((k, value)),
-                // A key this node never saw in etcd has nothing to delete. Its own instance (an
-                // expiry, a deregistration) it deletes only while etcd holds its own write: if
-                // another node has taken the instance over meanwhile (its write applied here
-                // before this delete went out), that newer registration stays.
-                Change::Delete { remote, .. } => match self.revisions.get(&k) {
-                    Some(known) if remote || known.ours => {
-                        let known = *known;
-                        self.revisions.remove(&k);
-                        deletes.push((k, known));
-                    }
-                    _ => {}
-                },
+                // Another node's instance, deregistered here on its provider's behalf: only the
+                // write this node read (the registry kept its revision), never a newer one.
+                Change::Delete {
+                    remote: Some(revision),
+                    ..
+                } => deletes.push((k, Held::AtRevision(revision as i64))),
+                // Its own instance (an expiry, a deregistration) it deletes only while etcd
+                // holds its own write: if another node has taken the instance over meanwhile
+                // (its write applied here before this delete went out), that newer
+                // registration stays.
+                Change::Delete { remote: None, .. } => deletes.push((k, Held::ByThisNode)),
             }
         }
         self.put_all(client, lease, puts).await?;
-        self.delete_all(client, deletes).await?;
+        self.delete_all(client, lease, deletes).await?;
         self.log.written(ticket);
         Ok(())
     }
@@ -910,13 +1011,7 @@ impl Node {
             let response = client.txn(Txn::new().and_then(operations)).await?;
             let revision = response.header().map_or(0, |h| h.revision());
             for k in &keys {
-                self.revisions.insert(
-                    k.clone(),
-                    Known {
-                        revision,
-                        ours: true,
-                    },
-                );
+                self.in_flight.insert(k.clone(), revision);
             }
             // The registry may have applied an older write of another node, or a
             // deregistration, while these waited in the queue: make it agree with etcd.
@@ -924,51 +1019,52 @@ impl Node {
                 .iter()
                 .filter_map(|k| parse_key(&prefix, k.as_bytes()))
                 .collect();
-            let gone: Vec<(String, Known)> = self
+            let gone: Vec<(String, Held)> = self
                 .registry
                 .written_here(&names)
                 .into_iter()
-                .map(|(service, id)| key(&prefix, &service, &id))
-                .filter_map(|k| self.revisions.remove(&k).map(|known| (k, known)))
+                .map(|(service, id)| (key(&prefix, &service, &id), Held::AtRevision(revision)))
                 .collect();
-            self.delete_all(client, gone).await?;
+            self.delete_all(client, lease, gone).await?;
         }
         Ok(())
     }
 
-    /// Deletes each key if it still holds the revision given: one conditional transaction per
-    /// [`MAX_TXN_OPS`] keys, and if any of them moved on since, one by one.
+    /// Deletes each key if it still holds the write given ([`Held`]): one transaction per
+    /// [`DELETES_PER_TXN`] keys, each key's deletion a transaction of its own nested inside it
+    /// (etcd 3.3 and later), so a key that moved on (or is gone) leaves the others' deletions
+    /// alone at no extra round trip. Each deletion made is in flight until its event returns.
     async fn delete_all(
         &mut self,
         client: &mut Client,
-        deletes: Vec<(String, Known)>,
+        lease: i64,
+        deletes: Vec<(String, Held)>,
     ) -> EtcdResult<()> {
-        for chunk in deletes.chunks(MAX_TXN_OPS) {
-            let compares: Vec<Compare> = chunk
-                .iter()
-                .map(|(k, known)| {
-                    Compare::mod_revision(k.as_str(), CompareOp::Equal, known.revision)
-                })
-                .collect();
+        for chunk in deletes.chunks(DELETES_PER_TXN) {
             let operations: Vec<TxnOp> = chunk
                 .iter()
-                .map(|(k, _)| TxnOp::delete(k.as_str(), None))
+                .map(|(k, held)| {
+                    let condition = match *held {
+                        Held::AtRevision(revision) => {
+                            Compare::mod_revision(k.as_str(), CompareOp::Equal, revision)
+                        }
+                        Held::ByThisNode => Compare::lease(k.as_str(), CompareOp::Equal, lease),
+                    };
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([condition])
+                            .and_then([TxnOp::delete(k.as_str(), None)]),
+                    )
+                })
                 .collect();
-            let response = client
-                .txn(Txn::new().when(compares).and_then(operations))
-                .await?;
-            if !response.succeeded() {
-                for (k, known) in chunk {
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            k.as_str(),
-                            CompareOp::Equal,
-                            known.revision,
-                        )])
-                        .and_then([TxnOp::delete(k.as_str(), None)]);
-                    if !client.txn(txn).await?.succeeded() {
-                        tracing::debug!(key = %k, "not deleted: another node wrote it since");
+            let response = client.txn(Txn::new().and_then(operations)).await?;
+            let revision = response.header().map_or(0, |h| h.revision());
+            for ((k, _), outcome) in chunk.iter().zip(response.op_responses()) {
+                match outcome {
+                    TxnOpResponse::Txn(deleted) if deleted.succeeded() => {
+                        self.in_flight.insert(k.clone(), revision);
                     }
+                    _ => tracing::debug!(key = %k, "not deleted: another node wrote it since"),
                 }
             }
         }
@@ -988,48 +1084,46 @@ impl Node {
             let Some((service, id)) = parse_key(&prefix, kv.key()) else {
                 continue;
             };
-            let k = key(&prefix, service, id);
             let revision = kv.mod_revision();
-            let known = self.revisions.get(&k).copied();
+            if !self.in_flight.is_empty() {
+                let k = key(&prefix, service, id);
+                if let Some(&latest) = self.in_flight.get(&k) {
+                    if revision < latest {
+                        // Older than this node's latest write or deletion of the key.
+                        continue;
+                    }
+                    // Events come in revision order: every later one of this key is newer.
+                    self.in_flight.remove(&k);
+                    if revision == latest {
+                        // This node's own write or deletion coming back.
+                        continue;
+                    }
+                }
+            }
             match event.event_type() {
                 EventType::Put => {
                     if kv.lease() == lease {
                         // This node's own write coming back.
                         continue;
                     }
-                    if known.is_some_and(|known| known.revision >= revision) {
-                        continue;
-                    }
-                    self.revisions.insert(
-                        k,
-                        Known {
-                            revision,
-                            ours: false,
-                        },
-                    );
                     if let Some(reg) = decode(kv.value(), service, id, self.registry.limits()) {
-                        changes.push(RemoteChange::Put(reg));
+                        changes.push(RemoteChange::Put {
+                            reg,
+                            revision: u64::try_from(revision).unwrap_or(0),
+                        });
                     }
                 }
                 EventType::Delete => {
-                    if known.is_some_and(|known| known.revision > revision) {
-                        continue;
-                    }
-                    self.revisions.remove(&k);
                     let owner = event.prev_kv().map_or(0, |prev| prev.lease());
                     let (service, id) = (service.to_string(), id.to_string());
-                    if known.is_some_and(|known| known.ours) {
-                        // This node's key, and not its own deletion (it forgets a key before
-                        // deleting it): another node deregistered the instance, unless this
-                        // node's lease ran out (the keep-alive reports that, and the next
-                        // session writes everything again).
+                    if owner == lease {
+                        // This node's key, and not its own deletion (those are in flight until
+                        // their events return, above): another node deregistered the
+                        // instance, unless this node's lease ran out (the keep-alive reports
+                        // that, and the next session writes everything again).
                         if !self.lease_is_dead(client, lease).await? {
                             changes.push(RemoteChange::Deregistered { service, id });
                         }
-                        continue;
-                    }
-                    if owner == lease {
-                        // This node's own deletion.
                         continue;
                     }
                     if owner != 0 && self.lease_is_dead(client, owner).await? {
@@ -1040,6 +1134,10 @@ impl Node {
                     }
                 }
             }
+        }
+        if self.in_flight.is_empty() && self.in_flight.capacity() > IN_FLIGHT_KEPT {
+            // A burst's worth of capacity is not kept for good.
+            self.in_flight.shrink_to(IN_FLIGHT_KEPT);
         }
         if !changes.is_empty() {
             self.registry.apply_remote_changes(changes);
@@ -1187,25 +1285,42 @@ mod tests {
             .await
             .unwrap();
 
-        // This node has not seen the other write: it deletes what it knows of.
-        let known = this.revisions.remove(&k).unwrap();
-        this.delete_all(&mut client, vec![(k.clone(), known)])
+        // This node has not seen the other write: its own deletion (conditional on its lease)
+        // and a deletion of the write it last read (conditional on that revision) both leave
+        // the newer registration alone.
+        let mine = this.in_flight[&k];
+        this.delete_all(&mut client, lease, vec![(k.clone(), Held::ByThisNode)])
             .await
             .unwrap();
+        this.delete_all(
+            &mut client,
+            lease,
+            vec![(k.clone(), Held::AtRevision(mine))],
+        )
+        .await
+        .unwrap();
         let held = client.get(k.as_str(), None).await.unwrap();
         assert_eq!(held.kvs().len(), 1, "the newer registration stays");
         assert_eq!(held.kvs()[0].value(), b"theirs");
         assert_eq!(held.kvs()[0].lease(), other);
 
-        // Its own latest write, it does delete.
+        // Its own latest write, it does delete, though the same batch holds a key that moved
+        // on; and the deletion is in flight until its event returns.
         let k2 = key(&this.config.prefix, "web", "b");
         this.put_all(&mut client, lease, vec![(k2.clone(), b"mine".to_vec())])
             .await
             .unwrap();
-        let known = this.revisions.remove(&k2).unwrap();
-        this.delete_all(&mut client, vec![(k2.clone(), known), (k.clone(), known)])
-            .await
-            .unwrap();
+        let written = this.in_flight[&k2];
+        this.delete_all(
+            &mut client,
+            lease,
+            vec![
+                (k2.clone(), Held::ByThisNode),
+                (k.clone(), Held::ByThisNode),
+            ],
+        )
+        .await
+        .unwrap();
         assert!(client
             .get(k2.as_str(), None)
             .await
@@ -1215,8 +1330,83 @@ mod tests {
         assert_eq!(
             client.get(k.as_str(), None).await.unwrap().kvs().len(),
             1,
-            "a batch with one stale key falls back to one by one"
+            "a batch with a key that moved on deletes the others"
         );
+        assert!(this.in_flight[&k2] > written);
+    }
+
+    /// Another node's write that reached etcd before this node's own write of the same key, but
+    /// reaches this node's watch after it, is stale: the instance stays this node's, and the
+    /// write in flight ends with its own event.
+    #[tokio::test]
+    async fn an_event_older_than_this_nodes_write_is_stale() {
+        let etcd = etcd();
+        let mut client = connect(&etcd.url).await;
+        let mut this = node(&etcd.url);
+        this.registry.register(registration(&this, "a")).unwrap();
+        let lease = this.lease(&mut client).await.unwrap();
+        let k = key(&this.config.prefix, "web", "a");
+        let other = client.lease_grant(30, None).await.unwrap().id();
+        let theirs = serde_json::to_vec(&registration(&this, "a")).unwrap();
+        let options = PutOptions::new().with_lease(other);
+        let first = client
+            .put(k.as_str(), theirs, Some(options))
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        this.put_all(&mut client, lease, vec![(k.clone(), b"mine".to_vec())])
+            .await
+            .unwrap();
+        assert!(this.in_flight[&k] > first);
+
+        let watch = WatchOptions::new()
+            .with_start_revision(first)
+            .with_prev_key();
+        let mut stream = client.watch(k.as_str(), Some(watch)).await.unwrap();
+        let mut events = Vec::new();
+        while events.len() < 2 {
+            let response = stream.message().await.unwrap().expect("the watch ended");
+            events.extend(response.events().iter().cloned());
+        }
+        this.apply_events(&mut client, lease, &events)
+            .await
+            .unwrap();
+        let view = this.registry.service("web").expect("held");
+        assert!(
+            !view.instances["a"].is_remote(),
+            "the older write of another node was applied"
+        );
+        assert!(
+            this.in_flight.is_empty(),
+            "its own event ends the write in flight"
+        );
+    }
+
+    /// Deletions go out in nested transactions that fit etcd's `--max-txn-ops`, however many.
+    #[tokio::test]
+    async fn many_deletions_fit_the_transaction_limit() {
+        let etcd = etcd();
+        let mut client = connect(&etcd.url).await;
+        let mut this = node(&etcd.url);
+        let lease = this.lease(&mut client).await.unwrap();
+        let keys: Vec<String> = (0..300)
+            .map(|n| key(&this.config.prefix, "web", &format!("i{n}")))
+            .collect();
+        for k in &keys {
+            let options = PutOptions::new().with_lease(lease);
+            client.put(k.as_str(), "v", Some(options)).await.unwrap();
+        }
+        let deletes = keys.iter().map(|k| (k.clone(), Held::ByThisNode)).collect();
+        this.delete_all(&mut client, lease, deletes).await.unwrap();
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let left = client
+            .get(this.config.prefix.as_str(), Some(options))
+            .await
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
     }
 
     fn registration(node: &Node, id: &str) -> crate::registry::Registration {
@@ -1319,7 +1509,38 @@ mod tests {
         this.sync(&mut client, lease).await.unwrap();
         let view = this.registry.service("web").expect("synced");
         assert_eq!(view.instances.len(), 5, "every page was read");
+        // Pages over the message limit are asked for again, smaller.
+        let mut big = node(&etcd.url);
+        big.sync_page = 5;
+        big.sync_message_limit = 600;
+        let big_lease = big.lease(&mut client).await.unwrap();
+        big.sync(&mut client, big_lease).await.unwrap();
+        let view = big.registry.service("web").expect("synced");
+        assert_eq!(
+            view.instances.len(),
+            5,
+            "every page was read, in smaller ones"
+        );
         assert!(view.instances.values().all(|i| i.is_remote()));
-        assert_eq!(this.revisions.len(), 5);
+        // The registry kept each write's revision: a deregistration here hands it back.
+        let k = key(&this.config.prefix, "web", "i3");
+        let written = client.get(k.as_str(), None).await.unwrap().kvs()[0].mod_revision();
+        this.registry.attach_change_log(this.log.clone());
+        this.registry.deregister("web", "i3").unwrap();
+        let change = this.changes.try_recv().unwrap().change;
+        assert!(
+            matches!(change, Change::Delete { remote: Some(r), .. } if r as i64 == written),
+            "{change:?}"
+        );
+
+        // A resync drops what etcd no longer holds and keeps the rest.
+        client
+            .delete(key(&this.config.prefix, "web", "i0"), None)
+            .await
+            .unwrap();
+        this.sync(&mut client, lease).await.unwrap();
+        let view = this.registry.service("web").expect("synced");
+        let ids: Vec<&str> = view.instances.keys().map(|id| id.as_str()).collect();
+        assert_eq!(ids, ["i1", "i2", "i3", "i4"]);
     }
 }

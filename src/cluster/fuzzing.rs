@@ -5,7 +5,7 @@
 //!
 //! An input is the key, a newline, and the value: `/beacon/instances/web/web-1\n{"service":…}`.
 
-use super::{decode, parse_key};
+use super::{decode, encode, parse_key};
 use crate::config::{ClusterConfig, RegistryConfig};
 use crate::registry::{Limits, Registration};
 
@@ -33,12 +33,12 @@ pub fn check(bytes: &[u8]) {
     );
     assert!(reg.tags.len() <= limits.max_tags && reg.meta.len() <= limits.max_meta);
     // What the registry writes for it (registry::Registry::submit_put, etcd.rs's sync).
-    let encoded = serde_json::to_vec(&reg).expect("a registration encodes");
+    let encoded = encode(&reg, reg.node.as_deref());
     let again = decode(&encoded, service, id, &limits)
         .unwrap_or_else(|| panic!("{} does not decode", String::from_utf8_lossy(&encoded)));
     assert_eq!(again, reg, "{}", String::from_utf8_lossy(&encoded));
     assert_eq!(
-        serde_json::to_vec(&again).expect("a registration encodes"),
+        encode(&again, again.node.as_deref()),
         encoded,
         "encoding what was decoded gives other bytes"
     );

@@ -46,10 +46,14 @@ pub struct Instance {
     node: AtomicU16,
     /// Registry-clock milliseconds at which the lease runs out.
     deadline_ms: AtomicU64,
-    /// The deadline this instance is filed under in the registry's deadline queue: at most
-    /// `deadline_ms`, since a renewal only moves `deadline_ms` and the queue catches up when
-    /// the old entry comes due. Read and written only under the registry's lock (atomic only
-    /// because the instance is shared with readers).
+    /// For an instance held here: the deadline it is filed under in the registry's deadline
+    /// queue, at most `deadline_ms`, since a renewal only moves `deadline_ms` and the queue
+    /// catches up when the old entry comes due. For a remote instance, which is never in the
+    /// queue: the revision (in the cluster's store) of the write it was last read from, which
+    /// a deregistration here hands back so that it never removes a newer write (see
+    /// [`Instance::store_revision`]); one slot for both, rather than a map of every key in the
+    /// cluster task, which cost about 120 B per instance. Read and written only under the
+    /// registry's lock (atomic only because the instance is shared with readers).
     queued_ms: AtomicU64,
     /// Tie-breaker in the deadline queue, unique for the registry's lifetime.
     pub(super) seq: u64,
@@ -58,6 +62,10 @@ pub struct Instance {
 /// The deadline of an instance held by another node of the cluster: its lease runs there, so it
 /// never expires here; it leaves when that node removes it from etcd (or dies).
 pub const REMOTE_DEADLINE: u64 = u64::MAX;
+
+/// The top bit of a remote instance's store revision: not read by the resync under way (etcd's
+/// revisions are positive 63-bit numbers, so the bit is free).
+const UNSEEN: u64 = 1 << 63;
 
 impl Instance {
     /// Registry-clock milliseconds at which this instance expires unless renewed;
@@ -113,6 +121,29 @@ impl Instance {
 
     pub(super) fn set_queued_ms(&self, queued: u64) {
         self.queued_ms.store(queued, Ordering::Relaxed);
+    }
+
+    /// A remote instance: the revision of the write it was last read from, without the
+    /// resync's mark ([`UNSEEN`]). Meaningless for an instance held here.
+    pub(super) fn store_revision(&self) -> u64 {
+        self.queued_ms.load(Ordering::Relaxed) & !UNSEEN
+    }
+
+    /// A remote instance: the revision of the write it was read from (this also clears the
+    /// resync's mark).
+    pub(super) fn set_store_revision(&self, revision: u64) {
+        self.queued_ms.store(revision & !UNSEEN, Ordering::Relaxed);
+    }
+
+    /// A remote instance: marked at the start of a resync; whichever is still marked at its end
+    /// was not in the store any more.
+    pub(super) fn mark_unseen(&self) {
+        self.queued_ms.fetch_or(UNSEEN, Ordering::Relaxed);
+    }
+
+    /// Whether a resync has not read this remote instance (yet).
+    pub(super) fn is_unseen(&self) -> bool {
+        self.queued_ms.load(Ordering::Relaxed) & UNSEEN != 0
     }
 
     /// Whether the lease still runs at `now_ms`. The read path checks this so that an instance is

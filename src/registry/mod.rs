@@ -24,6 +24,7 @@ mod model_tests;
 mod ownership;
 mod preservation;
 mod recent;
+mod remote;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +42,7 @@ pub use instance::{
 pub use ownership::{Origin, Owner, NO_OWNER};
 pub use preservation::SelfPreservation;
 pub use recent::{ChangeKind, RecentChange, RECENT_CHANGES};
+pub use remote::{RemoteChange, SyncedRecord};
 
 use crate::name::LabelError;
 
@@ -63,10 +65,12 @@ pub enum Change {
         service: String,
         /// Instance id.
         id: String,
-        /// The instance was held by another cluster node (a deregistration here on its
-        /// provider's behalf). Otherwise it was this registry's own, and in etcd the key is only
-        /// deleted while it still holds this node's write.
-        remote: bool,
+        /// `Some(revision)`: the instance was held by another cluster node (a deregistration
+        /// here on its provider's behalf), whose write this node last read at that revision of
+        /// the cluster's store; the key is only deleted while it still holds that write.
+        /// `None`: it was this registry's own, and in etcd the key is only deleted while it
+        /// still holds this node's write.
+        remote: Option<u64>,
     },
 }
 
@@ -80,35 +84,6 @@ pub trait ChangeLog: Send + Sync {
     /// Blocks until every change queued so far is kept (on disk, or in etcd). A request
     /// handler calls it before acknowledging a change it made.
     fn wait_all(&self);
-}
-
-/// A change another cluster node made, as the cluster applies it (see
-/// [`Registry::apply_remote_changes`]). None of them is sent back to the change log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteChange {
-    /// Another node holds this registration: inserted or replaced as a remote instance.
-    Put(Registration),
-    /// Another node removed its instance (deregistered or expired it there).
-    Removed {
-        /// Service name.
-        service: String,
-        /// Instance id.
-        id: String,
-    },
-    /// The node holding the instance died: kept one more TTL as an orphan.
-    Orphaned {
-        /// Service name.
-        service: String,
-        /// Instance id.
-        id: String,
-    },
-    /// This node held the instance, and another node deregistered it on its provider's behalf.
-    Deregistered {
-        /// Service name.
-        service: String,
-        /// Instance id.
-        id: String,
-    },
 }
 
 /// Why the registry refused a request. Each variant maps to one protocol error code.
@@ -852,139 +827,6 @@ impl Registry {
         result
     }
 
-    /// Applies what other cluster nodes changed (one etcd watch response), under one lock and
-    /// with one publication, so a burst of changes costs readers and watchers one new view:
-    ///
-    /// - `Put`: inserted or replaced as a remote instance, which never expires here. If this
-    ///   node held it, the provider has moved to that node, which now holds the lease: this
-    ///   node lets go of it.
-    /// - `Removed`: a remote instance leaves. One this node holds is left alone (its provider
-    ///   renews it here, and this node's own writes keep etcd right).
-    /// - `Orphaned`: a remote instance whose node died is kept one more TTL from now, for its
-    ///   provider to move here; if it renews here, this node takes it over, otherwise it
-    ///   expires here like any other.
-    /// - `Deregistered`: this node's own instance leaves.
-    pub fn apply_remote_changes(&self, changes: Vec<RemoteChange>) {
-        let now = self.now_ms();
-        let mut state = self.lock_state();
-        let mut wake = false;
-        for change in changes {
-            match change {
-                RemoteChange::Put(reg) => state.put_remote(&reg),
-                RemoteChange::Removed { service, id } => {
-                    state.preservation.superseded(&service, &id);
-                    if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
-                        state.remove(&instance);
-                        state.bump();
-                        let version = state.version;
-                        state.recent.push(ChangeKind::Left, &instance, version);
-                    }
-                }
-                RemoteChange::Orphaned { service, id } => {
-                    if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
-                        state.hold_here(&instance, now + u64::from(instance.ttl_ms()));
-                        state
-                            .unconfirmed
-                            .insert((instance.service.clone(), instance.id.clone()));
-                        wake = true;
-                    }
-                }
-                RemoteChange::Deregistered { service, id } => {
-                    state.preservation.superseded(&service, &id);
-                    if let Some(instance) = state.find(&service, &id).filter(|i| !i.is_remote()) {
-                        state.remove(&instance);
-                        state.bump();
-                        let version = state.version;
-                        state
-                            .recent
-                            .push(ChangeKind::Deregistered, &instance, version);
-                    }
-                }
-            }
-        }
-        self.publish(&mut state);
-        drop(state);
-        if wake {
-            self.shared.expiry_wakeup.notify_one();
-        }
-    }
-
-    /// After this node's writes of `written` (service, id) reached etcd, where they are now the
-    /// latest: an instance the registry meanwhile took for another node's (an older write of
-    /// theirs, applied while this one waited in the queue) is this node's again, with a lease
-    /// from now. Returns those the registry no longer holds at all (deregistered meanwhile),
-    /// whose keys must go from etcd.
-    pub fn written_here(&self, written: &[(&str, &str)]) -> Vec<(String, String)> {
-        let now = self.now_ms();
-        let mut state = self.lock_state();
-        let mut missing = Vec::new();
-        let mut wake = false;
-        for (service, id) in written {
-            match state.find(service, id) {
-                None => missing.push((service.to_string(), id.to_string())),
-                Some(instance) if instance.is_remote() => {
-                    state.hold_here(&instance, now + u64::from(instance.ttl_ms()));
-                    wake = true;
-                }
-                Some(_) => {}
-            }
-        }
-        drop(state);
-        if wake {
-            self.shared.expiry_wakeup.notify_one();
-        }
-        missing
-    }
-
-    /// [`Registry::apply_remote_changes`] of one `Put`, for the tests.
-    #[cfg(test)]
-    fn apply_remote(&self, reg: Registration) {
-        self.apply_remote_changes(vec![RemoteChange::Put(reg)]);
-    }
-
-    /// Makes the remote part of the registry what etcd holds, after (re)connecting: remote
-    /// instances absent from `records` leave, and each record (another node's write) becomes a
-    /// remote instance. An instance this node holds too stays this node's only if it changed it
-    /// while it could not write to etcd (the record's flag): otherwise the record, written after
-    /// this node's last write, is the newer and wins (the provider moved). Returns the
-    /// registrations this node holds, to write to etcd.
-    pub fn sync_remote(&self, records: Vec<(Registration, bool)>) -> Vec<Registration> {
-        let mut state = self.lock_state();
-        let keep: std::collections::HashSet<(&str, &str)> = records
-            .iter()
-            .map(|(r, _)| (r.service.as_str(), r.id.as_str()))
-            .collect();
-        let gone: Vec<Arc<Instance>> = state
-            .services
-            .values()
-            .flat_map(|instances| instances.values())
-            .filter(|i| i.is_remote() && !keep.contains(&(&*i.service, &*i.id)))
-            .cloned()
-            .collect();
-        for instance in gone {
-            state.remove(&instance);
-            state.bump();
-            state
-                .preservation
-                .superseded(&instance.service, &instance.id);
-        }
-        for (reg, changed_here) in &records {
-            match state.find(&reg.service, &reg.id) {
-                Some(own) if *changed_here && !own.is_remote() && state.is_confirmed(&own) => {}
-                _ => state.put_remote(reg),
-            }
-        }
-        let own = state
-            .services
-            .values()
-            .flat_map(|instances| instances.values())
-            .filter(|i| !i.is_remote() && state.is_confirmed(i))
-            .map(|i| i.registration(state.owners.name(i.owner())))
-            .collect();
-        self.publish(&mut state);
-        own
-    }
-
     /// Does what one wake-up of the expiry task does: removes every instance whose deadline has
     /// passed, unless self-preservation holds or begins; checks whether it should end when due.
     /// Returns how many instances were removed.
@@ -1264,7 +1106,9 @@ impl State {
     }
 
     fn remove(&mut self, instance: &Instance) {
-        self.deadlines.remove(&instance.queue_key());
+        if !instance.is_remote() {
+            self.deadlines.remove(&instance.queue_key());
+        }
         if let Some(instances) = self.services.get_mut(&*instance.service) {
             if instances.remove(&*instance.id).is_some() {
                 self.instance_count -= 1;
@@ -1290,15 +1134,11 @@ impl State {
     fn submit_put(&self, reg: &Registration, version: u64) {
         if let Some(log) = &self.change_log {
             // Plain strings, numbers and a duration: encoding cannot fail. In cluster mode the
-            // value names this node, which holds the lease.
+            // value is etcd's compact form, and names this node, which holds the lease.
             let value = match &self.node_name {
-                Some(name) => serde_json::to_vec(&Registration {
-                    node: Some(name.to_string()),
-                    ..reg.clone()
-                }),
-                None => serde_json::to_vec(reg),
-            }
-            .unwrap_or_default();
+                Some(name) => crate::cluster::encode(reg, Some(name)),
+                None => serde_json::to_vec(reg).unwrap_or_default(),
+            };
             let put = Change::Put {
                 service: reg.service.clone(),
                 id: reg.id.clone(),
@@ -1313,7 +1153,7 @@ impl State {
             let delete = Change::Delete {
                 service: instance.service.to_string(),
                 id: instance.id.to_string(),
-                remote: instance.is_remote(),
+                remote: instance.is_remote().then(|| instance.store_revision()),
             };
             log.submit(delete, self.version + 1);
         }
@@ -1345,13 +1185,6 @@ impl State {
         false
     }
 
-    /// Makes a remote instance one whose lease runs here, until `deadline`.
-    fn hold_here(&mut self, instance: &Arc<Instance>, deadline: u64) {
-        instance.set_deadline_ms(deadline);
-        self.remote_count -= 1;
-        self.file(instance.clone());
-    }
-
     /// Takes `instance` out of `unconfirmed`; returns whether it was there.
     fn confirm(&mut self, instance: &Instance) -> bool {
         !self.unconfirmed.is_empty()
@@ -1365,35 +1198,6 @@ impl State {
     fn claim(&self, instance: &Instance) {
         let reg = instance.registration(self.owners.name(instance.owner()));
         self.submit_put(&reg, self.version);
-    }
-
-    /// Inserts or replaces `reg` as a remote instance (see [`Registry::apply_remote_changes`]).
-    fn put_remote(&mut self, reg: &Registration) {
-        // Another node holds it now: an expiry of it here must not be brought back.
-        self.preservation.superseded(&reg.service, &reg.id);
-        match self.find(&reg.service, &reg.id) {
-            Some(old) if old.same_as(reg, self.owner_of(reg)) => {
-                let holder = self.holder_of(reg, REMOTE_DEADLINE);
-                old.set_holder(holder);
-                if !old.is_remote() {
-                    self.deadlines.remove(&old.queue_key());
-                    old.set_deadline_ms(REMOTE_DEADLINE);
-                    self.remote_count += 1;
-                    self.confirm(&old);
-                }
-            }
-            Some(old) => {
-                self.remove(&old);
-                let new = self.insert(reg, REMOTE_DEADLINE);
-                self.bump();
-                self.recent.push(ChangeKind::Updated, &new, self.version);
-            }
-            None => {
-                let new = self.insert(reg, REMOTE_DEADLINE);
-                self.bump();
-                self.recent.push(ChangeKind::Registered, &new, self.version);
-            }
-        }
     }
 
     /// Moves the lease of a held instance to `deadline`, never earlier than its queue key (a

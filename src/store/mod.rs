@@ -322,13 +322,13 @@ mod tests {
                     Change::Delete {
                         service: "web".into(),
                         id: "a".into(),
-                        remote: false,
+                        remote: None,
                     },
                     put("web", "b", 82),
                     Change::Delete {
                         service: "nothing".into(),
                         id: "x".into(),
-                        remote: false,
+                        remote: None,
                     },
                 ],
                 5,
@@ -368,7 +368,7 @@ mod tests {
             Change::Delete {
                 service: "svc".into(),
                 id: "t0-0".into(),
-                remote: false,
+                remote: None,
             },
             201,
         );
