@@ -19,8 +19,9 @@ use crate::dns::forward::Forwarder;
 use crate::dns::statics::StaticZones;
 use crate::registry::{Limits, Registry};
 
-/// The key the keyed updater holds: `web-key`, this secret, covering `web`.
-pub const SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+// The keyed updater holds the signed-request check's known key (docs/PROTOCOL.md §8's
+// example, `web-key`), covering `web`: the fuzzers share one test key.
+use crate::auth::fuzzing::{KEY, SECRET};
 
 /// Two updaters over their own registries, with the responders their prerequisites ask.
 pub struct UpdateHarness {
@@ -43,7 +44,7 @@ fn updater(auth: Auth) -> (Updater, Responder) {
 
 impl Default for UpdateHarness {
     fn default() -> Self {
-        let ring = KeyRing::parse(&format!("web-key {SECRET} web\n"), "fuzz").expect("a key");
+        let ring = KeyRing::parse(&format!("{KEY} {SECRET} web\n"), "fuzz").expect("a key");
         UpdateHarness {
             updaters: vec![
                 updater(Auth::open_loopback()),
