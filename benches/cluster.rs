@@ -987,15 +987,8 @@ struct Joining {
     listening_ms: f64,
     /// → the first complete answer.
     answer_ms: Option<f64>,
-    /// Answers before the complete one: NXDOMAIN, incomplete (and the most A records in one),
-    /// other (the first described).
-    nxdomain: usize,
-    partial: usize,
-    partial_most: usize,
-    other: usize,
-    other_first: Option<String>,
-    /// Queries sent while nothing listened on the port (refused, for a restarted node).
-    refused: usize,
+    /// The answers before the complete one.
+    answers: Answers,
     /// CPU to answering; resident memory then, and its peak (VmHWM, KiB).
     cpu: Duration,
     mem: Mem,
@@ -1012,14 +1005,15 @@ impl Joining {
             "listening {:.0} ms, {answered}; before it {} NXDOMAIN, {} incomplete (at most {} \
              records), {} other{}, {} refused (port closed); CPU {:.2} s",
             self.listening_ms,
-            self.nxdomain,
-            self.partial,
-            self.partial_most,
-            self.other,
-            self.other_first
+            self.answers.nxdomain,
+            self.answers.partial,
+            self.answers.partial_most,
+            self.answers.other,
+            self.answers
+                .other_first
                 .as_ref()
                 .map_or(String::new(), |o| format!(" (first: {o})")),
-            self.refused,
+            self.answers.refused,
             self.cpu.as_secs_f64(),
         )
     }
@@ -1331,12 +1325,7 @@ fn joining(since: Instant, listening: Instant, answers: Answers, node: &Server) 
     Joining {
         listening_ms: ms(listening - since),
         answer_ms: answers.complete.map(|t| ms(t - since)),
-        nxdomain: answers.nxdomain,
-        partial: answers.partial,
-        partial_most: answers.partial_most,
-        other: answers.other,
-        other_first: answers.other_first,
-        refused: answers.refused,
+        answers,
         cpu: node.cpu(),
         mem: node.memory(),
         peak_kib: vm_hwm_kib(&node.pid()),
@@ -1662,10 +1651,10 @@ fn scale_summary(s: &Scale) {
                     |t| format!("**{t:.0} ms**")
                 ),
                 j.listening_ms,
-                j.nxdomain,
-                j.partial,
-                j.other,
-                j.refused,
+                j.answers.nxdomain,
+                j.answers.partial,
+                j.answers.other,
+                j.answers.refused,
                 j.cpu.as_secs_f64(),
             );
         }
