@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use crate::config::{AuthConfig, ReadAccess};
 use crate::net::log_limit::REFUSALS;
 pub use crate::registry::Origin;
-use keys::{KeyFileError, KeyRing};
+use keys::{Key, KeyFileError, KeyRing};
 
 /// Why a request was refused before it reached the registry. Each maps to one protocol error
 /// code; the messages never hold a secret.
@@ -187,12 +187,7 @@ impl Auth {
             // Reads are open: the signature grants nothing, so it is not checked.
             return Ok(Origin::default());
         }
-        let Some(key) = ring.get(claim.key) else {
-            return Err(AuthError::Unauthorized(format!(
-                "unknown key {:?}: this registry has no key of that name",
-                claim.key
-            )));
-        };
+        let key = known_key(&ring, claim.key)?;
         let parts = sign::split(bytes).ok_or_else(|| {
             AuthError::BadSignature(
                 "`sig` must be the request's last member, 44 characters of base64, followed only by `}`".into(),
@@ -200,24 +195,11 @@ impl Auth {
         })?;
         let signature =
             sign::verify(key.mac(), parts).map_err(|e| AuthError::BadSignature(e.to_string()))?;
-        let now = wall_clock_ms();
-        if claim.ts_ms.abs_diff(now) > self.window_ms {
-            return Err(AuthError::ClockSkew(format!(
-                "ts {} is {} this server's clock, {now} (Unix ms); at most {} either way is accepted (auth.window)",
-                claim.ts_ms,
-                describe_skew(claim.ts_ms, now),
-                humantime::format_duration(Duration::from_millis(self.window_ms)),
-            )));
-        }
+        let now = self.within_window(claim.ts_ms)?;
         match access {
-            Access::Change { service } if !key.covers(service) => Err(AuthError::Forbidden(
-                format!("key {:?} may not change service {service:?}", claim.key),
-            )),
-            Access::Change { .. } => Ok(Origin {
-                owner: Some(key.name.clone()),
-                stamp: sign::stamp(claim.ts_ms, &signature),
-                floor: self.floor_at(now),
-            }),
+            Access::Change { service } => {
+                self.change_by(key, service, sign::stamp(claim.ts_ms, &signature), now)
+            }
             Access::Read => Ok(Origin::default()),
         }
     }
@@ -233,25 +215,14 @@ impl Auth {
         sig: &str,
     ) -> Result<(), AuthError> {
         let ring = self.ring.load();
-        let Some(found) = ring.get(key) else {
-            return Err(AuthError::Unauthorized(format!(
-                "unknown key {key:?}: this registry has no key of that name"
-            )));
-        };
+        let found = known_key(&ring, key)?;
         let parts = sign::Parts {
             head: message,
             sig: sig.as_bytes(),
         };
         sign::verify_whole(found.mac(), parts)
             .map_err(|e| AuthError::BadSignature(e.to_string()))?;
-        let now = wall_clock_ms();
-        if ts_ms.abs_diff(now) > self.window_ms {
-            return Err(AuthError::ClockSkew(format!(
-                "ts {ts_ms} is {} this server's clock, {now} (Unix ms); at most {} either way is accepted (auth.window)",
-                describe_skew(ts_ms, now),
-                humantime::format_duration(Duration::from_millis(self.window_ms)),
-            )));
-        }
+        self.within_window(ts_ms)?;
         Ok(())
     }
 
@@ -271,21 +242,41 @@ impl Auth {
             return self.check(Access::Change { service }, None, b"", source);
         };
         let ring = self.ring.load();
-        let Some(found) = ring.get(name) else {
-            return Err(AuthError::Unauthorized(format!(
-                "unknown key {name:?}: this registry has no key of that name"
-            )));
-        };
-        if !found.covers(service) {
+        self.change_by(known_key(&ring, name)?, service, stamp, wall_clock_ms())
+    }
+
+    /// A signed change of `service` by `key`, allowed if the key covers it.
+    fn change_by(
+        &self,
+        key: &Key,
+        service: &str,
+        stamp: u64,
+        now_ms: u64,
+    ) -> Result<Origin, AuthError> {
+        if !key.covers(service) {
             return Err(AuthError::Forbidden(format!(
-                "key {name:?} may not change service {service:?}"
+                "key {:?} may not change service {service:?}",
+                key.name
             )));
         }
         Ok(Origin {
-            owner: Some(found.name.clone()),
+            owner: Some(key.name.clone()),
             stamp,
-            floor: self.floor_at(wall_clock_ms()),
+            floor: self.floor_at(now_ms),
         })
+    }
+
+    /// The server's clock (Unix ms) if `ts_ms` is within `auth.window` of it.
+    fn within_window(&self, ts_ms: u64) -> Result<u64, AuthError> {
+        let now = wall_clock_ms();
+        if ts_ms.abs_diff(now) > self.window_ms {
+            return Err(AuthError::ClockSkew(format!(
+                "ts {ts_ms} is {} this server's clock, {now} (Unix ms); at most {} either way is accepted (auth.window)",
+                describe_skew(ts_ms, now),
+                humantime::format_duration(Duration::from_millis(self.window_ms)),
+            )));
+        }
+        Ok(now)
     }
 
     /// How far a signature's time may be from the server's clock, in milliseconds.
@@ -305,6 +296,15 @@ impl Auth {
 }
 
 /// Whether `source` is a loopback address (IPv4-mapped ones included).
+/// The key of `ring` named `name`, or the refusal that names it.
+fn known_key<'r>(ring: &'r KeyRing, name: &str) -> Result<&'r Key, AuthError> {
+    ring.get(name).ok_or_else(|| {
+        AuthError::Unauthorized(format!(
+            "unknown key {name:?}: this registry has no key of that name"
+        ))
+    })
+}
+
 pub fn is_loopback(source: IpAddr) -> bool {
     match source {
         IpAddr::V4(v4) => v4.is_loopback(),
