@@ -7,7 +7,9 @@
 //! at most one message in flight; one that takes nothing for `registry.watch_write_timeout` is
 //! dropped. The JSON of a service's instances is built once per version of that service and
 //! shared by every watcher of it ([`WatchCache`]), so a change to a service watched by ten
-//! thousand connections is serialised once, not ten thousand times.
+//! thousand connections is serialised once, not ten thousand times; and each version reuses
+//! the previous one's JSON of every instance they share, so a change to one instance of a
+//! service of thousands serialises that one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,21 +22,72 @@ use tokio_util::sync::CancellationToken;
 
 use super::server::{Line, LineBuffer};
 use super::{bad, InstanceInfo, Reply, WatchRequest, VERSION};
-use crate::registry::{Registry, ServiceView};
+use crate::registry::{Instance, Registry, ServiceView};
 
 /// The JSON objects of one service's live instances, separated by commas.
 pub(crate) type Fragment = Arc<Vec<u8>>;
 
-/// Each service's instances as JSON, with the service version it was built at, shared by watchers.
+/// Each service's instances as JSON, as last built for a version of it, shared by watchers.
 #[derive(Default)]
 pub struct WatchCache {
-    fragments: Mutex<HashMap<Arc<str>, (u64, Fragment)>>,
+    fragments: Mutex<HashMap<Arc<str>, Built>>,
+}
+
+/// A service's instances as JSON, built from `view`. Holding the view keeps its instances
+/// alive, so while this is cached no other instance can be allocated where one of them was:
+/// an instance of a later view that is the same allocation is the same instance, and its
+/// JSON is copied from here rather than serialised again.
+struct Built {
+    view: Arc<ServiceView>,
+    bytes: Fragment,
+    /// Where the k-th instance of `view` (in id order) ends in `bytes`; the next begins one
+    /// byte later, after the comma.
+    ends: Vec<usize>,
+}
+
+impl Built {
+    /// The instances of `view`, every one live, reusing the JSON of those `previous` holds.
+    fn new(view: &Arc<ServiceView>, live_at: u64, previous: Option<&Built>) -> Built {
+        let mut bytes = Vec::with_capacity(previous.map_or(0, |p| p.bytes.len() + 256));
+        let mut ends = Vec::with_capacity(view.instances.len());
+        // Both views are sorted by id: one walk down the previous one finds every instance
+        // they share.
+        let mut before = previous
+            .into_iter()
+            .flat_map(|p| {
+                p.view
+                    .instances
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, kv)| (p, k, kv))
+            })
+            .peekable();
+        for (n, (id, instance)) in view.instances.iter().enumerate() {
+            if n > 0 {
+                bytes.push(b',');
+            }
+            while before.next_if(|(_, _, (old, _))| *old < id).is_some() {}
+            match before.peek() {
+                Some(&(p, k, (old, same))) if old == id && Arc::ptr_eq(same, instance) => {
+                    let start = if k == 0 { 0 } else { p.ends[k - 1] + 1 };
+                    bytes.extend_from_slice(&p.bytes[start..p.ends[k]]);
+                }
+                _ => write_instance(&mut bytes, instance, live_at),
+            }
+            ends.push(bytes.len());
+        }
+        Built {
+            view: view.clone(),
+            bytes: Arc::new(bytes),
+            ends,
+        }
+    }
 }
 
 impl WatchCache {
     /// The instances of `view` live at `live_at` (the readers' clock,
     /// [`Registry::read_now_ms`]) as JSON objects separated by commas.
-    fn fragment(&self, view: &ServiceView, live_at: u64) -> Fragment {
+    fn fragment(&self, view: &Arc<ServiceView>, live_at: u64) -> Fragment {
         // A view can hold an instance whose lease ran out a moment ago and that the expiry task
         // has not removed yet; such a view is serialised for this push only, never cached, so
         // no push names an expired instance. (While self-preservation holds, every instance
@@ -47,13 +100,16 @@ impl WatchCache {
             .fragments
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((version, bytes)) = fragments.get(&*view.name) {
-            if *version == view.version {
-                return bytes.clone();
-            }
+        let previous = fragments.get(&*view.name);
+        if let Some(built) = previous.filter(|b| b.view.version == view.version) {
+            return built.bytes.clone();
         }
-        let bytes = Arc::new(serialise(view, live_at));
-        fragments.insert(view.name.clone(), (view.version, bytes.clone()));
+        // A change to a service of thousands of instances touches one or a few: the others'
+        // JSON is copied, not serialised again (a push of 2 000 instances took about 0.5 ms
+        // to serialise whole).
+        let built = Built::new(view, live_at, previous);
+        let bytes = built.bytes.clone();
+        fragments.insert(view.name.clone(), built);
         bytes
     }
 
@@ -71,19 +127,26 @@ fn serialise(view: &ServiceView, live_at: u64) -> Vec<u8> {
         if n > 0 {
             out.push(b',');
         }
-        // Neither the lease nor who holds it: pushes follow the live set, and a renewal (or a
-        // provider moving between cluster nodes) does not change it.
-        let info = InstanceInfo {
-            expires_in_ms: None,
-            remote: false,
-            ..InstanceInfo::new(instance, live_at)
-        };
-        // Plain strings, numbers and a string map: serialising cannot fail.
-        if serde_json::to_writer(&mut out, &info).is_err() {
-            out.clear();
-        }
+        write_instance(&mut out, instance, live_at);
     }
     out
+}
+
+/// One instance's JSON object, as a push carries it: the same bytes for as long as the
+/// instance is the same (nothing that changes with time or renewals is in it).
+fn write_instance(out: &mut Vec<u8>, instance: &Instance, live_at: u64) {
+    // Neither the lease nor who holds it: pushes follow the live set, and a renewal (or a
+    // provider moving between cluster nodes) does not change it.
+    let info = InstanceInfo {
+        expires_in_ms: None,
+        remote: false,
+        ..InstanceInfo::new(instance, live_at)
+    };
+    let start = out.len();
+    // Plain strings, numbers and a string map: serialising cannot fail.
+    if serde_json::to_writer(&mut *out, &info).is_err() {
+        out.truncate(start);
+    }
 }
 
 /// One push: `{"v":1,"ok":true,"op":"watch","version":N,"run":R,"instances":[...]}` and a
@@ -242,6 +305,58 @@ pub(super) async fn serve(
 mod tests {
     use super::*;
     use crate::registry::{Limits, RegistrationRequest};
+
+    /// A push built from the last one (its instances' JSON copied) is the push built afresh,
+    /// whatever changed between them: instances added, removed, or replaced by another
+    /// registration of the same id.
+    #[test]
+    fn a_push_after_changes_is_the_push_built_afresh() {
+        let registry = Registry::new(Limits::from(&crate::config::RegistryConfig::default()));
+        let register = |id: &str, port: u16| {
+            let request = RegistrationRequest {
+                service: "web".into(),
+                id: Some(id.into()),
+                address: Some("10.0.0.1".parse().unwrap()),
+                port,
+                weight: None,
+                tags: vec!["blue".into()],
+                meta: vec![("id".into(), id.into())],
+                ttl: None,
+            };
+            registry
+                .register(request.validate(registry.limits()).unwrap())
+                .unwrap();
+        };
+        for (k, id) in ["b", "d", "f", "h"].into_iter().enumerate() {
+            register(id, 80 + k as u16);
+        }
+        let cache = WatchCache::default();
+        let web = ["web".to_string()];
+        let _ = snapshot(&registry, &cache, &web);
+        let changes: [&dyn Fn(); 6] = [
+            &|| register("a", 1),
+            &|| register("z", 2),
+            &|| register("e", 3),
+            &|| register("d", 4),
+            &|| {
+                registry.deregister("web", "b").unwrap();
+            },
+            &|| {
+                registry.deregister("web", "z").unwrap();
+                register("h", 5);
+                register("c", 6);
+            },
+        ];
+        for change in changes {
+            change();
+            let (_, reused) = snapshot(&registry, &cache, &web);
+            let (_, afresh) = snapshot(&registry, &WatchCache::default(), &web);
+            assert_eq!(
+                String::from_utf8(reused).unwrap(),
+                String::from_utf8(afresh).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn a_push_is_a_reply_with_instances() {
