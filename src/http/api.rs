@@ -58,9 +58,10 @@ pub async fn services(
     ))
 }
 
-/// An instance as the HTTP API shows it.
+/// What the HTTP API shows of every instance, wherever it shows one: a service's instances here,
+/// and the instances of an event (`events`), each beside a field of its own.
 #[derive(Serialize)]
-pub struct InstanceView {
+pub(super) struct InstanceFields {
     id: String,
     address: IpAddr,
     port: u16,
@@ -68,8 +69,35 @@ pub struct InstanceView {
     tags: Vec<String>,
     meta: BTreeMap<String, String>,
     ttl_ms: u64,
-    /// Milliseconds left on the lease; `null` for an instance another cluster node holds.
+    /// Milliseconds left on the lease at `now`; `null` for an instance another cluster node
+    /// holds.
     expires_in_ms: Option<u64>,
+}
+
+impl InstanceFields {
+    pub(super) fn new(i: &registry::Instance, now: u64) -> InstanceFields {
+        InstanceFields {
+            id: i.id.to_string(),
+            address: i.address,
+            port: i.port,
+            weight: i.weight,
+            tags: i.tags.iter().map(|t| t.to_string()).collect(),
+            meta: i
+                .meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ttl_ms: i.ttl().as_millis() as u64,
+            expires_in_ms: (!i.is_remote()).then(|| i.remaining_ms(now)),
+        }
+    }
+}
+
+/// An instance as `GET /v1/services/{name}` shows it.
+#[derive(Serialize)]
+pub struct InstanceView {
+    #[serde(flatten)]
+    fields: InstanceFields,
     /// The node that holds the lease: this one's name, or in cluster mode the name of the node
     /// that wrote it to etcd (`null` only for a value written by a beacon that did not say).
     node: Option<String>,
@@ -114,18 +142,7 @@ pub async fn service(
         .map(|view| {
             view.live(live_at)
                 .map(|i| InstanceView {
-                    id: i.id.to_string(),
-                    address: i.address,
-                    port: i.port,
-                    weight: i.weight,
-                    tags: i.tags.iter().map(|t| t.to_string()).collect(),
-                    meta: i
-                        .meta
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ttl_ms: i.ttl().as_millis() as u64,
-                    expires_in_ms: (!i.is_remote()).then(|| i.remaining_ms(now)),
+                    fields: InstanceFields::new(i, now),
                     node: holder(i),
                 })
                 .collect()

@@ -9,9 +9,7 @@
 //! - A `status` event every 5 s carries the registry's status (self-preservation, cluster
 //!   staleness), which keeps the connection alive through proxies too.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::extract::RawQuery;
@@ -21,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
 
+use super::api::InstanceFields;
 use super::query::{HttpError, Params};
 use super::State;
 use crate::protocol::SelfPreservationInfo;
@@ -29,18 +28,13 @@ use crate::registry::{self, ChangeKind};
 /// How often the status event goes out.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
+/// An instance as an update event shows it: its service, then what the API shows of any
+/// instance (its lease as it stood when the event was built).
 #[derive(Serialize)]
 struct Instance {
     service: String,
-    id: String,
-    address: IpAddr,
-    port: u16,
-    weight: u16,
-    tags: Vec<String>,
-    meta: BTreeMap<String, String>,
-    ttl_ms: u64,
-    /// Milliseconds left when the event was built; `null` for another cluster node's.
-    expires_in_ms: Option<u64>,
+    #[serde(flatten)]
+    fields: InstanceFields,
 }
 
 #[derive(Serialize)]
@@ -177,18 +171,7 @@ impl Watching {
             .flat_map(|view| view.live(live_at))
             .map(|i| Instance {
                 service: i.service.to_string(),
-                id: i.id.to_string(),
-                address: i.address,
-                port: i.port,
-                weight: i.weight,
-                tags: i.tags.iter().map(|t| t.to_string()).collect(),
-                meta: i
-                    .meta
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ttl_ms: i.ttl().as_millis() as u64,
-                expires_in_ms: (!i.is_remote()).then(|| i.remaining_ms(now)),
+                fields: InstanceFields::new(i, now),
             })
             .collect();
         let changes = registry
