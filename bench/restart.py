@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Durable single node: registrations/s with and without --data-dir, and restart-to-answering
 after kill -9 with N instances on disk. Run: cargo build --release && python3 bench/restart.py
-Knobs: N (default 100000). Loopback only."""
+Knobs: N (default 100000); BEACON, the binary (default target/release/beacon). Also reports the
+durable server's resident memory per instance after registering and after the restart.
+Loopback only."""
 import json, os, signal, socket, subprocess, sys, tempfile, time
 
-BIN = os.path.join(os.path.dirname(__file__), "..", "target", "release", "beacon")
+BIN = os.environ.get("BEACON") or os.path.join(os.path.dirname(__file__), "..", "target", "release", "beacon")
 N = int(os.environ.get("N", "100000"))
 
 def start(args):
@@ -31,6 +33,10 @@ def register_all(registry, n):
         assert got.count(b'"ok":true') == want, got[:200]
     return time.monotonic() - t
 
+def rss_kib(p):
+    with open(f"/proc/{p.pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
 def dns_answers(dns, name):
     q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
         bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00\x00\x01\x00\x01"
@@ -54,17 +60,24 @@ def main():
         print(f"in memory:   {N} registrations in {mem:.2f} s = {N / mem:.0f}/s")
         with tempfile.TemporaryDirectory() as d:
             p, reg, _, fields = serve(["--data-dir", d])
+            empty = rss_kib(p)
             dur = register_all(reg, N)
+            registered = rss_kib(p)
             print(f"--data-dir:  {N} registrations in {dur:.2f} s = {N / dur:.0f}/s (each acknowledged only once on disk)")
             p.send_signal(signal.SIGKILL); p.wait()
             size = os.path.getsize(os.path.join(d, "beacon.redb"))
             t = time.monotonic()
-            _, _, dns, _ = serve(["--data-dir", d], dns=fields["dns"], listen=fields["registry"])
+            p, _, dns, _ = serve(["--data-dir", d], dns=fields["dns"], listen=fields["registry"])
             name = f"s{(N - 1) % 1000}.service.local"
             while not dns_answers(dns, name):
                 assert time.monotonic() - t < 60, f"{name} not answered 60 s after the restart"
             took = time.monotonic() - t
             print(f"kill -9 → restart → {name} answered: {took * 1000:.0f} ms with {N} instances on disk ({size / N:.0f} B/instance in beacon.redb)")
+            time.sleep(1)
+            restarted = rss_kib(p)
+            per = lambda kib: (kib - empty) * 1024 / N
+            print(f"memory (VmRSS): {empty / 1024:.1f} MiB empty; {registered / 1024:.1f} MiB after registering ({per(registered):.0f} B/instance); "
+                  f"{restarted / 1024:.1f} MiB 1 s after the restart answered ({per(restarted):.0f} B/instance)")
     finally:
         for p in servers:
             p.kill(); p.wait()
