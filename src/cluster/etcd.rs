@@ -150,6 +150,14 @@ fn tls_options(
     Ok(Some(tls))
 }
 
+/// etcd at `endpoint` refused this node's setting `key`, for `reason`.
+fn refused_by(endpoint: &str, key: &'static str, reason: String) -> ClusterError {
+    ClusterError::Refused {
+        key,
+        reason: format!("etcd at {endpoint}: {reason}"),
+    }
+}
+
 /// If `error` is etcd, or the TLS handshake with it, refusing this node's settings — which no
 /// retry mends, unlike an etcd that is down or slow — the error naming the setting to fix.
 /// etcd says so in its gRPC status messages (etcd's `rpctypes`); TLS, in the rustls error
@@ -159,12 +167,7 @@ fn refusal(
     config: &ClusterConfig,
     endpoint: &str,
 ) -> Option<ClusterError> {
-    let refused = |key: &'static str, reason: String| {
-        Some(ClusterError::Refused {
-            key,
-            reason: format!("etcd at {endpoint}: {reason}"),
-        })
-    };
+    let refused = |key, reason| Some(refused_by(endpoint, key, reason));
     let user = config.username.as_deref().unwrap_or_default();
     let source: &(dyn std::error::Error + 'static) = match error {
         etcd_client::Error::GRpcStatus(status) => {
@@ -227,12 +230,7 @@ fn tls_refusal(
     config: &ClusterConfig,
     endpoint: &str,
 ) -> Option<ClusterError> {
-    let refused = |key: &'static str, reason: String| {
-        Some(ClusterError::Refused {
-            key,
-            reason: format!("etcd at {endpoint}: {reason}"),
-        })
-    };
+    let refused = |key, reason| Some(refused_by(endpoint, key, reason));
     match tls {
         rustls::Error::InvalidCertificate(
             rustls::CertificateError::NotValidForName
