@@ -488,20 +488,24 @@ async fn protected_mode_refuses_changes_from_outside_loopback() {
     let server = Server::start_on("127.0.0.1:0", "0.0.0.0:0", &[]);
     let port = server.registry.port();
     let registry = format!("10.231.7.1:{port}");
-    let out = ns.exec(
-        beacon_bin(),
-        &[
-            "register",
-            "--registry",
-            &registry,
-            "-s",
-            "web",
-            "-p",
-            "80",
-            "-a",
-            "10.0.0.3",
-        ],
-    );
+    // `beacon register` from the namespace, the other host.
+    let register_from_outside = |registry: &str, address: &str| {
+        ns.exec(
+            beacon_bin(),
+            &[
+                "register",
+                "--registry",
+                registry,
+                "-s",
+                "web",
+                "-p",
+                "80",
+                "-a",
+                address,
+            ],
+        )
+    };
+    let out = register_from_outside(&registry, "10.0.0.3");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -540,20 +544,7 @@ async fn protected_mode_refuses_changes_from_outside_loopback() {
         &["--config", &config.display().to_string()],
     );
     let registry = format!("10.231.7.1:{}", open.registry.port());
-    let out = ns.exec(
-        beacon_bin(),
-        &[
-            "register",
-            "--registry",
-            &registry,
-            "-s",
-            "web",
-            "-p",
-            "80",
-            "-a",
-            "10.0.0.4",
-        ],
-    );
+    let out = register_from_outside(&registry, "10.0.0.4");
     assert_eq!(
         out.status.code(),
         Some(0),
