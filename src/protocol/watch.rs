@@ -113,6 +113,21 @@ impl WatchCache {
         bytes
     }
 
+    /// Drops what is cached for services not among `live` (every service there is): a watcher
+    /// of every service never names the ones that left, so without this their JSON, and the
+    /// instances their view keeps allocated, would stay.
+    fn forget_all_but(&self, live: &[Arc<ServiceView>]) {
+        let mut fragments = self
+            .fragments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if fragments.len() > live.len() {
+            let names: std::collections::HashSet<&str> =
+                live.iter().map(|view| &*view.name).collect();
+            fragments.retain(|name, _| names.contains(&**name));
+        }
+    }
+
     fn forget(&self, name: &str) {
         self.fragments
             .lock()
@@ -178,7 +193,9 @@ fn snapshot(registry: &Registry, cache: &WatchCache, services: &[String]) -> (u6
     let version = registry.version();
     let live_at = registry.read_now_ms();
     let views: Vec<Arc<ServiceView>> = if services.is_empty() {
-        registry.services()
+        let every = registry.services();
+        cache.forget_all_but(&every);
+        every
     } else {
         services
             .iter()
@@ -356,6 +373,41 @@ mod tests {
                 String::from_utf8(afresh).unwrap()
             );
         }
+    }
+
+    /// A watcher of every service keeps nothing cached for a service that has left.
+    #[test]
+    fn a_service_that_left_is_forgotten_by_a_watch_of_everything() {
+        let registry = Registry::new(Limits::from(&crate::config::RegistryConfig::default()));
+        for service in ["web", "db"] {
+            let request = RegistrationRequest {
+                service: service.into(),
+                id: Some("one".into()),
+                address: Some("10.0.0.1".parse().unwrap()),
+                port: 80,
+                ..Default::default()
+            };
+            registry
+                .register(request.validate(registry.limits()).unwrap())
+                .unwrap();
+        }
+        let cache = WatchCache::default();
+        let _ = snapshot(&registry, &cache, &[]);
+        let cached = |cache: &WatchCache| {
+            let mut names: Vec<String> = cache
+                .fragments
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|n| n.to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(cached(&cache), ["db", "web"]);
+        registry.deregister("db", "one").unwrap();
+        let _ = snapshot(&registry, &cache, &[]);
+        assert_eq!(cached(&cache), ["web"]);
     }
 
     #[test]
