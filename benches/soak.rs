@@ -289,9 +289,20 @@ struct Stats {
     window: AtomicUsize,
     latencies: Mutex<Vec<f64>>,
     all_latencies: Mutex<Vec<f64>>,
-    /// Per window: (queries, failed).
-    windows: Mutex<Vec<(u64, u64)>>,
+    /// Per fault window.
+    windows: Mutex<Vec<Window>>,
     failures: Mutex<HashMap<&'static str, u64>>,
+}
+
+/// What the queries of one fault window (from a fault to the next) came to.
+#[derive(Clone, Copy, Default)]
+struct Window {
+    queries: u64,
+    failed: u64,
+    /// Answers of a node naming an instance another node had deregistered (or let expire)
+    /// before the query, and the largest such lag (µs).
+    late_elsewhere: u64,
+    late_elsewhere_max_us: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -304,13 +315,27 @@ impl Stats {
         let w = self.window.load(Relaxed);
         let mut windows = lock(&self.windows);
         if windows.len() <= w {
-            windows.resize(w + 1, (0, 0));
+            windows.resize(w + 1, Window::default());
         }
-        windows[w].0 += 1;
+        windows[w].queries += 1;
         if let Some(why) = failed {
-            windows[w].1 += 1;
+            windows[w].failed += 1;
             *lock(&self.failures).entry(why).or_default() += 1;
         }
+    }
+
+    /// An answer named an instance another node had ended `lag` before the query.
+    fn late_elsewhere(&self, lag: Duration) {
+        let lag_us = us(lag) as u64;
+        self.remote_stale.fetch_add(1, Relaxed);
+        self.remote_stale_max_us.fetch_max(lag_us, Relaxed);
+        let w = self.window.load(Relaxed);
+        let mut windows = lock(&self.windows);
+        if windows.len() <= w {
+            windows.resize(w + 1, Window::default());
+        }
+        windows[w].late_elsewhere += 1;
+        windows[w].late_elsewhere_max_us = windows[w].late_elsewhere_max_us.max(lag_us);
     }
 }
 
@@ -691,10 +716,7 @@ fn querier(shared: &Shared, qps: f64) {
                     ms(sent - deadline)
                 );
             } else {
-                stats.remote_stale.fetch_add(1, Relaxed);
-                stats
-                    .remote_stale_max_us
-                    .fetch_max(us(sent - deadline) as u64, Relaxed);
+                stats.late_elsewhere(sent - deadline);
             }
         }
         drop(book);
@@ -967,7 +989,7 @@ fn sampler(shared: &Shared, out: &Mutex<Out>, part: usize, every: Duration) {
         }
         let latencies = std::mem::take(&mut *lock(&stats.latencies));
         let queries = stats.queries.load(Relaxed);
-        let failed: u64 = lock(&stats.windows).iter().map(|w| w.1).sum();
+        let failed: u64 = lock(&stats.windows).iter().map(|w| w.failed).sum();
         let renewals = stats.renewals.load(Relaxed);
         let live = lock(&shared.book).live();
         let _ = writeln!(
@@ -1287,7 +1309,7 @@ fn report(r: &PartResult, knobs: &Knobs, warm_from: f64) -> String {
         s,
         "| DNS queries, failed | {}, {} ({}) |",
         st.queries.load(Relaxed),
-        windows.iter().map(|w| w.1).sum::<u64>(),
+        windows.iter().map(|w| w.failed).sum::<u64>(),
         failures
             .iter()
             .map(|(k, v)| format!("{k}: {v}"))
@@ -1333,19 +1355,25 @@ fn report(r: &PartResult, knobs: &Knobs, warm_from: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "Faults (t: seconds since the soak began; recovery: kill → every node lists every acknowledged instance, not stale; complete: the same, stale allowed; failed queries counted from this fault to the next):\n\n| t (s) | fault | recovery | complete | lost | queries | failed |\n|---:|---|---:|---:|---:|---:|---:|"
+        "Faults (t: seconds since the soak began; recovery: kill → every node lists every acknowledged instance, not stale; complete: the same, stale allowed; queries, failed and late elsewhere (answers naming an instance another node had ended, largest lag) counted from this fault to the next):\n\n| t (s) | fault | recovery | complete | lost | queries | failed | late elsewhere |\n|---:|---|---:|---:|---:|---:|---:|---:|"
     );
-    let base = windows.first().copied().unwrap_or((0, 0));
+    let late = |w: &Window| match w.late_elsewhere {
+        0 => "0".to_string(),
+        n => format!("{n} ({:.1} s)", w.late_elsewhere_max_us as f64 / 1e6),
+    };
+    let base = windows.first().copied().unwrap_or_default();
     let _ = writeln!(
         s,
-        "| – | (before the first fault) | – | – | – | {} | {} |",
-        base.0, base.1
+        "| – | (before the first fault) | – | – | – | {} | {} | {} |",
+        base.queries,
+        base.failed,
+        late(&base)
     );
     for f in &r.faults {
-        let w = windows.get(f.window).copied().unwrap_or((0, 0));
+        let w = windows.get(f.window).copied().unwrap_or_default();
         let _ = writeln!(
             s,
-            "| {:.1} | {} | {} | {} | {} | {} | {} |",
+            "| {:.1} | {} | {} | {} | {} | {} | {} | {} |",
             f.t,
             f.what,
             f.recovery_ms
@@ -1353,8 +1381,9 @@ fn report(r: &PartResult, knobs: &Knobs, warm_from: f64) -> String {
             f.complete_ms
                 .map_or("never".into(), |m| format!("{m:.0} ms")),
             f.lost,
-            w.0,
-            w.1
+            w.queries,
+            w.failed,
+            late(&w)
         );
     }
     let _ = writeln!(
