@@ -923,8 +923,9 @@ impl Node {
         // A session that kept its lease finds its instances in etcd as it wrote them (etcd, or
         // the way to it, was away for a moment): writing them again would cost etcd a revision
         // each and every other node an event each, for nothing, and keep this node stale
-        // meanwhile (30 000 instances rewritten by three nodes at once held them stale for 20 s
-        // in the soak). Only what changed meanwhile is written.
+        // meanwhile (in the soak, 30 000 instances over three nodes: stale 4-22 s after an etcd
+        // member died, 0.4-1.6 s once only changes were written). Only what changed meanwhile
+        // is written.
         let mut puts: Vec<(String, Vec<u8>)> = Vec::new();
         for reg in &own {
             // Naming this node, as its other writes do (the registry's).
