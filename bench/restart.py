@@ -33,9 +33,9 @@ def register_all(registry, n):
         assert got.count(b'"ok":true') == want, got[:200]
     return time.monotonic() - t
 
-def rss_kib(p):
+def rss_kib(p, field="VmRSS"):
     with open(f"/proc/{p.pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
 
 def dns_answers(dns, name):
     q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
@@ -74,10 +74,11 @@ def main():
             took = time.monotonic() - t
             print(f"kill -9 → restart → {name} answered: {took * 1000:.0f} ms with {N} instances on disk ({size / N:.0f} B/instance in beacon.redb)")
             time.sleep(1)
-            restarted = rss_kib(p)
+            restarted, peak = rss_kib(p), rss_kib(p, "VmHWM")
             per = lambda kib: (kib - empty) * 1024 / N
             print(f"memory (VmRSS): {empty / 1024:.1f} MiB empty; {registered / 1024:.1f} MiB after registering ({per(registered):.0f} B/instance); "
-                  f"{restarted / 1024:.1f} MiB 1 s after the restart answered ({per(restarted):.0f} B/instance)")
+                  f"{restarted / 1024:.1f} MiB 1 s after the restart answered ({per(restarted):.0f} B/instance), "
+                  f"its peak {peak / 1024:.1f} MiB")
     finally:
         for p in servers:
             p.kill(); p.wait()

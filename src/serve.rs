@@ -238,11 +238,15 @@ pub async fn run(
     let journal = match &config.data_dir {
         Some(dir) => {
             let store = crate::store::Store::open(dir)?;
-            let loaded = store.load()?;
-            let stored = loaded.records.len();
-            let restored = registry.restore(loaded.records, loaded.version);
+            let mut restore = registry.begin_restore();
+            let mut stored = 0;
+            let version = store.load_each(|record| {
+                stored += 1;
+                restore.record(record);
+            })?;
+            let restored = restore.finish(version);
             tracing::info!(
-                dir = %dir.display(), stored, restored, version = loaded.version,
+                dir = %dir.display(), stored, restored, version,
                 "registrations restored, each with a fresh lease"
             );
             let journal = crate::store::Journal::start(store);

@@ -25,6 +25,7 @@ mod ownership;
 mod preservation;
 mod recent;
 mod remote;
+mod restore;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +44,7 @@ pub use ownership::{Origin, Owner, NO_OWNER};
 pub use preservation::SelfPreservation;
 pub use recent::{ChangeKind, RecentChange, RECENT_CHANGES};
 pub use remote::{RemoteChange, SyncedRecord};
+pub use restore::Restore;
 
 use crate::name::LabelError;
 
@@ -488,61 +490,6 @@ impl Registry {
     /// copies nor sorts them.
     pub fn any_service(&self, test: impl Fn(&ServiceView) -> bool) -> bool {
         self.read_views().live.values().any(|view| test(view))
-    }
-
-    /// Loads registrations kept by a previous run (`records`: each a [`Registration`] as JSON,
-    /// before [`Registry::attach_change_log`]): each gets a fresh lease of one TTL, so it renews or
-    /// expires; the global version continues from `version`. A record that does not decode, or
-    /// that the limits in force now refuse, is skipped with a warning. Returns how many were
-    /// restored.
-    pub fn restore(&self, records: Vec<Vec<u8>>, version: u64) -> usize {
-        let now = self.now_ms();
-        let mut state = self.lock_state();
-        let mut restored = 0;
-        for record in records {
-            let reg = serde_json::from_slice::<Registration>(&record)
-                .map_err(|e| e.to_string())
-                .and_then(|stored| {
-                    stored
-                        .revalidate(&self.shared.limits)
-                        .map_err(|e| e.to_string())
-                });
-            let reg = match reg {
-                Ok(reg) if state.instance_count < self.shared.limits.max_instances => reg,
-                Ok(reg) => {
-                    tracing::warn!(service = %reg.service, id = %reg.id, "stored registration skipped: registry.max_instances");
-                    continue;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "stored registration skipped");
-                    continue;
-                }
-            };
-            // Keys are unique in the store; this only guards a hand-edited file.
-            if let Some(old) = state.find(&reg.service, &reg.id) {
-                state.remove(&old);
-            }
-            let mut reg = reg;
-            if reg.owner.is_some() {
-                // What this run applies is not remembered across runs: no signed request
-                // from before the start is taken for it (see `raise_stamp_floor`).
-                reg.stamp = reg.stamp.max(state.tombstones.floor());
-            }
-            let instance = state.insert(&reg, now + reg.ttl.as_millis() as u64);
-            state
-                .unconfirmed
-                .insert((instance.service.clone(), instance.id.clone()));
-            restored += 1;
-        }
-        state.version = state.version.max(version);
-        self.publish(&mut state);
-        // The stored version is published even when nothing was restored (every instance had
-        // left before the restart): `publish` sends it only with changed views, and readers
-        // would see version 0, the SOA serial going back. (Found by the model test.)
-        self.shared.version.send_replace(state.version);
-        drop(state);
-        self.shared.expiry_wakeup.notify_one();
-        restored
     }
 
     /// The changes of the live set after `version` that are still remembered (the last

@@ -105,29 +105,35 @@ impl Store {
         }
     }
 
-    /// Everything stored.
+    /// Everything stored, at once (tests; a server restores with [`Store::load_each`]).
     pub fn load(&self) -> Result<Loaded, StoreError> {
+        let mut records = Vec::new();
+        let version = self.load_each(|record| records.push(record.to_vec()))?;
+        Ok(Loaded { version, records })
+    }
+
+    /// Hands every stored registration to `each` as it is read, without holding them all, and
+    /// returns the global version stored (0 for an empty store).
+    pub fn load_each(&self, mut each: impl FnMut(&[u8])) -> Result<u64, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.error(e))?;
-        let mut loaded = Loaded::default();
-        match read.open_table(META) {
-            Ok(meta) => {
-                if let Some(version) = meta.get("version").map_err(|e| self.error(e))? {
-                    loaded.version = version.value();
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(loaded),
+        let version = match read.open_table(META) {
+            Ok(meta) => meta
+                .get("version")
+                .map_err(|e| self.error(e))?
+                .map_or(0, |version| version.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(self.error(e)),
-        }
+        };
         let instances = match read.open_table(INSTANCES) {
             Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(loaded),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(version),
             Err(e) => return Err(self.error(e)),
         };
         for entry in instances.iter().map_err(|e| self.error(e))? {
             let (_, value) = entry.map_err(|e| self.error(e))?;
-            loaded.records.push(value.value().to_vec());
+            each(value.value());
         }
-        Ok(loaded)
+        Ok(version)
     }
 
     /// Writes `changes` and `version` in one durable transaction.
