@@ -88,9 +88,10 @@ impl Registry {
                 RemoteChange::Orphaned { service, id } => {
                     if let Some(instance) = state.find(&service, &id).filter(|i| i.is_remote()) {
                         state.hold_here(&instance, now + u64::from(instance.ttl_ms()));
-                        state
-                            .unconfirmed
-                            .insert((instance.service.clone(), instance.id.clone()));
+                        state.unconfirmed.insert(
+                            (instance.service.clone(), instance.id.clone()),
+                            super::Unconfirmed::Orphaned,
+                        );
                         wake = true;
                     }
                 }

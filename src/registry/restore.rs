@@ -8,7 +8,7 @@
 
 use std::sync::MutexGuard;
 
-use super::{Registration, Registry, State};
+use super::{Registration, Registry, State, Unconfirmed};
 
 /// A restore in progress: the registry's state is locked from [`Registry::begin_restore`] to
 /// [`Restore::finish`] (it runs before anything is served).
@@ -72,9 +72,10 @@ impl Restore<'_> {
             reg.stamp = reg.stamp.max(state.tombstones.floor());
         }
         let instance = state.insert(&reg, self.now + reg.ttl.as_millis() as u64);
-        state
-            .unconfirmed
-            .insert((instance.service.clone(), instance.id.clone()));
+        state.unconfirmed.insert(
+            (instance.service.clone(), instance.id.clone()),
+            Unconfirmed::Restored,
+        );
         self.restored += 1;
     }
 
