@@ -11,7 +11,6 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, OpCode};
 
 use super::Updater;
-use crate::auth::keys::KeyRing;
 use crate::auth::Auth;
 use crate::config::{AuthConfig, DnsConfig, RegistryConfig};
 use crate::dns::answer::{Responder, Transport};
@@ -21,7 +20,6 @@ use crate::registry::{Limits, Registry};
 
 // The keyed updater holds the signed-request check's known key (docs/PROTOCOL.md §8's
 // example, `web-key`), covering `web`: the fuzzers share one test key.
-use crate::auth::fuzzing::{KEY, SECRET};
 
 /// Two updaters over their own registries, with the responders their prerequisites ask.
 pub struct UpdateHarness {
@@ -44,7 +42,7 @@ fn updater(auth: Auth) -> (Updater, Responder) {
 
 impl Default for UpdateHarness {
     fn default() -> Self {
-        let ring = KeyRing::parse(&format!("{KEY} {SECRET} web\n"), "fuzz").expect("a key");
+        let ring = crate::auth::fuzzing::known_key_ring();
         UpdateHarness {
             updaters: vec![
                 updater(Auth::open_loopback()),

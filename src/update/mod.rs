@@ -278,9 +278,9 @@ impl Updater {
                     tsig::sign_reply(m, id, tsig::Reply::BadKey(name), now_s)
                 })
             }
-            tsig::Failure::BadSig { signer, key } => {
-                let text = format!("BADSIG: the TSIG MAC does not verify under key {key:?}");
-                auth::log_refusal(source, Some(key), "BADSIG", &text);
+            tsig::Failure::BadSig { signer, key_name } => {
+                let text = format!("BADSIG: the TSIG MAC does not verify under key {key_name:?}");
+                auth::log_refusal(source, Some(key_name), "BADSIG", &text);
                 let refusal = Refusal::new(ResponseCode::NotAuth, ede::OTHER, text);
                 encode_within(response, &refusal, limit, |m| {
                     tsig::sign_reply(m, id, tsig::Reply::BadSig(signer), now_s)

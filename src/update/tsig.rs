@@ -42,8 +42,8 @@ pub enum Failure {
     BadSig {
         /// The key, to name it in the unsigned reply.
         signer: TSigner,
-        /// The key's name.
-        key: String,
+        /// The key's name (never its secret).
+        key_name: String,
     },
     /// Not a TSIG RR as RFC 8945 §4.2 writes one (class ANY, TTL 0): FORMERR. (hickory's MAC
     /// takes both as those constants, so an altered one would verify.)
@@ -130,7 +130,12 @@ pub fn verify(
     };
     let (mac, time, range) = match signer.verify_message_byte(bytes, None, true) {
         Ok(verified) => verified,
-        Err(_) => return Err(Failure::BadSig { signer, key }),
+        Err(_) => {
+            return Err(Failure::BadSig {
+                signer,
+                key_name: key,
+            })
+        }
     };
     let verified = Verified {
         key,
