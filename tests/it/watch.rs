@@ -350,3 +350,56 @@ fn a_watcher_that_does_not_read_is_dropped() {
         "a watcher that stopped reading must be dropped ({changes} changes)"
     );
 }
+
+/// docs/PROTOCOL.md's watch transcript, replayed against the server line by line: every line
+/// the server sends on the watching connection is the documented one byte for byte (the `run`
+/// aside, which differs per start). Pushes after the first are built from the watch cache's
+/// previous JSON, so this also holds the cache to the documented bytes.
+#[test]
+fn the_documented_watch_transcript_is_byte_exact() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+        .expect("docs/PROTOCOL.md");
+    let start = doc
+        .find(r#"C (UDP): {"op":"register","service":"web","id":"web-1""#)
+        .expect("the watch transcript");
+    let transcript = &doc[start..start + doc[start..].find("```").expect("its end")];
+    let server = Server::start(&[]);
+    let run = |line: &str| {
+        line.find(r#""run":"#).map_or(line.to_string(), |at| {
+            let digits = line[at + 6..]
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(0);
+            format!("{}\"run\":R{}", &line[..at], &line[at + 6 + digits..])
+        })
+    };
+    let mut watching: Option<BufReader<TcpStream>> = None;
+    let mut compared = 0;
+    for line in transcript.lines() {
+        let Some((who, body)) = line.split_once(": ") else {
+            continue;
+        };
+        if who == "C (UDP)" {
+            udp_request(server.registry, body.as_bytes());
+        } else if who == "C (A)" {
+            let reader = watching.get_or_insert_with(|| {
+                let stream = TcpStream::connect(server.registry).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                BufReader::new(stream)
+            });
+            writeln!(reader.get_mut(), "{body}").unwrap();
+        } else if who.starts_with("S (A") {
+            let reader = watching.as_mut().expect("a watching connection");
+            let mut sent = String::new();
+            reader.read_line(&mut sent).expect("the documented line");
+            assert_eq!(
+                run(sent.trim_end()),
+                run(body),
+                "after {compared} lines alike"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 6, "the transcript's six lines on connection A");
+}
