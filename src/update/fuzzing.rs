@@ -26,7 +26,9 @@ pub struct UpdateHarness {
     updaters: Vec<(Updater, Responder)>,
 }
 
-fn updater(auth: Auth) -> (Updater, Responder) {
+/// An updater with `auth` over a registry of its own, and the responder its prerequisites
+/// ask (the unit tests' too).
+pub(super) fn updater(auth: Auth) -> (Updater, Responder) {
     let registry = Registry::new(Limits::from(&RegistryConfig::default()));
     let reader = Responder::new(
         registry.clone(),

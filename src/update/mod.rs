@@ -667,27 +667,9 @@ fn formerr(bytes: &[u8], why: &str, source: IpAddr, limit: Option<usize>) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DnsConfig, RegistryConfig};
-    use crate::dns::forward::Forwarder;
-    use crate::dns::statics::StaticZones;
-    use crate::registry::Limits;
 
     fn updater() -> (Updater, Responder) {
-        updater_with(Auth::open_loopback())
-    }
-
-    fn updater_with(auth: Auth) -> (Updater, Responder) {
-        let registry = Registry::new(Limits::from(&RegistryConfig::default()));
-        let reader = Responder::new(
-            registry.clone(),
-            &DnsConfig::default(),
-            vec!["127.0.0.1".parse().unwrap()],
-            StaticZones::empty(),
-            Forwarder::new(vec![], vec![], Duration::from_secs(1)),
-        )
-        .unwrap();
-        let updater = Updater::new(registry, Arc::new(auth), Duration::from_secs(10), 0);
-        (updater, reader)
+        super::fuzzing::updater(Auth::open_loopback())
     }
 
     /// The smallest UPDATE: the zone section alone.
@@ -794,7 +776,7 @@ mod tests {
             .secret()
             .expose_bytes()
             .to_vec();
-        let (updater, reader) = updater_with(auth);
+        let (updater, reader) = super::fuzzing::updater(auth);
         let signer = TSigner::new(
             secret,
             TsigAlgorithm::HmacSha256,
