@@ -12,13 +12,12 @@
 
 use std::net::IpAddr;
 
-use arc_swap::ArcSwap;
 use base64::Engine;
 use hmac::Mac;
 
 use super::keys::{ClientKey, KeyRing};
 use super::{sign, Access, Auth, Claim};
-use crate::config::ReadAccess;
+use crate::config::{AuthConfig, ReadAccess};
 
 /// The known key: docs/PROTOCOL.md §8's worked example.
 pub const KEY: &str = "web-key";
@@ -36,14 +35,19 @@ pub fn known_key_ring() -> KeyRing {
 /// window that takes any `ts` (the clock is not what this check is about, and a corpus of
 /// requests signed at fixed times must verify on any day).
 fn auth() -> Auth {
-    let ring = known_key_ring();
-    Auth {
-        ring: ArcSwap::from_pointee(ring),
-        keys_file: None,
-        protected: true,
+    let policy = AuthConfig {
         read: ReadAccess::Signed,
-        window_ms: u64::MAX,
-    }
+        window: std::time::Duration::from_millis(u64::MAX),
+        ..AuthConfig::default()
+    };
+    Auth::with_ring(known_key_ring(), &policy)
+}
+
+/// The base64 HMAC-SHA256 of `message` under `key`, as a signature carries it.
+fn mac_base64(key: &ClientKey, message: &[u8]) -> String {
+    let mut mac = key.mac();
+    mac.update(message);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 fn client_key() -> ClientKey {
@@ -98,10 +102,7 @@ pub fn check(bytes: &[u8]) {
             );
         }
         if sign::verify_whole(key.mac(), parts).is_ok() {
-            let mut mac = key.mac();
-            mac.update(parts.head);
-            let expected =
-                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            let expected = mac_base64(&key, parts.head);
             assert_eq!(parts.sig, expected.as_bytes(), "verified another encoding");
         }
     }
@@ -131,9 +132,7 @@ pub fn check(bytes: &[u8]) {
     let accepted = auth
         .check_detached(name, ts, message.as_bytes(), sig)
         .is_ok();
-    let mut mac = key.mac();
-    mac.update(message.as_bytes());
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let expected = mac_base64(&key, message.as_bytes());
     assert_eq!(
         accepted,
         name == KEY && sig == expected,

@@ -97,11 +97,8 @@ impl Auth {
             None => KeyRing::default(),
         };
         Ok(Auth {
-            ring: ArcSwap::from_pointee(ring),
             keys_file: config.keys_file.clone(),
-            protected: config.protected,
-            read: config.read,
-            window_ms: config.window.as_millis() as u64,
+            ..Auth::with_ring(ring, config)
         })
     }
 
@@ -295,7 +292,6 @@ impl Auth {
     }
 }
 
-/// Whether `source` is a loopback address (IPv4-mapped ones included).
 /// The key of `ring` named `name`, or the refusal that names it.
 fn known_key<'r>(ring: &'r KeyRing, name: &str) -> Result<&'r Key, AuthError> {
     ring.get(name).ok_or_else(|| {
@@ -305,6 +301,7 @@ fn known_key<'r>(ring: &'r KeyRing, name: &str) -> Result<&'r Key, AuthError> {
     })
 }
 
+/// Whether `source` is a loopback address (IPv4-mapped ones included).
 pub fn is_loopback(source: IpAddr) -> bool {
     match source {
         IpAddr::V4(v4) => v4.is_loopback(),
