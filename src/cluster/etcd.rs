@@ -401,7 +401,7 @@ const SYNC_MESSAGE_LIMIT: usize = 64 << 20;
 const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(60);
 
 /// Gives the heap's free pages back to the system, after a sync. A sync's page buffers (a page
-/// of 50 000 values is about 8 MB, received, then decoded) are freed once the registry holds the
+/// of 200 000 values is about 20 MB, received, then decoded) are freed once the registry holds the
 /// instances, but glibc keeps such memory in its arenas, between the instances allocated since,
 /// where nothing of the sync's size comes to reuse it: 13 MB per node at 100 000 instances,
 /// returned by `malloc_trim(0)`, which hands whole free pages anywhere in the heap back to the
@@ -417,7 +417,6 @@ fn release_free_heap() {
     }
 }
 
-/// The end of the key range `prefix` covers: the prefix with its last byte incremented.
 /// A digest of a value, to tell whether etcd still holds what this node would write without
 /// keeping a copy of every value through a sync (64 bits: two different values of one key
 /// agree with odds of one in 2^64).
@@ -428,6 +427,7 @@ fn digest(value: &[u8]) -> u64 {
     hasher.finish()
 }
 
+/// The end of the key range `prefix` covers: the prefix with its last byte incremented.
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
@@ -903,7 +903,9 @@ impl Node {
                     continue;
                 }
                 let changed_here = !self.changed_while_away.is_empty()
-                    && self.changed_while_away.contains(&key(&prefix, service, id));
+                    && self
+                        .changed_while_away
+                        .contains(std::str::from_utf8(kv.key()).unwrap_or_default());
                 if let Some(reg) = decode(kv.value(), service, id, self.registry.limits()) {
                     batch.push(SyncedRecord {
                         reg,
@@ -1101,14 +1103,15 @@ impl Node {
             };
             let revision = kv.mod_revision();
             if !self.in_flight.is_empty() {
-                let k = key(&prefix, service, id);
-                if let Some(&latest) = self.in_flight.get(&k) {
+                // The key as etcd sent it is the one this node wrote (`parse_key` took it whole).
+                let k = std::str::from_utf8(kv.key()).unwrap_or_default();
+                if let Some(&latest) = self.in_flight.get(k) {
                     if revision < latest {
                         // Older than this node's latest write or deletion of the key.
                         continue;
                     }
                     // Events come in revision order: every later one of this key is newer.
-                    self.in_flight.remove(&k);
+                    self.in_flight.remove(k);
                     if revision == latest {
                         // This node's own write or deletion coming back.
                         continue;

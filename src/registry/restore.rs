@@ -31,7 +31,8 @@ impl Registry {
         }
     }
 
-    /// Loads `records` at once (see [`Restore`]); returns how many were restored.
+    /// Loads `records` at once (see [`Restore`]; tests); returns how many were restored.
+    #[cfg(test)]
     pub fn restore(&self, records: Vec<Vec<u8>>, version: u64) -> usize {
         let mut restore = self.begin_restore();
         for record in &records {

@@ -59,7 +59,8 @@ fn key(service: &str, id: &str) -> Vec<u8> {
     key
 }
 
-/// What a previous run left.
+/// What a previous run left, read at once (tests).
+#[cfg(test)]
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Loaded {
     /// The global version after the last change written.
@@ -106,6 +107,7 @@ impl Store {
     }
 
     /// Everything stored, at once (tests; a server restores with [`Store::load_each`]).
+    #[cfg(test)]
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let mut records = Vec::new();
         let version = self.load_each(|record| records.push(record.to_vec()))?;
