@@ -53,11 +53,13 @@ pub fn serve_udp_blocking(
     let socket = Arc::new(socket);
     let mut received = RecvBatch::default();
     let mut replies = SendBatch::default();
+    let mut acknowledgements = SendBatch::default();
     while !shutdown.is_cancelled() {
         let count = received.recv_or_idle(&socket, "DNS");
         if count == 0 {
             continue;
         }
+        let mut changed = false;
         let responder = dns.load();
         let now = limiter.as_ref().map(|l| l.now());
         for i in 0..count {
@@ -83,16 +85,20 @@ pub fn serve_udp_blocking(
                 }
             }
             // An UPDATE goes to the writer (`crate::update`), past the same rate limit; a
-            // change is on disk (with `--data-dir`) before its reply leaves.
+            // change is on disk (with `--data-dir`) before its reply leaves, as the
+            // registration protocol's UDP loop does it: once per batch, after the queries'
+            // answers, which never wait for a disk.
             if crate::update::is_update(query) {
                 if let Some(handled) = dns
                     .updater()
                     .and_then(|u| u.handle(query, peer.ip(), Transport::Udp, &responder))
                 {
                     if handled.changed {
-                        dns.wait_durable();
+                        changed = true;
+                        acknowledgements.push(handled.reply, peer);
+                    } else {
+                        replies.push(handled.reply, peer);
                     }
-                    replies.push(handled.reply, peer);
                     continue;
                 }
             }
@@ -117,6 +123,10 @@ pub fn serve_udp_blocking(
             replies.push(response, peer);
         }
         replies.flush(&socket, "DNS");
+        if changed {
+            dns.wait_durable();
+            acknowledgements.flush(&socket, "DNS");
+        }
     }
 }
 
