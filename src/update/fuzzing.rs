@@ -16,6 +16,7 @@ use crate::config::{AuthConfig, DnsConfig, RegistryConfig};
 use crate::dns::answer::{Responder, Transport};
 use crate::dns::forward::Forwarder;
 use crate::dns::statics::StaticZones;
+use crate::protocol::server::MAX_UDP_AMPLIFICATION;
 use crate::registry::{Limits, Registry};
 
 // The keyed updater holds the signed-request check's known key (docs/PROTOCOL.md §8's
@@ -74,7 +75,7 @@ impl UpdateHarness {
                 let signed = reply.signature().is_some_and(|s| !s.data.mac.is_empty());
                 if transport == Transport::Udp && !signed {
                     assert!(
-                        handled.reply.len() <= 3 * bytes.len(),
+                        handled.reply.len() <= MAX_UDP_AMPLIFICATION * bytes.len(),
                         "{} bytes answer {}",
                         handled.reply.len(),
                         bytes.len()

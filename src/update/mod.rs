@@ -35,9 +35,10 @@ use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::rdata::tsig::TsigError;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
-use crate::auth::{self, Auth, AuthError};
+use crate::auth::{self, Auth};
 use crate::dns::answer::{Outcome, Transport};
 use crate::dns::Responder;
+use crate::protocol::server::MAX_UDP_AMPLIFICATION;
 use crate::registry::{Registry, RegistryError};
 use map::ede;
 
@@ -76,7 +77,7 @@ pub struct Handled {
 
 /// Whether `message` is an UPDATE request (QR 0, opcode 5), from its header alone.
 pub fn is_update(message: &[u8]) -> bool {
-    message.len() >= 12 && message[2] & 0x80 == 0 && (message[2] >> 3) & 0x0f == 5
+    crate::dns::rrl::is_query(message) && (message[2] >> 3) & 0x0f == 5
 }
 
 /// Answers UPDATEs for the service domain (the responder's, so a reload that changes
@@ -163,7 +164,8 @@ impl Updater {
         transport: Transport,
         reader: &Responder,
     ) -> Option<Handled> {
-        let limit = (transport == Transport::Udp).then(|| 3 * bytes.len());
+        let limit = (transport == Transport::Udp)
+            .then(|| bytes.len().saturating_mul(MAX_UDP_AMPLIFICATION));
         let request = match Message::from_vec(bytes) {
             Ok(request) => request,
             Err(e) => return formerr(bytes, &e.to_string(), source, limit),
@@ -389,14 +391,7 @@ impl Updater {
             let origin = self
                 .auth
                 .check_verified(service, key, stamp, source)
-                .map_err(|e| match e {
-                    AuthError::Forbidden(text) | AuthError::Unauthorized(text) => {
-                        Refusal::new(ResponseCode::Refused, ede::PROHIBITED, text)
-                    }
-                    other => {
-                        Refusal::new(ResponseCode::Refused, ede::PROHIBITED, other.to_string())
-                    }
-                })?;
+                .map_err(|e| Refusal::new(ResponseCode::Refused, ede::PROHIBITED, e.to_string()))?;
             origins.push((service.to_string(), origin));
         }
         let origin_of = |service: &str| {
