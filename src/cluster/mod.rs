@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::registry::{Change, ChangeLog, Limits, Registration};
+pub use crate::registry::compact::encode;
+use crate::registry::{compact, Change, ChangeLog, Limits, Registration};
 
 #[cfg(feature = "etcd")]
 pub use etcd::start;
@@ -82,90 +83,6 @@ pub fn parse_key<'a>(prefix: &str, key: &'a [u8]) -> Option<(&'a str, &'a str)> 
     (!service.is_empty() && !id.is_empty() && !id.contains('/')).then_some((service, id))
 }
 
-/// The value of an instance's key, as every node writes it: the registration as JSON without
-/// what the key already says (service and id) and without the fields at their defaults (weight
-/// 1, no tags, no metadata, no owner or stamp), and `node`, the node that holds its lease. About
-/// 60 bytes where the full registration took 120: etcd keeps a value per revision (until it
-/// compacts), and sends it in every watch event and sync page. [`decode`] reads this form and
-/// the full one that earlier versions wrote.
-pub fn encode(reg: &Registration, node: Option<&str>) -> Vec<u8> {
-    let value = Value {
-        address: reg.address,
-        port: reg.port,
-        weight: reg.weight,
-        tags: &reg.tags,
-        meta: &reg.meta,
-        ttl: reg.ttl,
-        owner: reg.owner.as_deref(),
-        stamp: reg.stamp,
-        node,
-    };
-    // Plain strings, numbers and a duration: encoding cannot fail.
-    serde_json::to_vec(&value).unwrap_or_default()
-}
-
-/// What [`encode`] writes.
-#[derive(serde::Serialize)]
-struct Value<'a> {
-    address: std::net::IpAddr,
-    port: u16,
-    #[serde(skip_serializing_if = "is_default_weight")]
-    weight: u16,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tags: &'a [String],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    meta: &'a [(String, String)],
-    #[serde(with = "humantime_serde")]
-    ttl: Duration,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    owner: Option<&'a str>,
-    #[serde(skip_serializing_if = "is_zero")]
-    stamp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<&'a str>,
-}
-
-/// What [`decode`] reads: [`encode`]'s form, or the full registration (with `service` and `id`,
-/// which must then be the key's) that earlier versions wrote.
-#[derive(serde::Deserialize)]
-struct StoredValue {
-    #[serde(default)]
-    service: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
-    address: std::net::IpAddr,
-    port: u16,
-    #[serde(default = "default_weight")]
-    weight: u16,
-    #[serde(default)]
-    tags: Vec<String>,
-    #[serde(default)]
-    meta: Vec<(String, String)>,
-    #[serde(with = "humantime_serde")]
-    ttl: Duration,
-    #[serde(default)]
-    owner: Option<String>,
-    #[serde(default)]
-    stamp: u64,
-    #[serde(default)]
-    node: Option<String>,
-}
-
-/// The weight a registration that names none gets (`RegistrationRequest::weight`).
-const DEFAULT_WEIGHT: u16 = 1;
-
-fn default_weight() -> u16 {
-    DEFAULT_WEIGHT
-}
-
-fn is_default_weight(weight: &u16) -> bool {
-    *weight == DEFAULT_WEIGHT
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// A registration read from etcd, if it decodes, matches its key, and passes this node's
 /// limits: another node validated it against its own, but a hand-written or corrupt value (a
 /// TTL of centuries) must not reach the registry. Nodes of a cluster should share their
@@ -177,30 +94,13 @@ pub(crate) fn decode(
     id: &str,
     limits: &Limits,
 ) -> Option<Registration> {
-    let reg = match serde_json::from_slice::<StoredValue>(value) {
-        Ok(stored)
-            if stored.service.as_ref().is_none_or(|s| s == service)
-                && stored.id.as_ref().is_none_or(|i| i == id) =>
-        {
-            Registration {
-                service: service.to_string(),
-                id: id.to_string(),
-                address: stored.address,
-                port: stored.port,
-                weight: stored.weight,
-                tags: stored.tags,
-                meta: stored.meta,
-                ttl: stored.ttl,
-                owner: stored.owner,
-                stamp: stored.stamp,
-                node: stored.node,
-            }
-        }
-        Ok(_) => {
+    let reg = match compact::decode(value, service, id) {
+        Ok(reg) => reg,
+        Err(compact::Unread::OtherInstance) => {
             tracing::warn!(service, id, "etcd value names another instance; ignored");
             return None;
         }
-        Err(error) => {
+        Err(compact::Unread::Json(error)) => {
             tracing::warn!(service, id, %error, "etcd value is not a registration; ignored");
             return None;
         }

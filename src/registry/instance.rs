@@ -333,7 +333,7 @@ pub struct Registration {
     pub node: Option<String>,
 }
 
-fn is_zero(n: &u64) -> bool {
+pub(super) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

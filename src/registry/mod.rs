@@ -18,6 +18,7 @@
 //! of the instances would expire in one window, expiry stops, and readers test liveness against
 //! a frozen "read clock" ([`Registry::read_now_ms`]) so they keep answering the instances held.
 
+pub mod compact;
 mod instance;
 #[cfg(test)]
 mod model_tests;
@@ -1093,7 +1094,7 @@ impl State {
             // Plain strings, numbers and a duration: encoding cannot fail. In cluster mode the
             // value is etcd's compact form, and names this node, which holds the lease.
             let value = match &self.node_name {
-                Some(name) => crate::cluster::encode(reg, Some(name)),
+                Some(name) => compact::encode(reg, Some(name)),
                 None => serde_json::to_vec(reg).unwrap_or_default(),
             };
             let put = Change::Put {
