@@ -4,9 +4,9 @@
 # `cargo test` replays on the stable toolchain (src/fuzz_replay.rs, with fuzz/regressions/). Prints
 # executions and crashes per target; a crash leaves its input in fuzz/artifacts/TARGET/. The
 # targets: DNS queries (dns_query), registration requests (protocol_request), static zone files
-# (zone_file), the config file (config_file), etcd keys and values (etcd_value), the watch pushes
-# a watcher reads (watch_push), and signed requests and HTTP Authorization headers
-# (signed_request); each runs a check in the library (a doc-hidden `fuzzing` module beside the
+# (zone_file), DNS UPDATEs (dns_update), the config file (config_file), etcd keys and values
+# (etcd_value), the watch pushes a watcher reads (watch_push), and signed requests and HTTP
+# Authorization headers (signed_request); each runs a check in the library (a doc-hidden `fuzzing` module beside the
 # code it checks).
 set -euo pipefail
 cd "$(dirname "$0")"

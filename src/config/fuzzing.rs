@@ -47,35 +47,39 @@ pub fn check(bytes: &[u8]) {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return;
     };
+    // Parsed once, as `Config::from_toml` does, then validated.
+    let config = match toml::from_str::<Config>(text) {
+        Ok(config) => config,
+        Err(error) => {
+            assert!(
+                !error.to_string().trim_end().is_empty(),
+                "a parse error without a message"
+            );
+            return;
+        }
+    };
     // Validation reads the cluster's credential files: a path of this machine's (a FIFO,
     // /dev/stdin) could block the run forever, and reading files is not what this checks (the
     // credentials' unit tests in config.rs and etcd.rs do).
-    if let Ok(parsed) = toml::from_str::<Config>(text) {
-        let c = &parsed.cluster;
-        if c.ca_file.is_some()
-            || c.cert_file.is_some()
-            || c.key_file.is_some()
-            || c.password_file.is_some()
-        {
-            return;
-        }
+    let c = &config.cluster;
+    if c.ca_file.is_some()
+        || c.cert_file.is_some()
+        || c.key_file.is_some()
+        || c.password_file.is_some()
+    {
+        return;
     }
-    let config = match Config::from_toml(text) {
-        Ok(config) => config,
-        Err(ConfigError::Invalid { key, reason }) => {
-            assert!(
-                documented(key),
-                "`{key}` is not in beacon.example.toml ({reason})"
-            );
-            assert!(!reason.is_empty(), "`{key}` refused without a reason");
-            return;
-        }
-        Err(ConfigError::Parse { message, .. }) => {
-            assert!(!message.is_empty(), "a parse error without a message");
-            return;
-        }
-        Err(ConfigError::Read { .. }) => panic!("nothing was read from a file"),
-    };
+    if let Err(refused) = config.validate() {
+        let ConfigError::Invalid { key, reason } = refused else {
+            panic!("validation only refuses keys: {refused}");
+        };
+        assert!(
+            documented(key),
+            "`{key}` is not in beacon.example.toml ({reason})"
+        );
+        assert!(!reason.is_empty(), "`{key}` refused without a reason");
+        return;
+    }
     // What validate passed must parse whole: the parsed lists keep every entry.
     let dns = &config.dns;
     assert_eq!(dns.upstream_socket_addrs().len(), dns.upstreams.len());
