@@ -68,32 +68,26 @@ fn main() {
     println!();
     println!("| ms from the call to its reply, {n} of each, interleaved, each after {} ms idle | p50 | p90 | p99 | max |", idle.as_millis());
     println!("| --- | --- | --- | --- | --- |");
-    for (kind, mut samples) in KINDS.iter().zip(times) {
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-        println!(
-            "| {kind} | {:.3} | {:.3} | **{:.3}** | {:.3} |",
-            at(0.5),
-            at(0.9),
-            at(0.99),
-            samples[samples.len() - 1]
-        );
+    for (kind, samples) in KINDS.iter().zip(times) {
+        row(kind, &samples);
     }
     println!();
     println!("| ms from the call (member 1) to the event read (member 2), {n} puts then {n} deletes | p50 | p90 | p99 | max |");
     println!("| --- | --- | --- | --- | --- |");
-    for (what, mut samples) in WATCHED.iter().zip(watched) {
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-        println!(
-            "| {what} ({} seen) | {:.3} | {:.3} | **{:.3}** | {:.3} |",
-            samples.len(),
-            at(0.5),
-            at(0.9),
-            at(0.99),
-            samples[samples.len() - 1]
-        );
+    for (what, samples) in WATCHED.iter().zip(watched) {
+        row(&format!("{what} ({} seen)", samples.len()), &samples);
     }
+}
+
+/// One row: p50, p90, p99 (bold) and max of `samples`, in ms.
+fn row(label: &str, samples: &[f64]) {
+    let max = samples.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "| {label} | {:.3} | {:.3} | **{:.3}** | {max:.3} |",
+        percentile(samples, 50.0),
+        percentile(samples, 90.0),
+        percentile(samples, 99.0),
+    );
 }
 
 const WATCHED: [&str; 4] = [
