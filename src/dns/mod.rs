@@ -69,15 +69,8 @@ impl Dns {
     }
 
     /// The updater, if UPDATEs are taken.
-    pub fn updater(&self) -> Option<&crate::update::Updater> {
-        self.updater.get().map(|u| &**u)
-    }
-
-    /// Waits until the updater's last change is on disk (with `--data-dir`; at once otherwise).
-    pub fn wait_durable(&self) {
-        if let Some(updater) = self.updater() {
-            updater.wait_durable();
-        }
+    pub fn updater(&self) -> Option<&Arc<crate::update::Updater>> {
+        self.updater.get()
     }
 
     /// Puts `responder` in service for every query that starts from now on.

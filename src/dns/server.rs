@@ -124,7 +124,9 @@ pub fn serve_udp_blocking(
         }
         replies.flush(&socket, "DNS");
         if changed {
-            dns.wait_durable();
+            if let Some(updater) = dns.updater() {
+                updater.wait_durable();
+            }
             acknowledgements.flush(&socket, "DNS");
         }
     }
@@ -187,7 +189,7 @@ pub async fn serve_tcp(
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    dns: &Arc<Dns>,
+    dns: &Dns,
     idle_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -213,9 +215,9 @@ async fn serve_connection(
             None
         };
         let response = if let Some(handled) = update {
-            if handled.changed {
-                let dns = dns.clone();
-                let _ = tokio::task::spawn_blocking(move || dns.wait_durable()).await;
+            if let (true, Some(updater)) = (handled.changed, dns.updater()) {
+                let updater = updater.clone();
+                let _ = tokio::task::spawn_blocking(move || updater.wait_durable()).await;
             }
             handled.reply
         } else {
